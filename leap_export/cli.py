@@ -1,0 +1,77 @@
+"""The ``leap-export`` command line: a thin layer over the library.
+
+Commands are loaded lazily (each lives in ``leap_export/commands/<name>.py`` and exposes ``command``),
+so ``leap-export --help`` works without torch, transformers or a GPU stack importable.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+COMMANDS = {
+    "build": "Export a model into per-layer-segment ONNX graphs + manifest.",
+    "encode": "Embed sentences with early exit (per-sample batch compaction).",
+    "verify": "Prove parity: PyTorch vs ONNX Runtime, per segment and end to end.",
+    "inspect": "Print a readable summary of an artifact folder's manifest.",
+    "bench": "Latency: monolithic vs segmented (exits off) vs early exit.",
+    "corpus": "Build the offline training corpus (deduplicated, split).",
+    "train": "LEAP (or baseline) distillation training with checkpoints and resume.",
+    "diagnose": "The paper's exit-compatibility diagnostics and deployment checklist.",
+    "evaluate": "Quality of exited embeddings on offline labelled sets.",
+    "calibrate": "Sweep theta and write the cheapest policy that meets a quality budget.",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return [name for name in COMMANDS if self._module(name) is not None]
+
+    @staticmethod
+    def _module(name: str):
+        try:
+            return importlib.util.find_spec(f"leap_export.commands.{name.replace('-', '_')}")
+        except ModuleNotFoundError:
+            return None
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS or self._module(name) is None:
+            return None
+        module = importlib.import_module(f"leap_export.commands.{name.replace('-', '_')}")
+        return module.command
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, COMMANDS[name]) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="leap-export")
+def cli() -> None:
+    """leap-export: LEAP early-exit sentence embeddings, from training to deployment."""
+
+
+def main() -> None:
+    from leap_export.errors import ArtifactError, LeapError, RuntimeInputError
+
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except (LeapError, ArtifactError, RuntimeInputError) as e:
+        click.secho(f"error: {e}", fg="red", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

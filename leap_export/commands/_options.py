@@ -1,0 +1,37 @@
+"""Option groups shared by several commands (one definition, one default)."""
+
+from __future__ import annotations
+
+import click
+
+
+def _unit_interval(ctx, param, value):
+    if value is not None and not 0.0 < value <= 1.0:
+        raise click.BadParameter(f"must be in (0, 1], got {value}")
+    return value
+
+
+def _positive(ctx, param, value):
+    if value is not None and value < 1:
+        raise click.BadParameter(f"must be >= 1, got {value}")
+    return value
+
+
+def _csv_ints(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers like 3,4,5,6, got {value!r}") from None
+
+
+theta_option = click.option("--theta", type=float, default=None, callback=_unit_interval,
+                            help="Exit threshold on cos(p_l, p_{l-k}), in (0, 1]. Default: the manifest's policy.")
+min_layer_option = click.option("--min-layer", type=int, default=None, callback=_positive,
+                                help="Earliest layer after which a sample may exit. Default: the manifest's policy.")
+batch_size_option = click.option("--batch-size", type=int, default=32, show_default=True, callback=_positive,
+                                 help="Sentences per batch.")
+threads_option = click.option("--threads", type=int, default=None, callback=_positive,
+                              help="ONNX Runtime threads (one pool shared by all segments). Default: all cores.")
+artifacts_argument = click.argument("artifacts", type=click.Path(file_okay=False, path_type=str))

@@ -1,0 +1,26 @@
+import click
+
+from leap_export.commands._options import _csv_ints, _positive, _unit_interval
+
+
+@click.command("build")
+@click.argument("model")
+@click.option("--out", required=True, type=click.Path(path_type=str), help="Artifact folder to create.")
+@click.option("--boundaries", callback=_csv_ints, default=None,
+              help="Layers after which an exit may be checked, e.g. 3,4,5,6. Default: min_layer..L.")
+@click.option("--theta", type=float, default=None, callback=_unit_interval, help="Default exit threshold (0.95).")
+@click.option("--patience", type=int, default=None, callback=_positive,
+              help="k: compare layer l with layer l-k (1). Baked into the graphs.")
+@click.option("--min-layer", type=int, default=None, callback=_positive, help="l_min (default L/2).")
+@click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
+              help="fp32 builds the folder; int8 adds a quantised variant to an existing fp32 build.")
+@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing folder (kept until the new one is complete).")
+def command(model, out, boundaries, theta, patience, min_layer, precision, opset, force):
+    """Export MODEL (a short name such as minilm-l6, or a model folder) into per-layer-segment ONNX graphs."""
+    from leap_export.export import build
+    from leap_export.inspect import summary
+
+    path = build(model, out, boundaries=boundaries, theta=theta, patience=patience, min_layer=min_layer,
+                 precision=precision, opset=opset, force=force)
+    summary(path)

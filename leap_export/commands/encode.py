@@ -1,0 +1,34 @@
+import click
+
+from leap_export.commands._options import (
+    artifacts_argument,
+    batch_size_option,
+    min_layer_option,
+    theta_option,
+    threads_option,
+)
+
+
+@click.command("encode")
+@artifacts_argument
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="UTF-8 text file, one sentence per line (every line is embedded, empty ones too).")
+@click.option("--output", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="Embeddings as .npy, float32 [N, H], in input order.")
+@theta_option
+@min_layer_option
+@batch_size_option
+@click.option("--full-depth", is_flag=True, help="Disable exits: every sentence runs all layers.")
+@click.option("--exit-layers", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Write each line's exit layer and the run's exit statistics as JSON.")
+@click.option("--variant", default=None, help="Which build to run (fp32, int8). Default: the manifest's.")
+@threads_option
+def command(artifacts, input_path, output, theta, min_layer, batch_size, full_depth, exit_layers, variant, threads):
+    """Embed sentences with early exit and per-sample batch compaction."""
+    from leap_export.encode import encode_file
+
+    stats = encode_file(artifacts, input_path, output, theta=theta, min_layer=min_layer, batch_size=batch_size,
+                        exits=not full_depth, exit_layers_path=exit_layers, variant=variant, threads=threads)
+    rates = ", ".join(f"L{k}: {v:.0%}" for k, v in stats["exit_rate"].items())
+    click.echo(f"{stats['samples']} embeddings -> {output}; exits {rates}; E[layers] "
+               f"{stats['expected_layers'] or 0:.2f}")

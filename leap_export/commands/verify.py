@@ -1,0 +1,46 @@
+import click
+
+from leap_export.commands._options import artifacts_argument, batch_size_option
+
+
+@click.command("verify")
+@artifacts_argument
+@click.option("--sentences", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="UTF-8 file, one sentence per line. Default: the built-in sample set.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=str), default=None, help="Write the JSON report.")
+@click.option("--variant", default=None, help="Which build to check (fp32, int8, ...). Default: the manifest's.")
+@click.option("--model", default=None, help="Reference model (short name or folder) if not the manifest's source.")
+@batch_size_option
+def command(artifacts, sentences, report, variant, model, batch_size):
+    """Prove parity: PyTorch vs ONNX Runtime, per segment and end to end. Exit code 1 on any failure."""
+    from leap_export.textio import read_lines
+    from leap_export.verify import verify
+
+    texts = read_lines(sentences) if sentences else None
+    result = verify(artifacts, texts, variant=variant, model=model, batch_size=batch_size)
+    _print(result)
+    if report:
+        result.save(report)
+        click.echo(f"report written to {report}")
+    if not result:
+        raise SystemExit(1)
+
+
+def _print(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"verify {result.artifacts} [{result.variant}] on {result.sentences} sentences")
+    for col in ("check", "metric", "value", "threshold", ""):
+        table.add_column(col)
+    for c in result.checks:
+        table.add_row(c.name, c.metric, f"{c.value:.6g}", f"{c.threshold:.6g}",
+                      "[green]pass[/green]" if c.passed else f"[red]FAIL[/red] {c.detail}")
+    console = Console()
+    console.print(table)
+    if result:
+        console.print(f"[green bold]PASSED[/green bold]: {len(result.checks)} checks")
+    else:
+        console.print(f"[red bold]FAILED[/red bold]: {len(result.failures)} of {len(result.checks)} checks")
+        for c in result.failures:
+            console.print(f"  - {c.name}: {c.metric} = {c.value:.6g} (threshold {c.threshold:.6g}) {c.detail}")

@@ -1,0 +1,314 @@
+"""Export a model into per-layer-segment ONNX graphs plus a monolithic full-depth graph.
+
+Segment ``i`` covers layers ``(a_i, b_i]``. Its graph takes the previous segment's hidden states (or
+the token ids, for the first) and the attention mask, and outputs its hidden states, the masked-mean
+pooled vector of layer ``b_i`` and the convergence score ``cos(p_b, p_{b-k})``, computed in the graph so
+the host never recomputes it. When ``b - k`` lies before the segment, the segment takes that layer's
+pooled vector as an extra input ``ref_pooled`` (``ref_from`` names the segment that produced it).
+
+The folder is written to a temporary sibling and renamed into place, never half-written.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from leap_export.arch import get_architecture
+from leap_export.errors import LeapError
+from leap_export.sources import ModelSource, resolve_model
+from trt_runtime.manifest import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, _umask, sha256_file, write_json_atomic
+from trt_runtime.policy import ExitPolicy
+
+OPSET = 17
+IDS_DTYPE = "int32"  # token ids and mask travel as int32: TensorRT- and Triton-friendly, vocab < 2**31
+HIDDEN_DTYPE = "float32"
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    index: int
+    start: int
+    end: int
+    ref_layer: int  # end - patience (clamped at 0)
+    ref_from: int | None  # segment whose pooled output is the reference, when ref_layer < start
+
+    @property
+    def inputs(self) -> list[dict[str, Any]]:
+        first = (
+            {"name": "input_ids", "dtype": IDS_DTYPE, "shape": ["batch", "sequence"]}
+            if self.start == 0
+            else {"name": "hidden_in", "dtype": HIDDEN_DTYPE, "shape": ["batch", "sequence", "hidden"]}
+        )
+        io = [first, {"name": "attention_mask", "dtype": IDS_DTYPE, "shape": ["batch", "sequence"]}]
+        if self.ref_from is not None:
+            io.append({"name": "ref_pooled", "dtype": HIDDEN_DTYPE, "shape": ["batch", "hidden"]})
+        return io
+
+    def outputs(self, last: bool) -> list[dict[str, Any]]:
+        io = [] if last else [{"name": "hidden_out", "dtype": HIDDEN_DTYPE, "shape": ["batch", "sequence", "hidden"]}]
+        return io + [
+            {"name": "pooled", "dtype": HIDDEN_DTYPE, "shape": ["batch", "hidden"]},
+            {"name": "score", "dtype": HIDDEN_DTYPE, "shape": ["batch"]},
+        ]
+
+
+def plan_segments(num_layers: int, policy: ExitPolicy, boundaries: list[int] | None = None) -> list[SegmentPlan]:
+    """Default: embeddings + layers 1..min_layer in one segment, then one segment per later layer."""
+    if boundaries is None:
+        if policy.min_layer > num_layers:
+            raise LeapError(f"min_layer {policy.min_layer} exceeds the model's {num_layers} layers")
+        boundaries = list(range(policy.min_layer, num_layers + 1))
+    boundaries = sorted(set(int(b) for b in boundaries))
+    if not boundaries or boundaries[0] < 1 or boundaries[-1] > num_layers:
+        raise LeapError(f"boundaries must lie in 1..{num_layers}, got {boundaries}")
+    if boundaries[-1] != num_layers:
+        boundaries.append(num_layers)
+    plans, start = [], 0
+    for index, end in enumerate(boundaries):
+        ref_layer = max(end - policy.patience, 0)
+        ref_from = None
+        if ref_layer < start:
+            if ref_layer not in boundaries:
+                raise LeapError(
+                    f"patience k={policy.patience} needs layer {ref_layer}'s pooled vector for the exit check "
+                    f"after layer {end}, but no segment ends at layer {ref_layer}; add {ref_layer} to --boundaries"
+                )
+            ref_from = boundaries.index(ref_layer)
+        plans.append(SegmentPlan(index, start, end, ref_layer, ref_from))
+        start = end
+    return plans
+
+
+def _segment_module(model, arch, plan: SegmentPlan, *, last: bool, pooled_only: bool = False):
+    import torch
+    from torch import nn
+
+    from leap_export.reference import masked_mean
+
+    class Segment(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x, attention_mask, ref_pooled=None):
+            # x: [B, S] int32 token ids (first segment) or [B, S, H] hidden states; mask: [B, S] int32
+            hidden = arch.embed(self.model, x.long()) if plan.start == 0 else x
+            additive = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+            extras = arch.layer_extras(self.model, hidden)
+            ref = ref_pooled
+            if plan.ref_from is None and plan.ref_layer == plan.start:
+                ref = masked_mean(hidden, attention_mask)
+            for i in range(plan.start, plan.end):
+                hidden = arch.run_layer(self.model, i, hidden, additive, extras)
+                if i + 1 == plan.ref_layer:
+                    ref = masked_mean(hidden, attention_mask)
+            pooled = masked_mean(hidden, attention_mask)  # [B, H]
+            if pooled_only:
+                return pooled
+            score = torch.nn.functional.cosine_similarity(pooled, ref, dim=-1, eps=1e-8)  # [B]
+            return (pooled, score) if last else (hidden, pooled, score)
+
+    return Segment().eval()
+
+
+def _export(module, args: tuple, path: Path, inputs: list[dict], outputs: list[dict], opset: int) -> None:
+    import torch
+
+    dynamic_axes = {
+        io["name"]: {i: dim for i, dim in enumerate(io["shape"]) if dim in ("batch", "sequence")}
+        for io in inputs + outputs
+    }
+    with torch.inference_mode():
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=[io["name"] for io in inputs],
+            output_names=[io["name"] for io in outputs],
+            dynamic_axes=dynamic_axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    import onnx
+
+    onnx.checker.check_model(str(path))
+
+
+def _sample_args(model_config, plan: SegmentPlan, hidden_size: int, pad_id: int) -> tuple:
+    import torch
+
+    batch, seq = 2, 7
+    mask = torch.ones(batch, seq, dtype=torch.int32)
+    mask[1, 4:] = 0
+    if plan.start == 0:
+        ids = torch.randint(5, min(1000, model_config.vocab_size), (batch, seq), dtype=torch.int32)
+        ids[1, 4:] = pad_id
+        first = ids
+    else:
+        first = torch.randn(batch, seq, hidden_size)
+    args = (first, mask)
+    if plan.ref_from is not None:
+        args += (torch.randn(batch, hidden_size),)
+    return args
+
+
+def _tool_versions() -> dict[str, str]:
+    versions = {}
+    for dist in ("leap-export", "torch", "transformers", "onnx", "onnxruntime", "tokenizers", "numpy"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def build(
+    model: str | os.PathLike | ModelSource,
+    out: str | os.PathLike,
+    *,
+    boundaries: list[int] | None = None,
+    theta: float | None = None,
+    patience: int | None = None,
+    min_layer: int | None = None,
+    precision: str = "fp32",
+    opset: int = OPSET,
+    force: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Export ``model`` into ``out``: segment graphs, full graph, tokenizer and manifest.json."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from leap_export.reference import load_reference
+
+    out = Path(out)
+    if out.exists() and not force:
+        if (out / MANIFEST_NAME).is_file() and precision != "fp32":
+            return add_variant(out, precision, progress=progress)
+        raise LeapError(f"{out} already exists; pass --force to replace it (the old folder is kept until "
+                        "the new one is complete)")
+    if precision != "fp32":
+        raise LeapError(f"precision '{precision}' is added to an existing fp32 build: run `leap-export build` "
+                        f"first, then again with --precision {precision}")
+    source = model if isinstance(model, ModelSource) else resolve_model(model)
+    arch = get_architecture(source.architecture)
+    defaults = source.default_policy()
+    policy = ExitPolicy(
+        theta=defaults["theta"] if theta is None else theta,
+        patience=defaults["patience"] if patience is None else patience,
+        min_layer=defaults["min_layer"] if min_layer is None else min_layer,
+    )
+    if boundaries is None and source.recipe.get("segments", {}).get("boundaries", "auto") != "auto":
+        boundaries = list(source.recipe["segments"]["boundaries"])
+    plans = plan_segments(source.num_layers, policy, boundaries)
+    torch_model, _ = load_reference(source)
+    pad_id = torch_model.config.pad_token_id
+    pad_id = arch.pad_token_default if pad_id is None else int(pad_id)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        segments, files = [], []
+        steps = tqdm(plans, desc=f"export {source.name}", unit="segment", disable=not progress)
+        for plan in steps:
+            last = plan.index == len(plans) - 1
+            name = f"seg_{plan.index:02d}.onnx"
+            module = _segment_module(torch_model, arch, plan, last=last)
+            outputs = plan.outputs(last)
+            _export(module, _sample_args(torch_model.config, plan, source.hidden_size, pad_id),
+                     tmp / name, plan.inputs, outputs, opset)
+            segments.append({
+                "index": plan.index,
+                "layers": [plan.start, plan.end],
+                "inputs": plan.inputs,
+                "outputs": outputs,
+                "ref_layer": plan.ref_layer,
+                "ref_from": plan.ref_from,
+            })
+            files.append({"file": name, "sha256": sha256_file(tmp / name)})
+        full_plan = SegmentPlan(0, 0, source.num_layers, source.num_layers, None)
+        full_outputs = [{"name": "pooled", "dtype": HIDDEN_DTYPE, "shape": ["batch", "hidden"]}]
+        _export(_segment_module(torch_model, arch, full_plan, last=True, pooled_only=True),
+                _sample_args(torch_model.config, full_plan, source.hidden_size, pad_id),
+                tmp / "full.onnx", full_plan.inputs, full_outputs, opset)
+        tokenizer_file = _copy_tokenizer(source.path, tmp)
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "format": FORMAT,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "source": {
+                "spec": source.spec,
+                "name": source.name,
+                "path": str(source.path),
+                "weights_sha256": source.weights_sha256,
+            },
+            "architecture": source.architecture,
+            "num_layers": source.num_layers,
+            "hidden_size": source.hidden_size,
+            "max_seq_length": source.max_seq_length,
+            "pooling": "mean",
+            "normalize": source.normalize,
+            "opset": opset,
+            "io": {"ids": IDS_DTYPE, "attention_mask": IDS_DTYPE, "hidden": HIDDEN_DTYPE},
+            "segments": segments,
+            "default_variant": "fp32",
+            "variants": {
+                "fp32": {
+                    "backend": "onnxruntime",
+                    "precision": "fp32",
+                    "segments": files,
+                    "full": {"file": "full.onnx", "sha256": sha256_file(tmp / "full.onnx"),
+                             "inputs": full_plan.inputs, "outputs": full_outputs},
+                }
+            },
+            "tokenizer": {
+                "file": tokenizer_file,
+                "sha256": sha256_file(tmp / tokenizer_file),
+                "pad_id": pad_id,
+                "max_length": source.max_seq_length,
+            },
+            "exit_policy": policy.to_dict(),
+            "policy_history": [],
+            "tools": _tool_versions(),
+        }
+        write_json_atomic(tmp / MANIFEST_NAME, manifest)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def add_variant(out: Path, precision: str, *, progress: bool = True) -> Path:
+    raise LeapError(f"precision '{precision}' is not supported yet; supported: fp32")
+
+
+def _copy_tokenizer(model_dir: Path, dest: Path) -> str:
+    src = model_dir / "tokenizer.json"
+    if not src.is_file():
+        raise LeapError(f"{model_dir} has no tokenizer.json (a fast tokenizer is required by the runtime)")
+    (dest / "tokenizer").mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        if (model_dir / name).is_file():
+            shutil.copy2(model_dir / name, dest / "tokenizer" / name)
+    return "tokenizer/tokenizer.json"
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished folder into place; an existing folder is removed only after the move succeeded."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)

@@ -1,0 +1,55 @@
+"""A readable summary of an artifact folder (rich tables)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+def summary(artifacts: str | os.PathLike, *, as_json: bool = False, check_files: bool = True) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from trt_runtime.manifest import load_manifest
+
+    m = load_manifest(artifacts, check_files=check_files)
+    console = Console()
+    if as_json:
+        console.print_json(json.dumps(m.data))
+        return
+    d = m.data
+    policy = d["exit_policy"]
+    console.print(f"[bold]{m.root}[/bold]  (schema v{d['schema_version']}, created {d.get('created', '?')})")
+    console.print(
+        f"source [cyan]{d['source']['name']}[/cyan] ({d['architecture']}, {d['num_layers']} layers, hidden "
+        f"{d['hidden_size']}, max_seq {d['max_seq_length']}, {d['pooling']} pooling"
+        f"{' + normalize' if d['normalize'] else ''}), weights sha256 {d['source']['weights_sha256'][:12]}…"
+    )
+    console.print(
+        f"exit policy: theta {policy['theta']}, patience k {policy['patience']}, min_layer {policy['min_layer']}"
+        f"{'' if policy.get('enabled', True) else ' (disabled)'}; history: {len(d.get('policy_history', []))} entries"
+    )
+    table = Table(title="segments")
+    for col in ("#", "layers", "inputs", "outputs", "ref", *m.variants()):
+        table.add_column(col)
+    variants = {name: m.variant(name)["segments"] for name in m.variants()}
+    for seg in m.segments:
+        files = [f"{variants[v][seg.index]['file']} ({_size(m.root / variants[v][seg.index]['file'])})" for v in variants]
+        table.add_row(str(seg.index), f"{seg.start + 1}–{seg.end}", ", ".join(seg.inputs), ", ".join(seg.outputs),
+                      "-" if seg.ref_from is None else f"seg {seg.ref_from}", *files)
+    console.print(table)
+    for name in m.variants():
+        v = m.variant(name)
+        console.print(f"variant [bold]{name}[/bold]: backend {v.get('backend')}, precision {v.get('precision')}, "
+                      f"full graph {v['full']['file']} ({_size(m.root / v['full']['file'])})")
+    console.print(f"tokenizer {d['tokenizer']['file']} (pad id {d['tokenizer']['pad_id']}, "
+                  f"max length {d['tokenizer']['max_length']}); files {'verified' if check_files else 'not hashed'}")
+    console.print("tools: " + ", ".join(f"{k} {v}" for k, v in d.get("tools", {}).items()))
+
+
+def _size(path) -> str:
+    try:
+        n = os.path.getsize(path)
+    except OSError:
+        return "missing"
+    return f"{n / 1e6:.1f} MB"

@@ -1,0 +1,39 @@
+"""Reading sentence files: one sentence per line, UTF-8, with errors that name the line."""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+from leap_export.errors import LeapError
+
+
+def read_lines(path: str | os.PathLike, *, skip_empty: bool = False) -> list[str]:
+    """Every line of a UTF-8 text file without its line ending (empty lines kept unless ``skip_empty``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LeapError(f"{path}: no such file")
+    lines = []
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise LeapError(
+                    f"{path}, line {number}: not valid UTF-8 ({e.reason} at byte {e.start}); "
+                    "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                ) from None
+            if number == 1:
+                line = line.removeprefix("\ufeff")
+            line = line.rstrip("\r\n")
+            if skip_empty and not line.strip():
+                continue
+            lines.append(line)
+    return lines
+
+
+def sample_sentences() -> list[str]:
+    """The small built-in set used by the demo and, by default, by verify and bench."""
+    text = resources.files("leap_export.resources").joinpath("sample_sentences.txt").read_text("utf-8")
+    return [line for line in text.splitlines() if line.strip()]

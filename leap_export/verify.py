@@ -1,0 +1,233 @@
+"""Parity as data: PyTorch (the source model) vs ONNX Runtime segments, per segment and end to end.
+
+``verify`` returns a :class:`VerifyReport` that is truthy only when every check passed, saved as JSON;
+the CLI exits 1 and lists every failure. Checks:
+
+- artifact integrity (hashes) and that the source weights are the ones the artifacts were built from;
+- per segment: pooled vector vs the reference layer (min cosine, max abs diff) and the convergence
+  score vs cos(p_b, p_{b-k}) of the reference (max abs diff);
+- end to end at full depth: the segment chain and the monolithic graph vs the reference final layer;
+- with exits, at the default policy and at a theta that splits the batch (so compaction runs):
+  exit-layer agreement with the exit rule applied to the reference, and min cosine of each exited
+  embedding to the reference at that layer (near-threshold samples, whose reference score lies within
+  the score tolerance of theta, may legitimately flip and are counted separately);
+- compaction: batched results equal batch-1 results (same exit layers, cosine >= tolerance).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trt_runtime.manifest import write_json_atomic
+from trt_runtime.policy import ExitPolicy, convergence_scores, cosine
+
+# Tolerances per precision. fp32 must agree with PyTorch to float rounding.
+TOLERANCES: dict[str, dict[str, float]] = {
+    "fp32": {"min_cosine": 0.99999, "max_abs_diff": 1e-4, "score_abs_diff": 1e-4, "exit_agreement": 1.0},
+    "int8": {"min_cosine": 0.98, "max_abs_diff": 0.5, "score_abs_diff": 0.02, "exit_agreement": 0.9},
+    "fp16": {"min_cosine": 0.999, "max_abs_diff": 0.05, "score_abs_diff": 0.005, "exit_agreement": 0.95},
+}
+
+
+@dataclass
+class Check:
+    name: str
+    metric: str
+    value: float
+    threshold: float
+    passed: bool
+    detail: str = ""
+
+
+@dataclass
+class VerifyReport:
+    artifacts: str
+    variant: str
+    sentences: int
+    tolerances: dict[str, float]
+    checks: list[Check] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def add(self, name: str, metric: str, value: float, threshold: float, *, higher_is_better: bool,
+            detail: str = "") -> None:
+        value = float(value)
+        ok = value >= threshold if higher_is_better else value <= threshold
+        self.checks.append(Check(name, metric, value, threshold, bool(ok and np.isfinite(value)), detail))
+
+    def fail(self, name: str, detail: str) -> None:
+        self.checks.append(Check(name, "error", float("nan"), float("nan"), False, detail))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["passed"] = bool(self)
+        d["failures"] = [f"{c.name}: {c.metric} = {c.value:.6g} (threshold {c.threshold:.6g}) {c.detail}".strip()
+                         for c in self.failures]
+        return d
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_json_atomic(Path(path), _jsonable(self.to_dict()))
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def verify(
+    artifacts: str | os.PathLike,
+    sentences: list[str] | None = None,
+    *,
+    variant: str | None = None,
+    batch_size: int = 16,
+    model: str | None = None,
+    progress: bool = True,
+) -> VerifyReport:
+    """Run every parity check; never raises for a failed check (it is recorded), only for unusable input."""
+    from leap_export.reference import layer_embeddings
+    from leap_export.sources import resolve_model
+    from leap_export.textio import sample_sentences
+    from trt_runtime.encoder import EarlyExitEncoder
+    from trt_runtime.errors import ArtifactError
+    from trt_runtime.manifest import load_manifest
+    from trt_runtime.runners import OrtRunner
+
+    sentences = list(sentences) if sentences else sample_sentences()
+    manifest = load_manifest(artifacts, check_files=False)
+    variant = variant or manifest.data.get("default_variant", "fp32")
+    precision = manifest.variant(variant).get("precision", variant)
+    tol = TOLERANCES.get(precision, TOLERANCES["fp32"])
+    report = VerifyReport(str(artifacts), variant, len(sentences), dict(tol))
+    try:
+        manifest.check_files(variant)
+        report.add("artifact files", "intact", 1.0, 1.0, higher_is_better=True)
+    except ArtifactError as e:
+        report.fail("artifact files", str(e))
+        return report
+
+    source = resolve_model(model or manifest.data["source"]["spec"])
+    built_from = manifest.data["source"]["weights_sha256"]
+    report.add("source weights", "sha256 match", float(source.weights_sha256 == built_from), 1.0,
+               higher_is_better=True,
+               detail="" if source.weights_sha256 == built_from else
+               f"{source.path} has other weights than the artifacts were built from; pass --model")
+    ref = layer_embeddings(source, sentences, batch_size=batch_size, show_progress_bar=progress)
+    k = manifest.patience
+
+    # per segment, and the segment chain at full depth
+    full_depth = EarlyExitEncoder(artifacts, exits=False, variant=variant, check_files=False)
+    ids = full_depth.tokenizer.encode(sentences)
+    for start in range(0, len(ids), batch_size):
+        trace: list = []
+        full_depth._run_batch(ids[start : start + batch_size], trace=trace)
+        for layer, rows, pooled, score in trace:
+            _segment_acc(report, layer, start + rows, pooled, score, ref, k)
+    _finish_segments(report, manifest, tol)
+
+    chain = full_depth.encode(sentences, batch_size=batch_size)
+    _compare_end_to_end(report, "segments, exits off", chain, _normalise(ref[-1]), tol)
+    with OrtRunner(manifest.full_path(variant)) as mono:
+        pooled = np.concatenate([
+            mono.infer(dict(zip(("input_ids", "attention_mask"), full_depth.tokenizer.pad(ids[s : s + batch_size]),
+                                strict=True)))["pooled"]
+            for s in range(0, len(ids), batch_size)
+        ])
+    _compare_end_to_end(report, "monolithic graph", _normalise(pooled), _normalise(ref[-1]), tol)
+
+    # with exits: the default policy and a theta that splits the batch
+    policy = manifest.default_policy
+    first_exit = next((b for b in manifest.boundaries if policy.may_exit_at(b) and b < manifest.num_layers), None)
+    thetas = {"default policy": policy.theta}
+    if first_exit is not None:
+        split = float(np.median(convergence_scores(ref, first_exit, k)))
+        thetas["split theta"] = float(min(max(split, 1e-3), 1.0))
+    report.info["thetas"] = thetas
+    for label, theta in thetas.items():
+        _check_exits(report, label, artifacts, variant, sentences, ref, replace_theta(policy, theta),
+                     manifest.boundaries, batch_size, tol)
+    report.info["reference_scores"] = {
+        str(b): float(np.mean(convergence_scores(ref, b, k))) for b in manifest.boundaries
+    }
+    return report
+
+
+def replace_theta(policy: ExitPolicy, theta: float) -> ExitPolicy:
+    return ExitPolicy(theta=theta, patience=policy.patience, min_layer=policy.min_layer, enabled=policy.enabled)
+
+
+def _segment_acc(report, layer, rows, pooled, score, ref, k) -> None:
+    acc = report.info.setdefault("_acc", {})
+    a = acc.setdefault(layer, {"cos": [], "abs": [], "score": []})
+    a["cos"].append(cosine(pooled, ref[layer][rows]))
+    a["abs"].append(np.abs(pooled - ref[layer][rows]).max(axis=1))
+    a["score"].append(np.abs(score - convergence_scores(ref, layer, k)[rows]))
+
+
+def _finish_segments(report, manifest, tol) -> None:
+    acc = report.info.pop("_acc")
+    for seg in manifest.segments:
+        a = {key: np.concatenate(v) for key, v in acc[seg.end].items()}
+        name = f"segment {seg.index} (layers {seg.start + 1}-{seg.end})"
+        report.add(f"{name} pooled", "min_cosine", a["cos"].min(), tol["min_cosine"], higher_is_better=True)
+        report.add(f"{name} pooled", "max_abs_diff", a["abs"].max(), tol["max_abs_diff"], higher_is_better=False)
+        report.add(f"{name} score", "max_abs_diff", a["score"].max(), tol["score_abs_diff"], higher_is_better=False)
+
+
+def _compare_end_to_end(report, name, got, want, tol) -> None:
+    report.add(f"end to end, {name}", "min_cosine", cosine(got, want).min(), tol["min_cosine"], higher_is_better=True)
+    report.add(f"end to end, {name}", "max_abs_diff", np.abs(got - want).max(), tol["max_abs_diff"],
+               higher_is_better=False)
+
+
+def _check_exits(report, label, artifacts, variant, sentences, ref, policy, boundaries, batch_size, tol) -> None:
+    from trt_runtime.encoder import EarlyExitEncoder
+
+    enc = EarlyExitEncoder(artifacts, policy=policy, variant=variant, check_files=False)
+    got = enc.encode_with_exits(sentences, batch_size=batch_size)
+    want_layers = policy.simulate(ref, layers=boundaries)
+    # a sample whose reference score at any checked layer is within tolerance of theta may flip legitimately
+    near = np.zeros(len(sentences), dtype=bool)
+    for b in boundaries:
+        if policy.may_exit_at(b):
+            near |= np.abs(convergence_scores(ref, b, policy.patience) - policy.theta) <= tol["score_abs_diff"]
+    agree = got.exit_layers == want_layers
+    firm = ~near
+    value = float(agree[firm].mean()) if firm.any() else 1.0
+    report.add(f"exits at {label} (theta {policy.theta:.4f})", "exit_layer_agreement", value, tol["exit_agreement"],
+               higher_is_better=True, detail=f"{int(near.sum())} near-threshold samples excluded")
+    want = _normalise(ref[got.exit_layers, np.arange(len(sentences))])
+    report.add(f"exits at {label}", "min_cosine_at_exit_layer", cosine(got.embeddings, want).min(),
+               tol["min_cosine"], higher_is_better=True)
+    report.info.setdefault("exit_layers", {})[label] = {
+        "theta": policy.theta,
+        "distribution": {str(b): int((got.exit_layers == b).sum()) for b in boundaries},
+    }
+    # compaction: batched == batch-1
+    single = np.concatenate([enc.encode_with_exits([s], batch_size=1).exit_layers for s in sentences])
+    single_emb = enc.encode(sentences, batch_size=1)
+    report.add(f"compaction at {label}", "batch1_exit_agreement", float((single == got.exit_layers).mean()), 1.0,
+               higher_is_better=True)
+    report.add(f"compaction at {label}", "batch1_min_cosine", cosine(single_emb, got.embeddings).min(),
+               tol["min_cosine"], higher_is_better=True)

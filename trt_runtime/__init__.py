@@ -1,0 +1,20 @@
+"""trt_runtime: the deployable half. numpy, tokenizers, onnxruntime; never torch.
+
+Loads a leap-export artifact folder, runs its segments in order and stops each sample as soon as
+its embedding has converged, compacting the batch as samples leave.
+"""
+
+from trt_runtime.errors import ArtifactError, RuntimeInputError
+from trt_runtime.manifest import Manifest, load_manifest
+from trt_runtime.policy import ExitPolicy
+
+__all__ = ["ArtifactError", "RuntimeInputError", "Manifest", "load_manifest", "ExitPolicy", "EarlyExitEncoder"]
+__version__ = "0.1.0"
+
+
+def __getattr__(name):  # the encoder pulls in onnxruntime: import it only when asked for
+    if name == "EarlyExitEncoder":
+        from trt_runtime.encoder import EarlyExitEncoder
+
+        return EarlyExitEncoder
+    raise AttributeError(name)

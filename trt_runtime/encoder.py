@@ -1,0 +1,262 @@
+"""EarlyExitEncoder: tokenize -> segments -> exit policy -> compaction -> embeddings + exit layers.
+
+Per batch::
+
+    active = every row
+    for segment in segments:
+        outputs = runner[segment].infer(inputs of the active rows)
+        exited  = policy.decide(segment.end, outputs.score)
+        write the pooled vector of exited rows to their original rows; record their exit layer
+        active  = active without exited        # later segments see fewer rows, trimmed to their longest
+    rows still active take the last segment's pooled vector (full depth)
+
+Sentences are sorted by token length before batching (as sentence-transformers does) so padding does
+not dominate, and results are returned in input order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from trt_runtime.errors import RuntimeInputError
+from trt_runtime.manifest import Manifest, load_manifest
+from trt_runtime.policy import ExitPolicy
+from trt_runtime.runners import OrtRunner
+from trt_runtime.tokenize import TokenBatcher
+
+
+@dataclass
+class ExitStats:
+    """Production logging (paper §5.2): per-layer exit counts and mean convergence score per layer."""
+
+    num_layers: int
+    boundaries: list[int]
+    exits: dict[int, int] = field(default_factory=dict)
+    score_sum: dict[int, float] = field(default_factory=dict)
+    score_count: dict[int, int] = field(default_factory=dict)
+
+    def record(self, layer: int, scores: np.ndarray, exited: int) -> None:
+        self.score_sum[layer] = self.score_sum.get(layer, 0.0) + float(np.sum(scores, dtype=np.float64))
+        self.score_count[layer] = self.score_count.get(layer, 0) + int(scores.shape[0])
+        if exited:
+            self.exits[layer] = self.exits.get(layer, 0) + exited
+
+    @property
+    def samples(self) -> int:
+        return sum(self.exits.values())
+
+    def expected_layers(self) -> float:
+        n = self.samples
+        return sum(layer * c for layer, c in self.exits.items()) / n if n else float("nan")
+
+    def as_dict(self) -> dict:
+        n = self.samples
+        layers = self.boundaries
+        return {
+            "samples": n,
+            "exit_counts": {str(layer): self.exits.get(layer, 0) for layer in layers},
+            "exit_rate": {str(layer): (self.exits.get(layer, 0) / n if n else 0.0) for layer in layers},
+            "mean_score": {
+                str(layer): self.score_sum[layer] / self.score_count[layer] for layer in layers if self.score_count.get(layer)
+            },
+            "expected_layers": self.expected_layers() if n else None,
+            "layer_reduction": self.num_layers / self.expected_layers() if n else None,
+        }
+
+    def reset(self) -> None:
+        self.exits.clear()
+        self.score_sum.clear()
+        self.score_count.clear()
+
+
+@dataclass
+class EncodeResult:
+    embeddings: np.ndarray  # [N, H] float32, input order
+    exit_layers: np.ndarray  # [N] int64: the layer whose pooled vector each row returns
+
+
+class EarlyExitEncoder:
+    """Early-exit sentence encoder over a leap-export artifact folder (ONNX Runtime segments).
+
+    ``policy`` defaults to the manifest's; ``theta`` / ``min_layer`` override it; ``exits=False`` runs
+    every sample to full depth through the same segments (the comparison setting).
+    """
+
+    def __init__(
+        self,
+        artifacts: str | os.PathLike,
+        *,
+        policy: ExitPolicy | None = None,
+        theta: float | None = None,
+        min_layer: int | None = None,
+        patience: int | None = None,
+        exits: bool = True,
+        variant: str | None = None,
+        threads: int | None = None,
+        providers: list[str] | None = None,
+        check_files: bool = True,
+    ) -> None:
+        self.manifest: Manifest = load_manifest(artifacts, check_files=check_files, variant=variant)
+        self.policy = self._policy(policy, theta, min_layer, patience, exits)
+        self.segments = self.manifest.segments
+        self.runners = [
+            OrtRunner(p, threads=threads, providers=providers) for p in self.manifest.segment_paths(variant)
+        ]
+        for runner in self.runners:
+            runner.activate()
+        tok = self.manifest.data["tokenizer"]
+        self.tokenizer = TokenBatcher(
+            self.manifest.tokenizer_path(), max_length=int(tok["max_length"]), pad_id=int(tok["pad_id"])
+        )
+        self.stats = ExitStats(self.manifest.num_layers, self.manifest.boundaries)
+        self._refs_needed = {s.ref_from for s in self.segments if s.ref_from is not None}
+
+    @property
+    def root(self) -> Path:
+        return self.manifest.root
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.manifest.hidden_size
+
+    def _policy(self, policy, theta, min_layer, patience, exits) -> ExitPolicy:
+        base = policy or self.manifest.default_policy
+        policy = ExitPolicy(
+            theta=base.theta if theta is None else theta,
+            patience=base.patience if patience is None else patience,
+            min_layer=base.min_layer if min_layer is None else min_layer,
+            enabled=base.enabled and exits,
+        )
+        if policy.patience != self.manifest.patience:
+            raise RuntimeInputError(
+                f"these artifacts compute convergence scores with patience k={self.manifest.patience} inside "
+                f"the graphs; k={policy.patience} needs a rebuild: `leap-export build ... --patience {policy.patience}`"
+            )
+        return policy
+
+    # -- public API -----------------------------------------------------------------------------------
+
+    def encode(
+        self,
+        sentences: str | Sequence[str],
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        normalize_embeddings: bool = True,
+        convert_to_numpy: bool = True,
+    ) -> np.ndarray:
+        """Like ``SentenceTransformer.encode``: ``[N, H]`` float32 (``[H]`` for a single string).
+
+        Embeddings are L2-normalised when ``normalize_embeddings`` is true or the model itself ends in
+        a Normalize module (as sentence-transformers would).
+        """
+        single = isinstance(sentences, str)
+        result = self.encode_with_exits([sentences] if single else sentences, batch_size=batch_size,
+                                        show_progress_bar=show_progress_bar,
+                                        normalize_embeddings=normalize_embeddings)
+        return result.embeddings[0] if single else result.embeddings
+
+    def encode_with_exits(
+        self,
+        sentences: Sequence[str],
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        normalize_embeddings: bool = True,
+    ) -> EncodeResult:
+        texts = _check_sentences(sentences)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise RuntimeInputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        n, hidden = len(texts), self.manifest.hidden_size
+        embeddings = np.zeros((n, hidden), dtype=np.float32)
+        exit_layers = np.zeros(n, dtype=np.int64)
+        if n == 0:
+            return EncodeResult(embeddings, exit_layers)
+        ids = self.tokenizer.encode(texts)
+        order = np.argsort([-len(x) for x in ids], kind="stable")
+        starts = range(0, n, batch_size)
+        if show_progress_bar or (show_progress_bar is None and n > 4 * batch_size and _interactive()):
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="encode", unit="batch")
+        for start in starts:
+            rows = order[start : start + batch_size]
+            pooled, layers = self._run_batch([ids[i] for i in rows])
+            embeddings[rows] = pooled
+            exit_layers[rows] = layers
+        if normalize_embeddings or self.manifest.normalize:
+            norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+            embeddings /= np.maximum(norms, 1e-12)
+        return EncodeResult(embeddings, exit_layers)
+
+    # -- the loop -------------------------------------------------------------------------------------
+
+    def _run_batch(self, ids: list[np.ndarray], trace: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One batch through the segments. ``trace`` (a list) receives (layer, rows, pooled, score) per segment."""
+        input_ids, mask = self.tokenizer.pad(ids)
+        batch = len(ids)
+        out = np.empty((batch, self.manifest.hidden_size), dtype=np.float32)
+        exit_layer = np.empty(batch, dtype=np.int64)
+        active = np.arange(batch)
+        x = input_ids
+        refs: dict[int, np.ndarray] = {}
+        last = len(self.segments) - 1
+        for seg, runner in zip(self.segments, self.runners, strict=True):
+            feeds = {seg.inputs[0]: x, "attention_mask": mask}
+            if seg.ref_from is not None:
+                feeds["ref_pooled"] = refs[seg.ref_from]
+            res = runner.infer(feeds)
+            pooled, score = res["pooled"], res["score"]
+            if trace is not None:
+                trace.append((seg.end, active.copy(), pooled, score))
+            if seg.index == last:
+                self.stats.record(seg.end, score, exited=active.size)
+                out[active] = pooled
+                exit_layer[active] = seg.end
+                break
+            exited = self.policy.decide(seg.end, score)
+            n_exit = int(exited.sum())
+            self.stats.record(seg.end, score, exited=n_exit)
+            hidden = res["hidden_out"]
+            if seg.index in self._refs_needed:
+                refs[seg.index] = pooled
+            if n_exit:
+                out[active[exited]] = pooled[exited]
+                exit_layer[active[exited]] = seg.end
+                if n_exit == active.size:
+                    break
+                keep = ~exited
+                active = active[keep]
+                mask = mask[keep]
+                width = int(mask.sum(axis=1).max())  # trim padding no survivor needs
+                mask = np.ascontiguousarray(mask[:, :width])
+                hidden = np.ascontiguousarray(hidden[keep, :width])
+                refs = {k: v[keep] for k, v in refs.items()}
+            x = hidden
+        return out, exit_layer
+
+
+def _interactive() -> bool:
+    import sys
+
+    return sys.stderr.isatty()
+
+
+def _check_sentences(sentences) -> list[str]:
+    if isinstance(sentences, str):
+        return [sentences]
+    if sentences is None or not isinstance(sentences, Sequence):
+        try:
+            sentences = list(sentences)
+        except TypeError:
+            raise RuntimeInputError(
+                f"sentences must be a string or a list of strings, got {type(sentences).__name__}"
+            ) from None
+    bad = [(i, type(s).__name__) for i, s in enumerate(sentences) if not isinstance(s, str)]
+    if bad:
+        where = ", ".join(f"#{i} ({t})" for i, t in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        raise RuntimeInputError(f"every sentence must be a str; not strings: {where}")
+    return list(sentences)

@@ -1,0 +1,217 @@
+"""The manifest: the versioned contract between the build half, the runtime, Triton and C++ consumers.
+
+``manifest.json`` in an artifact folder (schema documented in docs/MANIFEST.md):
+
+- ``schema_version``, ``format`` ("leap-export"), ``created``, ``tools`` (versions)
+- ``source``: spec, path, name, weights_sha256
+- ``architecture``, ``num_layers``, ``hidden_size``, ``max_seq_length``, ``pooling`` ("mean"), ``normalize``
+- ``io``: dtypes of token ids / mask / hidden states at segment boundaries
+- ``segments``: geometry and I/O of every segment (index, layers [a, b], inputs, outputs, ref_from)
+- ``variants``: per precision (``fp32``, ``int8``, ...) the files and sha256 of each segment and of
+  the monolithic full-depth graph
+- ``tokenizer``: files (+ sha256), pad id, max length
+- ``exit_policy`` (the default) and ``policy_history``
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trt_runtime.errors import ArtifactError
+from trt_runtime.policy import ExitPolicy
+
+SCHEMA_VERSION = 1
+FORMAT = "leap-export"
+MANIFEST_NAME = "manifest.json"
+_REQUIRED = (
+    "schema_version", "format", "architecture", "num_layers", "hidden_size", "max_seq_length",
+    "pooling", "normalize", "segments", "variants", "tokenizer", "exit_policy",
+)  # fmt: skip
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    index: int
+    start: int  # layers (start, end]: start = 0 means the segment also embeds the token ids
+    end: int
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    ref_from: int | None  # index of the segment whose pooled output is this one's reference, if any
+
+    @property
+    def takes_ids(self) -> bool:
+        return self.start == 0
+
+
+@dataclass
+class Manifest:
+    root: Path
+    data: dict[str, Any]
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.data["num_layers"])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.data["hidden_size"])
+
+    @property
+    def max_seq_length(self) -> int:
+        return int(self.data["max_seq_length"])
+
+    @property
+    def normalize(self) -> bool:
+        return bool(self.data["normalize"])
+
+    @property
+    def patience(self) -> int:
+        """The k the convergence scores were exported with (scores are computed inside the graphs)."""
+        return int(self.data["exit_policy"]["patience"])
+
+    @property
+    def boundaries(self) -> list[int]:
+        return [s.end for s in self.segments]
+
+    @property
+    def segments(self) -> list[SegmentSpec]:
+        return [
+            SegmentSpec(
+                index=int(s["index"]),
+                start=int(s["layers"][0]),
+                end=int(s["layers"][1]),
+                inputs=tuple(i["name"] for i in s["inputs"]),
+                outputs=tuple(o["name"] for o in s["outputs"]),
+                ref_from=s.get("ref_from"),
+            )
+            for s in self.data["segments"]
+        ]
+
+    @property
+    def default_policy(self) -> ExitPolicy:
+        return ExitPolicy.from_dict(self.data["exit_policy"])
+
+    def variants(self) -> list[str]:
+        return list(self.data["variants"])
+
+    def variant(self, name: str | None = None) -> dict[str, Any]:
+        name = name or self.data.get("default_variant") or next(iter(self.data["variants"]))
+        if name not in self.data["variants"]:
+            raise ArtifactError(
+                f"{self.root}: no '{name}' build in this artifact folder (it has: "
+                f"{', '.join(self.data['variants'])}); build it with `leap-export build ... --precision {name}`"
+            )
+        return self.data["variants"][name]
+
+    def segment_paths(self, variant: str | None = None) -> list[Path]:
+        return [self.root / f["file"] for f in self.variant(variant)["segments"]]
+
+    def full_path(self, variant: str | None = None) -> Path:
+        return self.root / self.variant(variant)["full"]["file"]
+
+    def tokenizer_path(self) -> Path:
+        return self.root / self.data["tokenizer"]["file"]
+
+    def file_entries(self) -> list[dict[str, str]]:
+        entries = [{"file": self.data["tokenizer"]["file"], "sha256": self.data["tokenizer"]["sha256"]}]
+        for variant in self.data["variants"].values():
+            entries += variant["segments"] + [variant["full"]]
+        return entries
+
+    def check_files(self, variant: str | None = None) -> None:
+        """Every file the manifest names exists and has its recorded sha256; one error lists all faults."""
+        v = self.variant(variant)
+        wanted = {self.data["tokenizer"]["file"], v["full"]["file"]} | {f["file"] for f in v["segments"]}
+        problems = []
+        for entry in self.file_entries():
+            if entry["file"] not in wanted:
+                continue
+            path = self.root / entry["file"]
+            if not path.is_file():
+                problems.append(f"missing file {entry['file']}")
+            elif sha256_file(path) != entry["sha256"]:
+                problems.append(f"{entry['file']} does not match its sha256 in the manifest (corrupt or replaced)")
+        if problems:
+            raise ArtifactError(
+                f"artifact folder {self.root} is not intact: " + "; ".join(problems)
+                + ". Rebuild it with `leap-export build`."
+            )
+
+    def save(self) -> None:
+        write_json_atomic(self.root / MANIFEST_NAME, self.data)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def load_manifest(root: str | os.PathLike, *, check_files: bool = True, variant: str | None = None) -> Manifest:
+    """Load and validate ``root/manifest.json``; with ``check_files`` every referenced file is hashed."""
+    root = Path(root)
+    path = root / MANIFEST_NAME
+    if not root.is_dir():
+        raise ArtifactError(f"{root} is not a folder; pass the --out folder of `leap-export build`")
+    if not path.is_file():
+        raise ArtifactError(f"{root} has no {MANIFEST_NAME}; is it a `leap-export build` output folder?")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path} is not valid JSON ({e}); rebuild the artifacts") from None
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise ArtifactError(f"{path} lacks {', '.join(missing)}; rebuild the artifacts")
+    if data["format"] != FORMAT:
+        raise ArtifactError(f"{path}: format '{data['format']}' is not '{FORMAT}'")
+    if data["schema_version"] > SCHEMA_VERSION:
+        raise ArtifactError(
+            f"{path}: schema version {data['schema_version']} is newer than this runtime understands "
+            f"({SCHEMA_VERSION}); upgrade leap-export"
+        )
+    manifest = Manifest(root=root, data=data)
+    _check_geometry(manifest)
+    if check_files:
+        manifest.check_files(variant)
+    return manifest
+
+
+def _check_geometry(m: Manifest) -> None:
+    segs = m.segments
+    if not segs or segs[0].start != 0 or segs[-1].end != m.num_layers:
+        raise ArtifactError(f"{m.root}: segments must start at layer 0 and end at layer {m.num_layers}")
+    for prev, seg in zip(segs, segs[1:], strict=False):
+        if seg.start != prev.end:
+            raise ArtifactError(f"{m.root}: segment {seg.index} does not start where segment {prev.index} ends")
+    for name, variant in m.data["variants"].items():
+        if len(variant["segments"]) != len(segs):
+            raise ArtifactError(f"{m.root}: variant '{name}' has {len(variant['segments'])} segment files, "
+                                f"expected {len(segs)}")

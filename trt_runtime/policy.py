@@ -1,0 +1,75 @@
+"""The exit rule, in one place: the runtime, diagnostics and calibration all call this.
+
+A sample exits after layer ``l`` when ``l >= min_layer``, ``l > patience`` and
+``cos(p_l, p_{l - patience}) >= theta`` (LEAP paper, eq. 6 and Algorithm 1), where ``p`` is the
+attention-masked mean-pooled hidden state. A sample that never satisfies it runs to full depth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from trt_runtime.errors import RuntimeInputError
+
+
+@dataclass(frozen=True)
+class ExitPolicy:
+    theta: float = 0.95
+    patience: int = 1
+    min_layer: int = 1
+    enabled: bool = True  # False: full depth for every sample (the comparison setting)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.theta, bool) or not isinstance(self.theta, int | float) or not 0.0 < self.theta <= 1.0:
+            raise RuntimeInputError(f"theta must be in (0, 1], got {self.theta!r}")
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
+            raise RuntimeInputError(f"patience k must be an integer >= 1, got {self.patience!r}")
+        if isinstance(self.min_layer, bool) or not isinstance(self.min_layer, int) or self.min_layer < 1:
+            raise RuntimeInputError(f"min_layer must be an integer >= 1, got {self.min_layer!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ExitPolicy:
+        return cls(**{k: d[k] for k in ("theta", "patience", "min_layer", "enabled") if k in d})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def may_exit_at(self, layer: int) -> bool:
+        return self.enabled and layer >= self.min_layer and layer > self.patience
+
+    def decide(self, layer: int, scores: np.ndarray) -> np.ndarray:
+        """Boolean mask of the rows whose convergence score lets them exit after ``layer``."""
+        if not self.may_exit_at(layer):
+            return np.zeros(scores.shape[0], dtype=bool)
+        return scores >= self.theta
+
+    def simulate(self, pooled: np.ndarray, layers: list[int] | None = None) -> np.ndarray:
+        """Exit layer of every sample, given every layer's pooled vectors ``[L + 1, N, H]``.
+
+        ``layers`` are the layers after which an exit is checked (a segment plan's boundaries);
+        default: every layer. Samples that never exit get ``L``.
+        """
+        num_layers = pooled.shape[0] - 1
+        exit_layer = np.full(pooled.shape[1], num_layers, dtype=np.int64)
+        done = np.zeros(pooled.shape[1], dtype=bool)
+        for layer in layers or range(1, num_layers + 1):
+            if layer >= num_layers:
+                break
+            exits = self.decide(layer, convergence_scores(pooled, layer, self.patience)) & ~done
+            exit_layer[exits] = layer
+            done |= exits
+        return exit_layer
+
+
+def cosine(a: np.ndarray, b: np.ndarray, eps: float = 1e-8) -> np.ndarray:
+    """Row-wise cosine with torch.nn.functional.cosine_similarity's epsilon semantics."""
+    na = np.maximum(np.linalg.norm(a, axis=-1), eps)
+    nb = np.maximum(np.linalg.norm(b, axis=-1), eps)
+    return np.sum(a * b, axis=-1) / (na * nb)
+
+
+def convergence_scores(pooled: np.ndarray, layer: int, patience: int) -> np.ndarray:
+    """cos(p_layer, p_{layer - patience}) for every sample, from ``[L + 1, N, H]`` pooled vectors."""
+    return cosine(pooled[layer], pooled[max(layer - patience, 0)])

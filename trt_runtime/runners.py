@@ -1,0 +1,113 @@
+"""One small runner interface per backend (activate / infer / deactivate), after Polygraphy's runners.
+
+The early-exit loop composes runners with an exit policy and never asks which backend it has.
+
+ONNX Runtime on few cores: every ``InferenceSession`` owns an intra-op thread pool whose workers spin
+after each run. With one session per segment, the idle pools spin against the busy one and a
+six-segment pipeline runs several times slower than one graph (DATA.md: 19.6–22 ms vs 3.2 ms). All
+segment sessions here therefore share ONE process-wide thread pool
+(``set_global_thread_pool_sizes`` + ``use_per_session_threads = False``): spinning stays on, and only
+one pool exists. That pool is sized once per process; a later request for another size falls back to
+per-session pools with spinning disabled, which is the next best setting, and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_global_pool_threads: int | None = None  # threads of the process-wide ORT pool, once created
+_global_pool_failed = False
+
+
+class Runner(Protocol):
+    input_names: list[str]
+    output_names: list[str]
+
+    def activate(self) -> None: ...
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def deactivate(self) -> None: ...
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def ort_session_options(threads: int | None = None, *, shared_pool: bool = True):
+    """Session options used for every graph (segments and the monolithic one alike)."""
+    import onnxruntime as ort
+
+    global _global_pool_threads, _global_pool_failed
+    threads = threads or default_threads()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if shared_pool and _global_pool_threads is None and not _global_pool_failed:
+        try:
+            from onnxruntime.capi import _pybind_state
+
+            _pybind_state.set_global_thread_pool_sizes(threads, 1)
+            _global_pool_threads = threads
+        except Exception as e:  # the ORT environment already exists in this process
+            _global_pool_failed = True
+            log.warning("could not create a shared ONNX Runtime thread pool (%s); using per-session pools", e)
+    if shared_pool and _global_pool_threads == threads:
+        so.use_per_session_threads = False
+    else:
+        if shared_pool and _global_pool_threads is not None:
+            log.warning(
+                "the shared ONNX Runtime pool has %d threads; %d requested: per-session pools without spinning",
+                _global_pool_threads, threads,
+            )
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
+class OrtRunner:
+    """ONNX Runtime runner for one graph."""
+
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None, providers: list[str] | None = None,
+                 shared_pool: bool = True) -> None:
+        self.path = Path(path)
+        self.threads = threads
+        self.providers = providers or ["CPUExecutionProvider"]
+        self.shared_pool = shared_pool
+        self.session = None
+        self.input_names: list[str] = []
+        self.output_names: list[str] = []
+
+    def activate(self) -> None:
+        if self.session is not None:
+            return
+        import onnxruntime as ort
+
+        so = ort_session_options(self.threads, shared_pool=self.shared_pool)
+        self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=self.providers)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.session is None:
+            self.activate()
+        values = self.session.run(self.output_names, feeds)
+        return dict(zip(self.output_names, values, strict=True))
+
+    def deactivate(self) -> None:
+        self.session = None
+
+    def __enter__(self) -> OrtRunner:
+        self.activate()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()

@@ -1,0 +1,38 @@
+"""Tokenisation with `tokenizers`, truncating exactly as sentence-transformers does.
+
+The packaged tokenizer.json files pad and truncate to a fixed 128 tokens; sentence-transformers
+overrides that with the model's ``max_seq_length``. We do the same: no built-in padding, truncation at
+``max_length`` (special tokens included), and padding per batch to its longest row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+class TokenBatcher:
+    def __init__(self, tokenizer_json: str | Path, *, max_length: int, pad_id: int) -> None:
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_json))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=max_length)
+        self.pad_id = pad_id
+        self.max_length = max_length
+
+    def encode(self, sentences: Sequence[str]) -> list[np.ndarray]:
+        """Token ids per sentence (int32), with special tokens, truncated."""
+        return [np.asarray(e.ids, dtype=np.int32) for e in self.tokenizer.encode_batch(list(sentences))]
+
+    def pad(self, ids: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Right-pad to the longest row: (input_ids, attention_mask), both int32 ``[B, S]``."""
+        width = max(len(x) for x in ids)
+        input_ids = np.full((len(ids), width), self.pad_id, dtype=np.int32)
+        mask = np.zeros((len(ids), width), dtype=np.int32)
+        for row, x in enumerate(ids):
+            input_ids[row, : len(x)] = x
+            mask[row, : len(x)] = 1
+        return input_ids, mask
