@@ -36,8 +36,10 @@ class SegmentPlan:
     index: int
     start: int
     end: int
-    ref_layer: int  # end - patience (clamped at 0)
-    ref_from: int | None  # segment whose pooled output is the reference, when ref_layer < start
+    ref_layer: int  # the layer whose pooled vector the score compares with: end - patience
+    ref_from: int | None = None  # segment that produced it, when ref_layer < start
+    ref_output: str | None = None  # that segment's output holding it ("pooled" or "pooled_l<r>")
+    extra_layers: tuple[int, ...] = ()  # internal layers whose pooled vector a later segment needs
 
     @property
     def inputs(self) -> list[dict[str, Any]]:
@@ -53,14 +55,22 @@ class SegmentPlan:
 
     def outputs(self, last: bool) -> list[dict[str, Any]]:
         io = [] if last else [{"name": "hidden_out", "dtype": HIDDEN_DTYPE, "shape": ["batch", "sequence", "hidden"]}]
-        return io + [
+        io += [
             {"name": "pooled", "dtype": HIDDEN_DTYPE, "shape": ["batch", "hidden"]},
             {"name": "score", "dtype": HIDDEN_DTYPE, "shape": ["batch"]},
         ]
+        return io + [{"name": f"pooled_l{r}", "dtype": HIDDEN_DTYPE, "shape": ["batch", "hidden"]}
+                     for r in self.extra_layers]
 
 
 def plan_segments(num_layers: int, policy: ExitPolicy, boundaries: list[int] | None = None) -> list[SegmentPlan]:
-    """Default: embeddings + layers 1..min_layer in one segment, then one segment per later layer."""
+    """Default: embeddings + layers 1..min_layer in one segment, then one segment per later layer.
+
+    A segment after which a sample may exit scores cos(p_b, p_{b-k}). When layer b-k lies before the
+    segment, the segment that computes it also outputs its pooled vector (``pooled`` at its end,
+    ``pooled_l<r>`` inside it) and this one takes it as ``ref_pooled``. A segment after which no
+    sample may exit compares with its own input instead (the score is reported, never acted on).
+    """
     if boundaries is None:
         if policy.min_layer > num_layers:
             raise LeapError(f"min_layer {policy.min_layer} exceeds the model's {num_layers} layers")
@@ -70,20 +80,25 @@ def plan_segments(num_layers: int, policy: ExitPolicy, boundaries: list[int] | N
         raise LeapError(f"boundaries must lie in 1..{num_layers}, got {boundaries}")
     if boundaries[-1] != num_layers:
         boundaries.append(num_layers)
-    plans, start = [], 0
-    for index, end in enumerate(boundaries):
-        ref_layer = max(end - policy.patience, 0)
-        ref_from = None
-        if ref_layer < start:
-            if ref_layer not in boundaries:
-                raise LeapError(
-                    f"patience k={policy.patience} needs layer {ref_layer}'s pooled vector for the exit check "
-                    f"after layer {end}, but no segment ends at layer {ref_layer}; add {ref_layer} to --boundaries"
-                )
-            ref_from = boundaries.index(ref_layer)
-        plans.append(SegmentPlan(index, start, end, ref_layer, ref_from))
-        start = end
-    return plans
+    spans = list(zip([0, *boundaries[:-1]], boundaries, strict=True))
+    extra: dict[int, set[int]] = {i: set() for i in range(len(spans))}
+    refs: list[tuple[int, int | None, str | None]] = []
+    for start, end in spans:
+        exit_capable = policy.may_exit_at(end) and end < num_layers
+        ref_layer = end - policy.patience if exit_capable else max(end - policy.patience, start)
+        if ref_layer >= start:
+            refs.append((ref_layer, None, None))
+            continue
+        producer = next(i for i, (a, b) in enumerate(spans) if a < ref_layer <= b)
+        if ref_layer == spans[producer][1]:
+            refs.append((ref_layer, producer, "pooled"))
+        else:
+            extra[producer].add(ref_layer)
+            refs.append((ref_layer, producer, f"pooled_l{ref_layer}"))
+    return [
+        SegmentPlan(i, start, end, ref_layer, ref_from, ref_output, tuple(sorted(extra[i])))
+        for i, ((start, end), (ref_layer, ref_from, ref_output)) in enumerate(zip(spans, refs, strict=True))
+    ]
 
 
 def _segment_module(model, arch, plan: SegmentPlan, *, last: bool, pooled_only: bool = False):
@@ -102,18 +117,20 @@ def _segment_module(model, arch, plan: SegmentPlan, *, last: bool, pooled_only: 
             hidden = arch.embed(self.model, x.long()) if plan.start == 0 else x
             additive = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
             extras = arch.layer_extras(self.model, hidden)
-            ref = ref_pooled
-            if plan.ref_from is None and plan.ref_layer == plan.start:
-                ref = masked_mean(hidden, attention_mask)
+            kept = {}  # layer -> pooled vector, for the score's reference and for later segments
+            if plan.start in (plan.ref_layer, *plan.extra_layers):
+                kept[plan.start] = masked_mean(hidden, attention_mask)
             for i in range(plan.start, plan.end):
                 hidden = arch.run_layer(self.model, i, hidden, additive, extras)
-                if i + 1 == plan.ref_layer:
-                    ref = masked_mean(hidden, attention_mask)
+                if i + 1 in (plan.ref_layer, *plan.extra_layers) and i + 1 < plan.end:
+                    kept[i + 1] = masked_mean(hidden, attention_mask)
             pooled = masked_mean(hidden, attention_mask)  # [B, H]
             if pooled_only:
                 return pooled
+            ref = ref_pooled if plan.ref_from is not None else kept.get(plan.ref_layer, pooled)
             score = torch.nn.functional.cosine_similarity(pooled, ref, dim=-1, eps=1e-8)  # [B]
-            return (pooled, score) if last else (hidden, pooled, score)
+            extra_out = tuple(kept[r] for r in plan.extra_layers)
+            return ((pooled, score) if last else (hidden, pooled, score)) + extra_out
 
     return Segment().eval()
 
@@ -233,9 +250,10 @@ def build(
                 "outputs": outputs,
                 "ref_layer": plan.ref_layer,
                 "ref_from": plan.ref_from,
+                "ref_output": plan.ref_output,
             })
             files.append({"file": name, "sha256": sha256_file(tmp / name)})
-        full_plan = SegmentPlan(0, 0, source.num_layers, source.num_layers, None)
+        full_plan = SegmentPlan(0, 0, source.num_layers, source.num_layers)
         full_outputs = [{"name": "pooled", "dtype": HIDDEN_DTYPE, "shape": ["batch", "hidden"]}]
         _export(_segment_module(torch_model, arch, full_plan, last=True, pooled_only=True),
                 _sample_args(torch_model.config, full_plan, source.hidden_size, pad_id),

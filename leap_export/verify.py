@@ -135,6 +135,7 @@ def verify(
                f"{source.path} has other weights than the artifacts were built from; pass --model")
     ref = layer_embeddings(source, sentences, batch_size=batch_size, show_progress_bar=progress)
     k = manifest.patience
+    ref_layers = {seg.end: seg.ref_layer for seg in manifest.segments}
 
     # per segment, and the segment chain at full depth
     full_depth = EarlyExitEncoder(artifacts, exits=False, variant=variant, check_files=False)
@@ -143,7 +144,7 @@ def verify(
         trace: list = []
         full_depth._run_batch(ids[start : start + batch_size], trace=trace)
         for layer, rows, pooled, score in trace:
-            _segment_acc(report, layer, start + rows, pooled, score, ref, k)
+            _segment_acc(report, layer, start + rows, pooled, score, ref, ref_layers[layer])
     _finish_segments(report, manifest, tol)
 
     chain = full_depth.encode(sentences, batch_size=batch_size)
@@ -161,8 +162,7 @@ def verify(
     first_exit = next((b for b in manifest.boundaries if policy.may_exit_at(b) and b < manifest.num_layers), None)
     thetas = {"default policy": policy.theta}
     if first_exit is not None:
-        split = float(np.median(convergence_scores(ref, first_exit, k)))
-        thetas["split theta"] = float(min(max(split, 1e-3), 1.0))
+        thetas["split theta"] = float(min(max(split_theta(convergence_scores(ref, first_exit, k)), 1e-3), 1.0))
     report.info["thetas"] = thetas
     for label, theta in thetas.items():
         _check_exits(report, label, artifacts, variant, sentences, ref, replace_theta(policy, theta),
@@ -173,16 +173,26 @@ def verify(
     return report
 
 
+def split_theta(scores: np.ndarray) -> float:
+    """A theta between two central scores, at the widest gap: it splits the batch and no sample sits on it."""
+    s = np.unique(scores)
+    if len(s) < 2:
+        return float(s[0]) if len(s) else 0.95
+    lo, hi = len(s) // 5, max(len(s) // 5 + 1, 4 * len(s) // 5)
+    i = lo + int(np.argmax(np.diff(s[lo : hi + 1])))
+    return float((s[i] + s[i + 1]) / 2)
+
+
 def replace_theta(policy: ExitPolicy, theta: float) -> ExitPolicy:
     return ExitPolicy(theta=theta, patience=policy.patience, min_layer=policy.min_layer, enabled=policy.enabled)
 
 
-def _segment_acc(report, layer, rows, pooled, score, ref, k) -> None:
+def _segment_acc(report, layer, rows, pooled, score, ref, ref_layer) -> None:
     acc = report.info.setdefault("_acc", {})
     a = acc.setdefault(layer, {"cos": [], "abs": [], "score": []})
     a["cos"].append(cosine(pooled, ref[layer][rows]))
     a["abs"].append(np.abs(pooled - ref[layer][rows]).max(axis=1))
-    a["score"].append(np.abs(score - convergence_scores(ref, layer, k)[rows]))
+    a["score"].append(np.abs(score - cosine(ref[layer], ref[ref_layer])[rows]))
 
 
 def _finish_segments(report, manifest, tol) -> None:

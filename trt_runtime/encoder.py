@@ -114,7 +114,8 @@ class EarlyExitEncoder:
             self.manifest.tokenizer_path(), max_length=int(tok["max_length"]), pad_id=int(tok["pad_id"])
         )
         self.stats = ExitStats(self.manifest.num_layers, self.manifest.boundaries)
-        self._refs_needed = {s.ref_from for s in self.segments if s.ref_from is not None}
+        # (segment, output) pairs a later segment takes as its reference pooled vector
+        self._refs_needed = {(s.ref_from, s.ref_output) for s in self.segments if s.ref_from is not None}
 
     @property
     def root(self) -> Path:
@@ -202,12 +203,12 @@ class EarlyExitEncoder:
         exit_layer = np.empty(batch, dtype=np.int64)
         active = np.arange(batch)
         x = input_ids
-        refs: dict[int, np.ndarray] = {}
+        refs: dict[tuple[int, str], np.ndarray] = {}
         last = len(self.segments) - 1
         for seg, runner in zip(self.segments, self.runners, strict=True):
             feeds = {seg.inputs[0]: x, "attention_mask": mask}
             if seg.ref_from is not None:
-                feeds["ref_pooled"] = refs[seg.ref_from]
+                feeds["ref_pooled"] = refs[(seg.ref_from, seg.ref_output)]
             res = runner.infer(feeds)
             pooled, score = res["pooled"], res["score"]
             if trace is not None:
@@ -221,8 +222,9 @@ class EarlyExitEncoder:
             n_exit = int(exited.sum())
             self.stats.record(seg.end, score, exited=n_exit)
             hidden = res["hidden_out"]
-            if seg.index in self._refs_needed:
-                refs[seg.index] = pooled
+            for key in self._refs_needed:
+                if key[0] == seg.index:
+                    refs[key] = res[key[1]]
             if n_exit:
                 out[active[exited]] = pooled[exited]
                 exit_layer[active[exited]] = seg.end

@@ -51,6 +51,8 @@ class SegmentSpec:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     ref_from: int | None  # index of the segment whose pooled output is this one's reference, if any
+    ref_output: str | None  # the name of that output ("pooled" or "pooled_l<r>")
+    ref_layer: int  # the score is cos(p_end, p_ref_layer)
 
     @property
     def takes_ids(self) -> bool:
@@ -97,6 +99,8 @@ class Manifest:
                 inputs=tuple(i["name"] for i in s["inputs"]),
                 outputs=tuple(o["name"] for o in s["outputs"]),
                 ref_from=s.get("ref_from"),
+                ref_output=s.get("ref_output") or ("pooled" if s.get("ref_from") is not None else None),
+                ref_layer=int(s["ref_layer"]),
             )
             for s in self.data["segments"]
         ]

@@ -1,0 +1,273 @@
+"""Latency benchmark: every configuration measured side by side in one run, interleaved.
+
+Configurations (same sentences, same batches, same ONNX Runtime session settings):
+
+- ``monolithic``: the full-depth single graph (no monitoring);
+- ``segmented``: the segment chain with exits disabled (monitoring cost only);
+- ``early exit``: the segment chain with the exit policy and per-sample compaction;
+- ``sentence-transformers``: ``SentenceTransformer.encode`` on PyTorch (end to end, tokenisation
+  included), next to ``early exit (encode)``, our ``encode`` end to end, for a like-for-like comparison.
+
+Every iteration runs each configuration once (A B C A B C ...), so machine noise hits all of them alike.
+Derived figures follow the paper (Table 7, Appendix A.4): speedup = monolithic / early exit,
+theoretical = L / E[layers], realised efficiency = speedup / theoretical, monitoring overhead =
+segmented / monolithic - 1.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trt_runtime.manifest import write_json_atomic
+
+PAPER = {  # LEAP paper, Table 7 and §5.3 (NVIDIA L4, fp16)
+    "speedup": {1: 1.61, 8: 1.32, 32: 1.24},
+    "realised_efficiency_b1": 0.806,
+    "monitoring_overhead": 0.222,
+}
+
+
+def _stats(times: list[float]) -> dict[str, float]:
+    a = np.asarray(times) * 1e3
+    return {
+        "mean_ms": float(a.mean()),
+        "p50_ms": float(np.percentile(a, 50)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "std_ms": float(a.std()),
+        "n": int(a.size),
+    }
+
+
+def _batches(items: list, batch_size: int, count: int) -> list[list]:
+    """``count`` batches drawn cyclically from ``items`` (deterministic, same for every configuration)."""
+    out, pos = [], 0
+    for _ in range(count):
+        batch = [items[(pos + i) % len(items)] for i in range(batch_size)]
+        pos = (pos + batch_size) % len(items)
+        out.append(batch)
+    return out
+
+
+def _time_interleaved(
+    configs: dict[str, Callable[[Any], Any]], inputs: dict[str, list], warmup: int, iters: int, progress
+) -> dict[str, list[float]]:
+    """Round-robin: iteration i runs every configuration once, so machine noise hits all of them alike."""
+    for i in range(warmup):
+        for name, fn in configs.items():
+            fn(inputs[name][i % len(inputs[name])])
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    clock = time.perf_counter
+    for i in range(iters):
+        for name, fn in configs.items():
+            x = inputs[name][i % len(inputs[name])]
+            t0 = clock()
+            fn(x)
+            times[name].append(clock() - t0)
+        if progress is not None:
+            progress.update(1)
+    return times
+
+
+def bench(
+    artifacts: str | os.PathLike,
+    sentences: list[str] | None = None,
+    *,
+    batch_sizes: tuple[int, ...] = (1, 8, 32),
+    warmup: int = 50,
+    iters: int = 200,
+    theta: float | None = None,
+    min_layer: int | None = None,
+    variant: str | None = None,
+    threads: int | None = None,
+    baselines: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from leap_export.textio import sample_sentences
+    from trt_runtime.encoder import EarlyExitEncoder
+    from trt_runtime.runners import OrtRunner, default_threads
+
+    sentences = [s for s in (sentences or sample_sentences()) if s.strip()]
+    threads = threads or default_threads()
+    ee = EarlyExitEncoder(artifacts, theta=theta, min_layer=min_layer, variant=variant, threads=threads)
+    seg = EarlyExitEncoder(artifacts, exits=False, variant=variant, threads=threads, check_files=False)
+    mono = OrtRunner(ee.manifest.full_path(variant), threads=threads)
+    mono.activate()
+    st_model, st_error = _load_st(ee.manifest) if baselines else (None, "disabled (--no-baselines)")
+
+    token_ids = ee.tokenizer.encode(sentences)
+    # E[layers] over the whole sentence set (independent of batching: compaction is exact per sample)
+    exit_layers = ee.encode_with_exits(sentences, batch_size=32).exit_layers
+    num_layers = ee.manifest.num_layers
+    expected = float(exit_layers.mean())
+    report: dict[str, Any] = {
+        "artifacts": str(artifacts),
+        "model": ee.manifest.data["source"]["name"],
+        "variant": variant or ee.manifest.data.get("default_variant", "fp32"),
+        "policy": ee.policy.to_dict(),
+        "num_layers": num_layers,
+        "sentences": len(sentences),
+        "threads": threads,
+        "warmup": warmup,
+        "iters": iters,
+        "expected_layers": expected,
+        "theoretical_speedup": num_layers / expected,
+        "exit_distribution": {str(b): float((exit_layers == b).mean()) for b in ee.manifest.boundaries},
+        "baseline_errors": {} if st_model is not None else {"sentence-transformers": st_error},
+        "machine": _machine(),
+        "results": {},
+        "paper": PAPER,
+    }
+    bar = tqdm(total=len(batch_sizes) * iters, desc="bench", unit="round", disable=not progress)
+    for b in batch_sizes:
+        n_batches = max(1, min(64, (len(sentences) + b - 1) // b))
+        id_batches = _batches(token_ids, b, n_batches)
+        padded = [ee.tokenizer.pad(x) for x in id_batches]
+        text_batches = _batches(sentences, b, n_batches)
+        configs: dict[str, Callable] = {
+            "monolithic": lambda p: mono.infer({"input_ids": p[0], "attention_mask": p[1]}),
+            "segmented": seg._run_batch,
+            "early exit": ee._run_batch,
+        }
+        inputs: dict[str, list] = {"monolithic": padded, "segmented": id_batches, "early exit": id_batches}
+        if st_model is not None:
+            configs["sentence-transformers"] = lambda t: st_model.encode(t, batch_size=len(t))
+            configs["early exit (encode)"] = lambda t: ee.encode(t, batch_size=len(t))
+            inputs["sentence-transformers"] = text_batches
+            inputs["early exit (encode)"] = text_batches
+        times = _time_interleaved(configs, inputs, warmup, iters, bar)
+        row = {name: _stats(t) for name, t in times.items()}
+        m, s, e = (row[k]["mean_ms"] for k in ("monolithic", "segmented", "early exit"))
+        row["speedup"] = m / e
+        row["realised_efficiency"] = (m / e) / report["theoretical_speedup"]
+        row["monitoring_overhead"] = s / m - 1.0
+        row["segmented_vs_monolithic"] = s / m
+        row["segmented_vs_monolithic_p50"] = row["segmented"]["p50_ms"] / row["monolithic"]["p50_ms"]
+        row["speedup_p50"] = row["monolithic"]["p50_ms"] / row["early exit"]["p50_ms"]
+        if st_model is not None:
+            row["speedup_vs_sentence_transformers"] = (
+                row["sentence-transformers"]["mean_ms"] / row["early exit (encode)"]["mean_ms"]
+            )
+        report["results"][str(b)] = row
+    bar.close()
+    return report
+
+
+def _load_st(manifest):
+    try:
+        import torch  # noqa: F401
+        from sentence_transformers import SentenceTransformer
+    except ImportError as e:
+        return None, f"not installed ({e.name}); pip install 'leap-export[train]'"
+    path = manifest.data["source"]["path"]
+    if not Path(path).is_dir():
+        return None, f"source model folder {path} is not on this machine"
+    return SentenceTransformer(path, device="cpu"), None
+
+
+def _machine() -> dict[str, Any]:
+    import platform
+
+    from trt_runtime.runners import default_threads
+
+    info = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": default_threads(),
+        "python": platform.python_version(),
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), info["cpu"]
+            )
+    except OSError:
+        pass
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The Table-7-style markdown table of a bench report."""
+    cols = ["monolithic", "segmented", "early exit"]
+    has_st = any("sentence-transformers" in r for r in report["results"].values())
+    lines = [
+        f"Model `{report['model']}` ({report['variant']}), theta {report['policy']['theta']}, "
+        f"min_layer {report['policy']['min_layer']}, {report['sentences']} sentences, {report['threads']} threads, "
+        f"{report['warmup']} warmup + {report['iters']} timed iterations per configuration, round-robin. "
+        f"E[layers] = {report['expected_layers']:.2f} of {report['num_layers']} -> theoretical "
+        f"{report['theoretical_speedup']:.2f}x.",
+        "",
+        "| batch | monolithic ms (p50/p99) | segmented, exits off ms | early exit ms | speedup | realised efficiency "
+        "| monitoring overhead |" + (" ST PyTorch encode ms | our encode ms | vs ST |" if has_st else ""),
+        "|---|---|---|---|---|---|---|" + ("---|---|---|" if has_st else ""),
+    ]
+    for b, r in report["results"].items():
+        cells = [f"{r[c]['mean_ms']:.2f} ({r[c]['p50_ms']:.2f}/{r[c]['p99_ms']:.2f})" for c in cols]
+        line = (
+            f"| {b} | {' | '.join(cells)} | {r['speedup']:.2f}x | {r['realised_efficiency']:.1%} | "
+            f"{r['monitoring_overhead']:+.1%} |"
+        )
+        if has_st and "sentence-transformers" in r:
+            line += (
+                f" {r['sentence-transformers']['mean_ms']:.2f} | {r['early exit (encode)']['mean_ms']:.2f} | "
+                f"{r['speedup_vs_sentence_transformers']:.2f}x |"
+            )
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: str | os.PathLike) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = list(report["results"])
+    configs = [
+        c
+        for c in ("monolithic", "segmented", "early exit", "sentence-transformers", "early exit (encode)")
+        if c in report["results"][batches[0]]
+    ]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.8 / len(configs)
+    for i, c in enumerate(configs):
+        ys = [report["results"][b][c]["mean_ms"] for b in batches]
+        ax.bar(np.arange(len(batches)) + i * width, ys, width, label=c)
+    ax.set_xticks(np.arange(len(batches)) + width * (len(configs) - 1) / 2, [f"batch {b}" for b in batches])
+    ax.set_ylabel("mean latency (ms)")
+    ax.set_yscale("log")
+    ax.set_title(
+        f"{report['model']}: E[layers] {report['expected_layers']:.2f}/{report['num_layers']}, "
+        f"theta {report['policy']['theta']}"
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def save(report: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "bench.json", "markdown": out / "bench.md", "plot": out / "bench.png"}
+    write_json_atomic(paths["json"], report)
+    tmp = paths["markdown"].with_name(".bench.md.tmp")
+    tmp.write_text(markdown(report))
+    os.replace(tmp, paths["markdown"])
+    plot(report, paths["plot"])
+    return paths

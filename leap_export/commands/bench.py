@@ -1,0 +1,66 @@
+import click
+
+from leap_export.commands._options import (
+    _csv_ints,
+    artifacts_argument,
+    min_layer_option,
+    theta_option,
+    threads_option,
+)
+
+
+@click.command("bench")
+@artifacts_argument
+@click.option(
+    "--sentences",
+    type=click.Path(dir_okay=False, path_type=str),
+    default=None,
+    help="UTF-8 file, one sentence per line. Default: the built-in sample set.",
+)
+@click.option("--batch-sizes", callback=_csv_ints, default="1,8,32", show_default=True)
+@click.option(
+    "--warmup", type=int, default=50, show_default=True, help="Warm-up iterations per configuration."
+)
+@click.option("--iters", type=int, default=200, show_default=True, help="Timed iterations per configuration.")
+@theta_option
+@min_layer_option
+@click.option("--variant", default=None, help="Which build to time (fp32, int8).")
+@threads_option
+@click.option(
+    "--baselines/--no-baselines",
+    default=True,
+    show_default=True,
+    help="Also time sentence-transformers on PyTorch (needs the [train] extra).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=str),
+    default=None,
+    help="Folder for bench.json, bench.md and bench.png.",
+)
+def command(
+    artifacts, sentences, batch_sizes, warmup, iters, theta, min_layer, variant, threads, baselines, out
+):
+    """Latency: monolithic vs segmented (exits off) vs early exit, and sentence-transformers, side by side."""
+    from leap_export.bench import bench, markdown, save
+    from leap_export.textio import read_lines
+
+    texts = read_lines(sentences, skip_empty=True) if sentences else None
+    report = bench(
+        artifacts,
+        texts,
+        batch_sizes=tuple(batch_sizes),
+        warmup=warmup,
+        iters=iters,
+        theta=theta,
+        min_layer=min_layer,
+        variant=variant,
+        threads=threads,
+        baselines=baselines,
+    )
+    click.echo(markdown(report))
+    for name, err in report["baseline_errors"].items():
+        click.echo(f"baseline {name} not measured: {err}")
+    if out:
+        paths = save(report, out)
+        click.echo("written: " + ", ".join(str(p) for p in paths.values()))

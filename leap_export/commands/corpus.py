@@ -1,0 +1,100 @@
+"""`leap-export corpus`: build the offline training corpus (parses options, calls build_corpus, prints counts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+SOURCE_NAMES = ("fortunes", "wordnet", "bible-kjv", "bible-web", "gcide", "python-docs")
+
+
+@click.command("corpus")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to write train.txt, val.txt, test.txt and corpus.json into.",
+)
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    type=click.Choice(SOURCE_NAMES),
+    help="A Debian text source (repeatable). Default: every installed one.",
+)
+@click.option(
+    "--file",
+    "files",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Your own sentences: .txt (one per line), .jsonl or .csv/.tsv (repeatable).",
+)
+@click.option(
+    "--field", default=None, help="JSONL field / CSV column holding the text (default: text or sentence)."
+)
+@click.option(
+    "--max-sentences",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Keep a deterministic subset of this many sentences.",
+)
+@click.option("--val-fraction", type=float, default=0.01, show_default=True)
+@click.option("--test-fraction", type=float, default=0.01, show_default=True)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Changes which sentences land in which split."
+)
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def command(
+    out_dir: Path,
+    sources: tuple[str, ...],
+    files: tuple[Path, ...],
+    field: str | None,
+    max_sentences: int | None,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    no_progress: bool,
+) -> None:
+    """Build the offline training corpus (deduplicated English sentences, split train/val/test)."""
+    from leap_export.data.corpus import build_corpus
+
+    manifest = build_corpus(
+        out_dir,
+        sources=list(sources) or None,
+        user_files=files,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        max_sentences=max_sentences,
+        seed=seed,
+        progress=not no_progress,
+        text_field=field,
+    )
+    _print_counts(manifest, out_dir)
+
+
+def _print_counts(manifest: dict, out_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"corpus: {out_dir}")
+    for column in ("source", "yielded", "unique", "train", "val", "test"):
+        table.add_column(column, justify="left" if column == "source" else "right")
+    for name, info in manifest["sources"].items():
+        splits = info["splits"]
+        table.add_row(
+            name,
+            f"{info['yielded']:,}",
+            f"{info['unique']:,}",
+            *(f"{splits[s]:,}" for s in ("train", "val", "test")),
+        )
+    totals = {s: manifest["splits"][s]["sentences"] for s in ("train", "val", "test")}
+    table.add_row(
+        "total",
+        "",
+        f"{manifest['total']:,}",
+        *(f"{totals[s]:,}" for s in ("train", "val", "test")),
+        style="bold",
+    )
+    Console().print(table)

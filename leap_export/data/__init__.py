@@ -1,0 +1,1 @@
+"""Offline data: the training corpus builder and the labelled evaluation sets."""

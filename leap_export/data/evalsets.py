@@ -1,0 +1,180 @@
+"""Labelled evaluation sets that exist offline (see DATA.md).
+
+- Lee document similarity: 50 news documents and 1,225 human-rated pairs, shipped in the gensim wheel.
+- Bible paraphrase retrieval: a WEB verse is the query, every KJV verse is the corpus, and the KJV verse with
+  the same reference is the single relevant document.
+- A user-supplied STS file (STS-B TSV, GLUE STS-B TSV, or CSV with a header).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.metadata
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+
+from leap_export.data.corpus import KJV_MODULE, SWORD_DIR, WEB_MODULE, _decode_lines, read_bible
+from leap_export.errors import LeapError
+
+LEE_DOCS = "gensim/test/test_data/lee.cor"
+LEE_RATINGS = "gensim/test/test_data/similarities0-1.txt"
+LEE_SIZE = 50
+
+
+def _gensim_file(relative: str) -> Path:
+    """A data file inside the installed gensim wheel, found without importing gensim (it is heavy)."""
+    try:
+        dist = importlib.metadata.distribution("gensim")
+    except importlib.metadata.PackageNotFoundError as e:
+        raise LeapError(
+            "the Lee evaluation set ships inside the gensim wheel: pip install --no-deps gensim==4.4.0"
+        ) from e
+    path = Path(str(dist.locate_file(relative)))
+    if not path.is_file():
+        raise LeapError(
+            f"{path} is missing from the installed gensim; reinstall: pip install --no-deps gensim==4.4.0"
+        )
+    return path
+
+
+def load_lee() -> tuple[list[str], list[tuple[int, int, float]]]:
+    """The Lee corpus: 50 documents and the 1,225 pairs ``(i, j, rating)`` with ``i < j``, ratings in [0, 1]."""
+    docs_path, ratings_path = _gensim_file(LEE_DOCS), _gensim_file(LEE_RATINGS)
+    docs = [line.strip() for line in docs_path.read_text(encoding="latin-1").splitlines() if line.strip()]
+    matrix = np.loadtxt(ratings_path, dtype=np.float64)
+    if len(docs) != LEE_SIZE or matrix.shape != (LEE_SIZE, LEE_SIZE):
+        raise LeapError(
+            f"unexpected Lee data: {len(docs)} documents, ratings {matrix.shape}; "
+            "reinstall with pip install --no-deps gensim==4.4.0"
+        )
+    pairs = [(i, j, float(matrix[i, j])) for i in range(LEE_SIZE) for j in range(i + 1, LEE_SIZE)]
+    return docs, pairs
+
+
+def _subset(keys: list, limit: int | None, salt: bytes) -> list:
+    """A deterministic subset of ``limit`` keys (hash-ordered), kept in the original order."""
+    if limit is None or limit >= len(keys):
+        return keys
+    if limit < 1:
+        raise LeapError(f"limit must be at least 1, got {limit}")
+
+    def rank(key) -> bytes:
+        return hashlib.blake2b(repr(key).encode(), digest_size=8, person=salt).digest()
+
+    chosen = set(sorted(keys, key=rank)[:limit])
+    return [k for k in keys if k in chosen]
+
+
+def bible_pairs(root: Path = SWORD_DIR) -> list[tuple[tuple[str, int, int], str, str]]:
+    """``(reference, web_text, kjv_text)`` for every reference present and non-empty in both Bibles."""
+    web, kjv = read_bible(WEB_MODULE, root), read_bible(KJV_MODULE, root)
+    return [(ref, text, kjv[ref]) for ref, text in web.items() if ref in kjv]
+
+
+def load_bible_paraphrase(
+    limit: int | None = None, corpus_limit: int | None = None, root: Path = SWORD_DIR
+) -> tuple[list[str], list[str], np.ndarray]:
+    """WEB verses as queries, KJV verses as the corpus, ``relevant[i]`` the index of query i's KJV verse.
+
+    ``limit`` keeps a deterministic subset of queries; ``corpus_limit`` shrinks the corpus to that many
+    verses, always keeping the relevant verse of every kept query (distractors chosen deterministically).
+    """
+    pairs = bible_pairs(root)
+    kept = set(_subset([ref for ref, _, _ in pairs], limit, b"bible-query"))
+    queries = [(ref, web) for ref, web, _ in pairs if ref in kept]
+    kjv = read_bible(KJV_MODULE, root)
+    corpus_refs = list(kjv)
+    if corpus_limit is not None:
+        needed = {ref for ref, _ in queries}
+        if corpus_limit < len(needed):
+            raise LeapError(f"corpus_limit {corpus_limit} is smaller than the {len(needed)} queries' verses")
+        others = [r for r in corpus_refs if r not in needed]
+        extra = set(_subset(others, corpus_limit - len(needed), b"bible-corpus"))
+        corpus_refs = [r for r in corpus_refs if r in needed or r in extra]
+    position = {ref: i for i, ref in enumerate(corpus_refs)}
+    relevant = np.array([position[ref] for ref, _ in queries], dtype=np.int64)
+    return [text for _, text in queries], [kjv[r] for r in corpus_refs], relevant
+
+
+# ---------------------------------------------------------------------------------------------------------
+# User STS files
+
+
+def _score(value: str, path: Path, number: int) -> float:
+    try:
+        return float(value)
+    except ValueError as e:
+        raise LeapError(f"{path}:{number}: score {value!r} is not a number") from e
+
+
+def _sts_with_header(
+    path: Path, rows: list[list[str]], first_line: int
+) -> tuple[list[str], list[str], list[float]]:
+    header = [h.strip().lower() for h in rows[0]]
+    score_name = next((n for n in ("score", "label", "similarity") if n in header), None)
+    if "sentence1" not in header or "sentence2" not in header or score_name is None:
+        raise LeapError(
+            f"{path}:{first_line}: the header needs columns sentence1, sentence2 and score (or label); "
+            f"found {', '.join(header)}"
+        )
+    i1, i2, isc = header.index("sentence1"), header.index("sentence2"), header.index(score_name)
+    s1, s2, scores = [], [], []
+    for offset, row in enumerate(rows[1:], start=1):
+        number = first_line + offset
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) <= max(i1, i2, isc):
+            raise LeapError(f"{path}:{number}: {len(row)} columns, the header has {len(header)}")
+        s1.append(row[i1].strip())
+        s2.append(row[i2].strip())
+        scores.append(_score(row[isc], path, number))
+    return s1, s2, scores
+
+
+def _sts_original(path: Path, rows: list[list[str]]) -> tuple[list[str], list[str], list[float]]:
+    """Original STS-B: genre, filename, year, id, score, sentence1, sentence2 (+ optional source columns)."""
+    s1, s2, scores = [], [], []
+    for number, row in enumerate(rows, start=1):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) < 7:
+            raise LeapError(
+                f"{path}:{number}: expected 7 tab-separated fields (genre, filename, year, id, score, "
+                f"sentence1, sentence2), found {len(row)}"
+            )
+        scores.append(_score(row[4], path, number))
+        s1.append(row[5].strip())
+        s2.append(row[6].strip())
+    return s1, s2, scores
+
+
+def load_sts_file(path: str | os.PathLike) -> tuple[list[str], list[str], np.ndarray]:
+    """Sentence pairs and gold scores from an STS file: original STS-B TSV (no header), a TSV with a header
+    (GLUE STS-B: ``sentence1``, ``sentence2``, ``score``/``label``) or a CSV with such a header."""
+    path = Path(path)
+    if not path.is_file():
+        raise LeapError(f"STS file {path} does not exist")
+    lines = _decode_lines(path)
+    delimiter = (
+        "\t" if path.suffix.lower() in {".tsv", ".txt"} or "\t" in (lines[0] if lines else "") else ","
+    )
+    # Quotes are literal in STS-B TSV ("a" 'b' appear inside sentences); CSV uses standard quoting.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    rows = list(csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter, quoting=quoting))
+    first = next((i for i, row in enumerate(rows) if any(c.strip() for c in row)), None)
+    if first is None:
+        raise LeapError(f"STS file {path} is empty")
+    header = {c.strip().lower() for c in rows[first]}
+    if {"sentence1", "sentence2"} & header:
+        s1, s2, scores = _sts_with_header(path, rows[first:], first + 1)
+    elif delimiter == "\t":
+        s1, s2, scores = _sts_original(path, rows)
+    else:
+        raise LeapError(f"{path}:{first + 1}: a CSV STS file needs a header: sentence1,sentence2,score")
+    if not scores:
+        raise LeapError(f"STS file {path} has a header but no pairs")
+    return s1, s2, np.asarray(scores, dtype=np.float64)

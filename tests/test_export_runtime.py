@@ -1,0 +1,150 @@
+"""Export -> ONNX Runtime segments -> verify, on tiny BERT and MPNet built in the test."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from leap_export.arch import ARCHITECTURES
+from leap_export.errors import LeapError
+from leap_export.export import build
+from leap_export.reference import layer_embeddings
+from leap_export.verify import split_theta, verify
+from trt_runtime import ArtifactError, EarlyExitEncoder, ExitPolicy, load_manifest
+from trt_runtime.policy import convergence_scores
+
+
+def test_every_architecture_has_a_tiny_model(tiny_models):
+    assert set(tiny_models) == set(ARCHITECTURES)  # a new declaration must come with a test model
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_build_writes_manifest_and_verify_passes(arch, tiny_artifacts, sentences):
+    m = load_manifest(tiny_artifacts[arch])
+    assert m.data["architecture"] == arch
+    assert [(s.start, s.end) for s in m.segments] == [(0, 2), (2, 3), (3, 4)]
+    assert m.segments[0].inputs == ("input_ids", "attention_mask")
+    assert m.segments[-1].outputs == ("pooled", "score")
+    for entry in m.data["segments"]:
+        assert {i["dtype"] for i in entry["inputs"] if i["name"] != "hidden_in"} <= {"int32", "float32"}
+    report = verify(tiny_artifacts[arch], sentences, progress=False)
+    assert report, report.to_dict()["failures"]
+    names = {c.name for c in report.checks}
+    assert any("segment 2" in n for n in names) and any("compaction" in n for n in names)
+
+
+def test_mpnet_position_bias_crosses_segments(tiny_artifacts, tiny_mpnet, sentences):
+    """Each MPNet segment recomputes the relative position bias; full depth must equal PyTorch."""
+    ref = layer_embeddings(tiny_mpnet, sentences)
+    got = EarlyExitEncoder(tiny_artifacts["mpnet"], exits=False).encode(sentences)
+    want = ref[-1] / np.linalg.norm(ref[-1], axis=1, keepdims=True)
+    assert np.sum(got * want, axis=1).min() >= 0.99999
+
+
+def test_patience_two_with_reference_input(tiny_bert, tmp_path, sentences):
+    out = build(tiny_bert, tmp_path / "k2", min_layer=3, patience=2, boundaries=[2, 3, 4], progress=False)
+    m = load_manifest(out)
+    # the exit check after layer 3 compares with layer 1, inside segment 0, which outputs pooled_l1
+    assert [(s.ref_from, s.ref_output) for s in m.segments] == [(None, None), (0, "pooled_l1"), (None, None)]
+    assert "ref_pooled" in m.segments[1].inputs and "pooled_l1" in m.segments[0].outputs
+    assert verify(out, sentences, progress=False)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_compacted_batches_equal_batch_one(arch, tiny_artifacts, tiny_models, sentences):
+    texts = sentences * 3
+    ref = layer_embeddings(tiny_models[arch], texts)
+    # pick the theta that splits the samples between the first and later exit points
+    theta = split_theta(convergence_scores(ref, 2, 1))
+    enc = EarlyExitEncoder(tiny_artifacts[arch], theta=theta)
+    batched = enc.encode_with_exits(texts, batch_size=len(texts))
+    assert len(set(batched.exit_layers.tolist())) >= 2, "theta must split the batch for this test to mean anything"
+    single = [enc.encode_with_exits([t], batch_size=1) for t in texts]
+    assert batched.exit_layers.tolist() == [int(s.exit_layers[0]) for s in single]
+    single_emb = np.stack([s.embeddings[0] for s in single])
+    assert np.sum(batched.embeddings * single_emb, axis=1).min() >= 0.99999
+    # and the exit layers are exactly what the rule gives on the PyTorch reference
+    assert batched.exit_layers.tolist() == ExitPolicy(theta=theta, min_layer=2).simulate(ref).tolist()
+
+
+def test_results_in_input_order_across_batches(tiny_artifacts, sentences):
+    enc = EarlyExitEncoder(tiny_artifacts["bert"], exits=False)
+    a = enc.encode(sentences, batch_size=3)
+    b = enc.encode(sentences[::-1], batch_size=5)[::-1]
+    assert np.abs(a - b).max() < 1e-5
+    assert enc.encode(sentences[2]).shape == (32,)
+
+
+def test_exit_stats_for_production_logging(tiny_artifacts, sentences):
+    enc = EarlyExitEncoder(tiny_artifacts["bert"], theta=0.5)
+    enc.encode(sentences, batch_size=4)
+    stats = enc.stats.as_dict()
+    assert stats["samples"] == len(sentences)
+    assert sum(stats["exit_counts"].values()) == len(sentences)
+    assert set(stats["mean_score"]) <= {"2", "3", "4"} and stats["expected_layers"] >= 2
+    enc.stats.reset()
+    assert enc.stats.as_dict()["samples"] == 0
+
+
+def test_build_refuses_to_overwrite_and_is_atomic(tiny_bert, tmp_path):
+    out = build(tiny_bert, tmp_path / "a", min_layer=2, progress=False)
+    with pytest.raises(LeapError, match="--force"):
+        build(tiny_bert, out, progress=False)
+    before = (out / "manifest.json").read_text()
+    with pytest.raises(LeapError):  # a failing rebuild leaves the old folder untouched and no temp dirs
+        build(tiny_bert, out, boundaries=[9], force=True, progress=False)
+    assert (out / "manifest.json").read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]
+
+
+def test_corrupt_missing_and_mismatched_artifacts_are_refused(tiny_artifacts, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_artifacts["bert"], broken)
+    with open(broken / "seg_01.onnx", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00garbage")
+    (broken / "seg_02.onnx").unlink()
+    with pytest.raises(ArtifactError) as err:
+        load_manifest(broken)
+    assert "seg_01.onnx does not match" in str(err.value) and "missing file seg_02.onnx" in str(err.value)
+    assert not verify(broken, ["x"], progress=False)
+    with pytest.raises(ArtifactError, match="no manifest.json"):
+        load_manifest(tmp_path)
+    with pytest.raises(ArtifactError, match="not a folder"):
+        load_manifest(tmp_path / "nope")
+    data = json.loads((broken / "manifest.json").read_text())
+    data["schema_version"] = 99
+    (broken / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="newer"):
+        load_manifest(broken, check_files=False)
+
+
+def test_verify_detects_a_wrong_graph(tiny_artifacts, tiny_bert, tmp_path, sentences):
+    """Swap one segment for another model's: hashes updated, so only parity can catch it."""
+    from trt_runtime.manifest import sha256_file
+
+    other = build(tiny_bert, tmp_path / "other", min_layer=2, progress=False)
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_artifacts["bert"], bad)
+    # segment 1 of a k=1 build but from a model with re-randomised layer 3
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(tiny_bert)
+    with torch.no_grad():
+        for p in model.encoder.layer[2].parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    from tests.conftest import write_st_folder
+
+    perturbed = write_st_folder(model, tmp_path / "perturbed", tiny_bert)
+    build(perturbed, tmp_path / "perturbed-art", min_layer=2, progress=False)
+    shutil.copy2(tmp_path / "perturbed-art" / "seg_01.onnx", bad / "seg_01.onnx")
+    data = json.loads((bad / "manifest.json").read_text())
+    data["variants"]["fp32"]["segments"][1]["sha256"] = sha256_file(bad / "seg_01.onnx")
+    (bad / "manifest.json").write_text(json.dumps(data))
+    report = verify(bad, sentences, progress=False)
+    assert not report
+    failed = {c.name for c in report.failures}
+    assert any("segment 1" in n for n in failed) and not any("segment 0" in n for n in failed)
+    assert verify(other, sentences, progress=False)

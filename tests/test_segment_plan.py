@@ -1,0 +1,44 @@
+import pytest
+
+from leap_export.errors import LeapError
+from leap_export.export import plan_segments
+from trt_runtime.policy import ExitPolicy
+
+
+def _geometry(plans):
+    return [(p.start, p.end, p.ref_layer, p.ref_from, p.ref_output, p.extra_layers) for p in plans]
+
+
+def test_default_plan_is_lmin_then_one_segment_per_layer():
+    plans = plan_segments(12, ExitPolicy(min_layer=6))
+    assert [(p.start, p.end) for p in plans] == [(0, 6), (6, 7), (7, 8), (8, 9), (9, 10), (10, 11), (11, 12)]
+    assert all(p.ref_from is None for p in plans)  # k=1: the reference layer is each segment's input
+
+
+def test_explicit_boundaries_and_final_layer_appended():
+    plans = plan_segments(6, ExitPolicy(min_layer=3), [3, 5])
+    assert [(p.start, p.end) for p in plans] == [(0, 3), (3, 5), (5, 6)]
+
+
+def test_patience_two_takes_reference_from_an_earlier_segment():
+    plans = plan_segments(6, ExitPolicy(min_layer=3, patience=2))
+    # after layer 3 the reference (layer 1) is inside segment 0; after 4 it is layer 2, also inside
+    # segment 0, which therefore outputs pooled_l2; after 5 it is layer 3 = segment 0's own output.
+    assert _geometry(plans) == [
+        (0, 3, 1, None, None, (2,)),
+        (3, 4, 2, 0, "pooled_l2", ()),
+        (4, 5, 3, 0, "pooled", ()),
+        (5, 6, 5, None, None, ()),  # no exit after the last layer: its score is informational
+    ]
+
+
+def test_segments_that_cannot_exit_need_no_reference():
+    plans = plan_segments(6, ExitPolicy(min_layer=4, patience=3), [1, 2, 4, 5, 6])
+    assert _geometry(plans)[:2] == [(0, 1, 0, None, None, ()), (1, 2, 1, None, None, ())]
+    assert _geometry(plans)[2] == (2, 4, 1, 0, "pooled", ())
+
+
+@pytest.mark.parametrize("bad", [[0, 3], [7], []])
+def test_boundaries_out_of_range(bad):
+    with pytest.raises(LeapError):
+        plan_segments(6, ExitPolicy(min_layer=3), bad)
