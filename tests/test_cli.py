@@ -1,0 +1,71 @@
+"""The CLI as a user runs it: real subprocesses, real files."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from leap_export.reference import layer_embeddings
+
+CLI = [sys.executable, "-m", "leap_export.cli"]
+
+
+def run(*args, ok=True):
+    proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=600)
+    if ok:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_build_inspect_encode_verify(tiny_bert, tmp_path, sentences):
+    art = tmp_path / "art"
+    run("build", tiny_bert, "--out", art, "--min-layer", "2")
+    assert "segments" in run("inspect", art).stdout
+    assert json.loads(run("inspect", art, "--json").stdout)["num_layers"] == 4
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    out, exits = tmp_path / "emb.npy", tmp_path / "exits.json"
+    run("encode", art, "--input", src, "--output", out, "--exit-layers", exits, "--theta", "0.5", "--batch-size", 5)
+    emb = np.load(out)
+    assert emb.shape == (len(sentences), 32)
+    record = json.loads(exits.read_text())
+    assert len(record["exit_layers"]) == len(sentences) and record["policy"]["theta"] == 0.5
+    run("encode", art, "--input", src, "--output", out, "--full-depth")
+    ref = layer_embeddings(tiny_bert, sentences)[-1]
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    assert np.sum(np.load(out) * ref, axis=1).min() >= 0.99999
+    report = tmp_path / "report.json"
+    proc = run("verify", art, "--sentences", src, "--report", report)
+    assert "PASSED" in proc.stdout and json.loads(report.read_text())["passed"] is True
+
+
+def test_verify_exits_1_and_lists_failures(tiny_bert, tiny_mpnet, tmp_path):
+    art = tmp_path / "art"
+    run("build", tiny_bert, "--out", art, "--min-layer", "2")
+    proc = run("verify", art, "--model", tiny_mpnet, ok=False)  # the wrong reference model
+    assert proc.returncode == 1
+    assert "FAILED" in proc.stdout and "source weights" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["build", "no-such-model", "--out", "{tmp}/x"], "unknown model"),
+        (["encode", "{tmp}/missing", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy"], "not a folder"),
+        (["encode", "{art}", "--input", "{tmp}/latin1.txt", "--output", "{tmp}/o.npy"], "line 2: not valid UTF-8"),
+        (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--theta", "0"], "(0, 1]"),
+        (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--batch-size", "0"], ">= 1"),
+        (["build", "{model}", "--out", "{tmp}/b", "--boundaries", "3,x"], "comma-separated"),
+    ],
+)
+def test_bad_input_gives_a_clear_error_and_no_output(args, message, tiny_artifacts, tiny_bert, tmp_path):
+    (tmp_path / "in.txt").write_text("hello\n", encoding="utf-8")
+    (tmp_path / "latin1.txt").write_bytes("fine\ncaf\xe9\n".encode("latin-1"))
+    fmt = {"tmp": tmp_path, "art": tiny_artifacts["bert"], "model": tiny_bert}
+    proc = run(*[a.format(**fmt) for a in args], ok=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "o.npy").exists()

@@ -1,0 +1,65 @@
+"""Bad and edge-case input to the runtime encoder, against the PyTorch reference."""
+
+import numpy as np
+import pytest
+
+from leap_export.reference import layer_embeddings
+from trt_runtime import EarlyExitEncoder, RuntimeInputError
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_artifacts):
+    return EarlyExitEncoder(tiny_artifacts["bert"], exits=False)
+
+
+def _ref(path, texts):
+    final = layer_embeddings(path, texts)[-1]
+    return final / np.linalg.norm(final, axis=1, keepdims=True)
+
+
+def test_empty_list_gives_empty_result(encoder):
+    out = encoder.encode([])
+    assert out.shape == (0, 32) and out.dtype == np.float32
+    assert encoder.encode_with_exits([]).exit_layers.shape == (0,)
+
+
+def test_empty_and_whitespace_strings_match_the_reference(encoder, tiny_bert):
+    texts = ["", " ", "\t\n", "word"]
+    got = encoder.encode(texts)
+    assert np.sum(got * _ref(tiny_bert, texts), axis=1).min() >= 0.99999
+
+
+def test_long_text_is_truncated_exactly_as_the_reference(encoder, tiny_bert):
+    texts = ["alpha beta gamma " * 200, "short one"]  # far beyond max_seq_length 64
+    assert encoder.tokenizer.encode(texts)[0].shape == (64,)
+    assert np.sum(encoder.encode(texts) * _ref(tiny_bert, texts), axis=1).min() >= 0.99999
+
+
+@pytest.mark.parametrize("bad", [[1, "a"], ["a", None], [b"bytes"], 42])
+def test_non_string_items_are_a_clear_error(encoder, bad):
+    with pytest.raises(RuntimeInputError, match="str"):
+        encoder.encode(bad)
+
+
+@pytest.mark.parametrize("kwargs", [{"theta": 0.0}, {"theta": 1.5}, {"min_layer": 0}])
+def test_bad_policy_overrides(tiny_artifacts, kwargs):
+    with pytest.raises(RuntimeInputError):
+        EarlyExitEncoder(tiny_artifacts["bert"], **kwargs)
+
+
+def test_patience_other_than_exported_needs_rebuild(tiny_artifacts):
+    with pytest.raises(RuntimeInputError, match="rebuild"):
+        EarlyExitEncoder(tiny_artifacts["bert"], patience=2)
+    with pytest.raises(RuntimeInputError, match=">= 1"):
+        EarlyExitEncoder(tiny_artifacts["bert"], patience=0)
+
+
+@pytest.mark.parametrize("batch_size", [0, -3, 2.5, True])
+def test_bad_batch_size(encoder, batch_size):
+    with pytest.raises(RuntimeInputError, match="batch_size"):
+        encoder.encode(["a"], batch_size=batch_size)
+
+
+def test_theta_one_is_allowed_and_means_exact_convergence_only(tiny_artifacts, sentences):
+    result = EarlyExitEncoder(tiny_artifacts["bert"], theta=1.0).encode_with_exits(sentences)
+    assert (result.exit_layers == 4).all()

@@ -1,0 +1,66 @@
+"""End to end on the packaged all-MiniLM-L6-v2 against sentence-transformers' own encode."""
+
+import numpy as np
+import pytest
+
+from leap_export.export import build
+from leap_export.textio import sample_sentences
+from leap_export.verify import split_theta, verify
+from trt_runtime import EarlyExitEncoder
+from trt_runtime.policy import convergence_scores
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def minilm_artifacts(tmp_path_factory):
+    return build("minilm-l6", tmp_path_factory.mktemp("minilm") / "art", progress=False)
+
+
+@pytest.fixture(scope="module")
+def st_model():
+    from sentence_transformers import SentenceTransformer
+
+    from leap_export.sources import resolve_model
+
+    return SentenceTransformer(str(resolve_model("minilm-l6").path), device="cpu")
+
+
+TEXTS = [
+    "An unseen sentence about volcanic soil and vineyards on the slopes of Etna.",
+    "What is the airspeed velocity of an unladen swallow?",
+    "",
+    "x " * 600,
+    "Les vignerons récoltent le raisin à la main en septembre.",
+    "Reboot the router, then check whether the firmware update completed.",
+] + sample_sentences()
+
+
+def test_full_depth_equals_sentence_transformers(minilm_artifacts, st_model):
+    ours = EarlyExitEncoder(minilm_artifacts, exits=False).encode(TEXTS, batch_size=8)
+    theirs = st_model.encode(TEXTS, batch_size=8)
+    assert np.sum(ours * theirs, axis=1).min() >= 0.99999
+    assert np.abs(ours - theirs).max() < 1e-5
+
+
+def test_stock_model_never_exits_at_the_default_policy(minilm_artifacts):
+    result = EarlyExitEncoder(minilm_artifacts).encode_with_exits(TEXTS)
+    assert (result.exit_layers == 6).mean() >= 0.95  # DATA.md: stock MiniLM exits ~0 % at theta 0.95
+
+
+def test_verify_passes(minilm_artifacts):
+    report = verify(minilm_artifacts, TEXTS, progress=False)
+    assert report, report.to_dict()["failures"]
+
+
+def test_compaction_equals_batch_one_on_the_real_model(minilm_artifacts):
+    from leap_export.reference import layer_embeddings
+
+    ref = layer_embeddings("minilm-l6", TEXTS)
+    theta = split_theta(np.concatenate([convergence_scores(ref, layer, 1) for layer in (3, 4)]))
+    enc = EarlyExitEncoder(minilm_artifacts, theta=theta)
+    batched = enc.encode_with_exits(TEXTS, batch_size=len(TEXTS))
+    assert len(set(batched.exit_layers.tolist())) >= 2
+    single = [enc.encode_with_exits([t], batch_size=1) for t in TEXTS]
+    assert batched.exit_layers.tolist() == [int(s.exit_layers[0]) for s in single]
+    assert np.sum(batched.embeddings * np.stack([s.embeddings[0] for s in single]), axis=1).min() >= 0.99999
