@@ -148,3 +148,19 @@ def test_verify_detects_a_wrong_graph(tiny_artifacts, tiny_bert, tmp_path, sente
     failed = {c.name for c in report.failures}
     assert any("segment 1" in n for n in failed) and not any("segment 0" in n for n in failed)
     assert verify(other, sentences, progress=False)
+
+
+def test_int8_variant_is_added_verified_and_selectable(tiny_bert, tmp_path, sentences):
+    out = build(tiny_bert, tmp_path / "q", min_layer=2, progress=False)
+    build(tiny_bert, out, precision="int8", progress=False)
+    m = load_manifest(out)
+    assert m.variants() == ["fp32", "int8"] and m.data["default_variant"] == "fp32"
+    assert all(p.parent.name == "int8" for p in m.segment_paths("int8"))
+    report = verify(out, sentences, variant="int8", progress=False)
+    assert report, report.to_dict()["failures"]
+    assert report.tolerances["min_cosine"] < 0.99999  # int8 is checked against its own tolerances
+    fp32 = EarlyExitEncoder(out, exits=False).encode(sentences)
+    int8 = EarlyExitEncoder(out, exits=False, variant="int8").encode(sentences)
+    assert 0.95 <= float(np.sum(fp32 * int8, axis=1).min()) < 0.999999  # really quantised, still close
+    with pytest.raises(ArtifactError, match="no 'fp16' build"):
+        EarlyExitEncoder(out, variant="fp16")

@@ -1,0 +1,46 @@
+# The README's commands. `make demo` and `make test` each do all set-up on a fresh machine.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+DEMO    ?= demo-out
+EXTRAS  ?= train,models,dev
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install data demo test test-fast lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch is pinned (a local CPU wheel); the Lee data ships inside gensim, used as data only (--no-deps)
+install: $(BIN)/python
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	$(BIN)/pip install -q --no-deps gensim==4.4.0
+
+# Debian text sources for the training corpus (needs root or sudo)
+data:
+	bash scripts/install_data_sources.sh
+
+demo: install
+	$(BIN)/leap-export build minilm-l6 --out $(DEMO)/minilm-l6 --force
+	$(BIN)/leap-export verify $(DEMO)/minilm-l6 --report $(DEMO)/verify.json
+	$(BIN)/leap-export encode $(DEMO)/minilm-l6 --input leap_export/resources/sample_sentences.txt \
+	    --output $(DEMO)/embeddings.npy --exit-layers $(DEMO)/exit_layers.json
+	$(BIN)/python scripts/demo_report.py $(DEMO)
+
+test: install data
+	$(BIN)/pytest -q
+
+test-fast: install
+	$(BIN)/pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check leap_export trt_runtime tests scripts
+
+bench: install
+	$(BIN)/leap-export build minilm-l6 --out $(DEMO)/minilm-l6 --force
+	$(BIN)/leap-export bench $(DEMO)/minilm-l6 --batch-sizes 1 --out $(DEMO)/bench
+
+clean:
+	rm -rf $(DEMO) .pytest_cache
