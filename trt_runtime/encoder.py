@@ -41,8 +41,8 @@ class ExitStats:
     score_count: dict[int, int] = field(default_factory=dict)
 
     def record(self, layer: int, scores: np.ndarray, exited: int) -> None:
-        self.score_sum[layer] = self.score_sum.get(layer, 0.0) + float(np.sum(scores, dtype=np.float64))
-        self.score_count[layer] = self.score_count.get(layer, 0) + int(scores.shape[0])
+        self.score_sum[layer] = self.score_sum.get(layer, 0.0) + float(scores.sum(dtype=np.float64))
+        self.score_count[layer] = self.score_count.get(layer, 0) + scores.shape[0]
         if exited:
             self.exits[layer] = self.exits.get(layer, 0) + exited
 
@@ -116,6 +116,8 @@ class EarlyExitEncoder:
         self.stats = ExitStats(self.manifest.num_layers, self.manifest.boundaries)
         # (segment, output) pairs a later segment takes as its reference pooled vector
         self._refs_needed = {(s.ref_from, s.ref_output) for s in self.segments if s.ref_from is not None}
+        # per segment: may a sample exit after it? (decided once, not per batch)
+        self._can_exit = [self.policy.may_exit_at(s.end) and s.end < self.manifest.num_layers for s in self.segments]
 
     @property
     def root(self) -> Path:
@@ -218,8 +220,11 @@ class EarlyExitEncoder:
                 out[active] = pooled
                 exit_layer[active] = seg.end
                 break
-            exited = self.policy.decide(seg.end, score)
-            n_exit = int(exited.sum())
+            if self._can_exit[seg.index]:
+                exited = score >= self.policy.theta
+                n_exit = int(np.count_nonzero(exited))
+            else:
+                n_exit = 0
             self.stats.record(seg.end, score, exited=n_exit)
             hidden = res["hidden_out"]
             for key in self._refs_needed:
