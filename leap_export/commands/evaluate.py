@@ -1,0 +1,170 @@
+"""``leap-export evaluate``: quality of exited vs full-depth embeddings (LEAP paper §4.5, §5.1, C.7)."""
+
+from __future__ import annotations
+
+import click
+
+from leap_export.commands._options import (
+    _positive,
+    artifacts_argument,
+    batch_size_option,
+    min_layer_option,
+    theta_option,
+)
+
+
+@click.command("evaluate")
+@artifacts_argument
+@click.option(
+    "--eval",
+    "eval_sets",
+    default=None,
+    metavar="SETS",
+    help="Comma-separated evaluation sets: lee, bible, sts. Default: lee (and sts with --sts-file).",
+)
+@click.option(
+    "--sts-file",
+    type=click.Path(dir_okay=False, path_type=str),
+    default=None,
+    help="STS file (STS-B TSV, GLUE TSV, or CSV with sentence1,sentence2,score) for the 'sts' set.",
+)
+@theta_option
+@min_layer_option
+@click.option(
+    "--bible-limit",
+    type=int,
+    default=1000,
+    show_default=True,
+    callback=_positive,
+    help="Bible paraphrase queries (a deterministic subset).",
+)
+@click.option(
+    "--bible-corpus-limit",
+    type=int,
+    default=None,
+    callback=_positive,
+    help="Shrink the KJV corpus to this many verses (every query's verse kept). Default: all.",
+)
+@click.option(
+    "--sentences",
+    type=click.Path(dir_okay=False, path_type=str),
+    default=None,
+    help="Label-free set (one sentence per line) for NN@10 and exit rates. Default: the eval texts.",
+)
+@click.option(
+    "--compare",
+    "reference",
+    type=click.Path(file_okay=False, path_type=str),
+    default=None,
+    help="Another artifact folder (e.g. the stock model's): compare exited quality with its full depth.",
+)
+@click.option("--variant", default=None, help="Which build to run (fp32, int8). Default: the manifest's.")
+@batch_size_option
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, path_type=str),
+    default=None,
+    help="Write the JSON report here.",
+)
+def command(
+    artifacts,
+    eval_sets,
+    sts_file,
+    theta,
+    min_layer,
+    bible_limit,
+    bible_corpus_limit,
+    sentences,
+    reference,
+    variant,
+    batch_size,
+    report_path,
+):
+    """Quality of ARTIFACTS' exited embeddings vs full depth: labelled sets and label-free agreement."""
+    from leap_export.quality import evaluate_artifacts, parse_eval_sets
+    from leap_export.textio import read_lines
+
+    report = evaluate_artifacts(
+        artifacts,
+        eval_sets=parse_eval_sets(eval_sets, sts_file=sts_file),
+        sts_file=sts_file,
+        theta=theta,
+        min_layer=min_layer,
+        variant=variant,
+        bible_limit=bible_limit,
+        bible_corpus_limit=bible_corpus_limit,
+        label_free_sentences=read_lines(sentences, skip_empty=True) if sentences else None,
+        reference_artifacts=reference,
+        batch_size=batch_size,
+        report_path=report_path,
+    )
+    print_report(report)
+    if report_path:
+        click.echo(f"report: {report_path}")
+
+
+def _num(x, fmt: str = ".4f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:+.2f}"
+
+
+def print_report(report: dict) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console()
+    p, lf, ref = report["policy"], report["label_free"], report["reference"]
+    table = Table(
+        title=escape(
+            f"{report.get('model') or report['artifacts']}: theta {p['theta']:g}, min layer {p['min_layer']}, "
+            f"k {p['patience']}{'' if p['enabled'] else ' (exits disabled)'}"
+        ),
+        title_justify="left",
+    )
+    for name in ("set", "metric", "full depth", "early exit", "drop %"):
+        table.add_column(name, justify="left" if name in ("set", "metric") else "right")
+    if ref:
+        table.add_column(escape(f"ref: {ref.get('model') or ref['artifacts']}"), justify="right")
+        table.add_column("drop vs ref %", justify="right")
+    for m in report["metrics"]:
+        cells = [
+            m["set"],
+            m["metric"] + (" *" if m["primary"] else ""),
+            _num(m["full"]),
+            _num(m["exited"]),
+            _pct(m["drop"]),
+        ]
+        if ref:
+            cells += [_num(m["reference"]), _pct(m["drop_vs_reference"])]
+        table.add_row(*cells)
+    if report["metrics"]:
+        console.print(table)
+        console.print("[dim]* primary metric; drop = (full - exited) / |full|, negative = a gain[/dim]")
+    rates = ", ".join(f"L{layer}: {100 * r:.1f}%" for layer, r in lf["exit_rate"].items())
+    console.print(
+        escape(
+            f"label-free ({lf['count']} sentences, {lf['source']}): exited vs full cos mean {lf['mean_similarity']:.4f} "
+            f"(min {lf['min_similarity']:.4f}), NN@10 {lf['nn_at_10']:.3f}, NN@10 < 0.5: "
+            f"{100 * lf['nn_fail_lt_0.5']:.1f}%, < 0.3: {100 * lf['nn_fail_lt_0.3']:.1f}%"
+        ),
+        highlight=False,
+    )
+    console.print(
+        escape(
+            f"exits {rates}; E[layers] {lf['expected_layers']:.2f} of {report['num_layers']} "
+            f"({lf['layer_reduction']:.2f}x theoretical); exit by layer {lf['exit_at_layer']}: "
+            f"{100 * lf['exit_at']:.1f}%"
+        ),
+        highlight=False,
+    )
+    if ref:
+        ok = ref["within_target"]
+        console.print(
+            f"[{'green' if ok else 'red'}]exited quality {'within' if ok else 'NOT within'} "
+            f"{100 * ref['target_drop']:g}% of the reference on every primary metric[/]"
+        )

@@ -1,0 +1,223 @@
+"""Calibration on the tiny built artifacts: the one-pass sweep agrees with the runtime, and the manifest update."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from leap_export.calibrate import BoundaryTrace, calibrate, trace_boundaries
+from leap_export.errors import LeapError
+from leap_export.textio import sample_sentences
+from trt_runtime.encoder import EarlyExitEncoder
+from trt_runtime.manifest import load_manifest
+from trt_runtime.policy import ExitPolicy
+
+# The CLI as a user runs it, with torch and transformers made unimportable: calibration is a CPU runtime path.
+NO_TORCH = (
+    "import sys\n"
+    "class Block:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name.split('.')[0] in {'torch', 'transformers', 'sentence_transformers'}:\n"
+    "            raise ImportError('blocked for this test: ' + name)\n"
+    "sys.meta_path.insert(0, Block())\n"
+    "from leap_export.cli import main\n"
+    "sys.argv = ['leap-export'] + sys.argv[1:]\n"
+    "main()\n"
+)
+
+
+def cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", NO_TORCH, *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture
+def texts(sentences) -> list[str]:
+    return list(dict.fromkeys(s for s in sentences + sample_sentences() if s.strip()))
+
+
+@pytest.fixture
+def artifacts(tiny_artifacts, tmp_path):
+    """A private copy of the tiny BERT artifacts (calibration rewrites the manifest)."""
+    return shutil.copytree(tiny_artifacts["bert"], tmp_path / "art")
+
+
+def splitting_thetas(trace: BoundaryTrace, policy: ExitPolicy, count: int = 4) -> list[float]:
+    """Thresholds inside the score range of the exit boundaries, each > 1e-6 from every score there.
+
+    Scores from a compacted (trimmed) batch differ from the full-depth ones by float rounding (~2e-7 here),
+    so a theta that close to a score could flip that sample legitimately.
+    """
+    exit_rows = [s for s, b in enumerate(trace.boundaries[:-1]) if policy.may_exit_at(b)]
+    scores = np.unique(trace.scores[exit_rows].astype(np.float64))
+    lo, hi = len(scores) // 10, len(scores) - len(scores) // 10  # central 80 %: thetas that split
+    gaps = np.diff(scores[lo:hi])
+    widest = np.argsort(-gaps, kind="stable")[:count]
+    assert gaps[widest].min() > 2e-6, "no clear gaps to put thresholds in"
+    return sorted(round(float(scores[lo + i] + gaps[i] / 2), 9) for i in widest)
+
+
+@pytest.mark.parametrize("arch", ["bert", "mpnet"])
+def test_sweep_exit_layers_equal_the_runtime(tiny_artifacts, texts, arch):
+    art = tiny_artifacts[arch]
+    trace = trace_boundaries(art, texts, batch_size=7)
+    policy = load_manifest(art).default_policy
+    mixed = 0
+    for min_layer in (policy.min_layer, 3):  # 3: the first boundary (layer 2) may not exit
+        rule = ExitPolicy(theta=0.5, patience=policy.patience, min_layer=min_layer)
+        for theta in [*splitting_thetas(trace, rule), 0.5, 1.0]:
+            got = EarlyExitEncoder(art, theta=theta, min_layer=min_layer).encode_with_exits(
+                texts, batch_size=7
+            )
+            sim = trace.exit_layers(ExitPolicy(theta=theta, patience=policy.patience, min_layer=min_layer))
+            np.testing.assert_array_equal(
+                sim, got.exit_layers, err_msg=f"theta {theta}, min layer {min_layer}"
+            )
+            cos = np.sum(trace.embeddings(sim) * got.embeddings, axis=1)
+            assert cos.min() >= 0.99999, f"theta {theta}, min layer {min_layer}"
+            mixed += len(np.unique(sim)) >= 2
+            assert min_layer < 3 or sim.min() >= 3
+    assert mixed >= 6, "the thetas must split the samples, or the comparison proves little"
+    # theta 1.0: nobody exits; the exited embeddings are the full-depth ones
+    full = EarlyExitEncoder(art, exits=False).encode(texts, batch_size=7)
+    np.testing.assert_allclose(trace.full(), full, atol=1e-6)
+
+
+def test_calibrate_rows_match_the_runtime_and_the_manifest_gets_the_choice(artifacts, texts):
+    before = load_manifest(artifacts)
+    old = before.default_policy
+    trace = trace_boundaries(artifacts, texts)
+    thetas = splitting_thetas(trace, old)
+    report = calibrate(
+        artifacts, thetas=thetas, eval_sets=(), sentences=texts, min_nn10=0.0, max_quality_drop=1.0
+    )
+    rows = report["rows"]
+    assert [r["theta"] for r in rows] == sorted(thetas)
+    for row in rows:  # every row is what the runtime does at that theta
+        got = EarlyExitEncoder(artifacts, theta=row["theta"]).encode_with_exits(texts)
+        assert row["expected_layers"] == pytest.approx(got.exit_layers.mean())
+        assert row["speedup"] == pytest.approx(4 / got.exit_layers.mean())
+        for layer, rate in row["exit_rate"].items():
+            assert rate == pytest.approx((got.exit_layers == int(layer)).mean())
+        assert row["exit_at"] == pytest.approx((got.exit_layers <= old.min_layer + 1).mean())
+        assert 0.0 <= row["nn_at_10"] <= 1.0 and row["meets_budget"]
+    assert len({r["expected_layers"] for r in rows}) >= 2  # the sweep distinguishes the thresholds
+
+    chosen = report["chosen"]
+    assert chosen["expected_layers"] == min(r["expected_layers"] for r in rows)
+    assert chosen["pareto"]  # the cheapest row is never dominated
+    assert report["written"] and report["changed"]
+    after = load_manifest(artifacts)  # still loads: files and hashes untouched
+    assert after.data["exit_policy"] == {**old.to_dict(), "theta": chosen["theta"]}
+    history = after.data["policy_history"]
+    assert len(history) == len(before.data["policy_history"]) + 1
+    assert history[-1]["theta"] == old.theta and history[-1]["min_layer"] == old.min_layer
+    assert history[-1]["reason"] == report["message"] and history[-1]["replaced_at"]
+    assert history[-1]["calibration"]["chosen"]["theta"] == chosen["theta"]
+    assert EarlyExitEncoder(artifacts).policy.theta == chosen["theta"]
+
+    again = calibrate(
+        artifacts, thetas=thetas, eval_sets=(), sentences=texts, min_nn10=0.0, max_quality_drop=1.0
+    )
+    assert not again["changed"] and not again["written"]  # already the choice: no new history entry
+    assert load_manifest(artifacts).data["policy_history"] == history
+
+
+def test_dry_run_writes_nothing(artifacts, texts, tmp_path):
+    manifest = artifacts / "manifest.json"
+    before = manifest.read_bytes()
+    report = calibrate(
+        artifacts,
+        thetas=[0.5],
+        eval_sets=(),
+        sentences=texts,
+        min_nn10=0.0,
+        max_quality_drop=1.0,
+        write=False,
+        report_path=tmp_path / "r.json",
+    )
+    assert report["changed"] and not report["written"]
+    assert manifest.read_bytes() == before
+    assert json.loads((tmp_path / "r.json").read_text())["chosen"]["theta"] == 0.5
+
+
+def test_unattainable_budget_keeps_the_policy(artifacts, texts):
+    manifest = artifacts / "manifest.json"
+    before = manifest.read_bytes()
+    # theta 0.5: every sample exits at the first exit boundary, so NN@10 falls short of a perfect 1.0
+    report = calibrate(artifacts, thetas=[0.5], eval_sets=(), sentences=texts, min_nn10=1.0)
+    (row,) = report["rows"]
+    assert row["exit_rate_before_final"] == 1.0 and row["nn_at_10"] < 1.0
+    assert not row["meets_budget"] and row["violations"]
+    assert report["chosen"] is None and not report["changed"] and not report["written"]
+    assert (
+        "no theta meets the budget" in report["message"] and "keeping the current policy" in report["message"]
+    )
+    assert manifest.read_bytes() == before
+
+
+def test_calibrate_on_lee_scores_like_the_evaluation(artifacts):
+    from leap_export.evaluation import evaluate_lee
+
+    report = calibrate(artifacts, thetas=[0.5, 1.0], eval_sets=("lee",), write=False)
+    full = evaluate_lee(EarlyExitEncoder(artifacts, exits=False).encode)["spearman"]
+    assert report["full_quality"]["lee"]["spearman"] == pytest.approx(full, abs=1e-6)
+    assert report["label_free"]["count"] == 50  # the Lee documents
+    at_half, at_one = report["rows"]
+    exited = evaluate_lee(EarlyExitEncoder(artifacts, theta=0.5).encode)["spearman"]
+    assert at_half["quality"]["lee"]["spearman"] == pytest.approx(exited, abs=1e-6)
+    assert at_one["drop"]["lee/spearman"] == 0.0 and at_one["expected_layers"] == 4.0
+    assert report["budget"]["metrics"] == ["lee/spearman"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"thetas": [0.0]}, "(0, 1]"),
+        ({"thetas": []}, "at least one theta"),
+        ({"eval_sets": ("sts",)}, "needs an STS file"),
+        ({"eval_sets": ("glue",)}, "unknown evaluation set"),
+        ({"eval_sets": ()}, "nothing to calibrate on"),
+        ({"eval_sets": (), "sentences": ["one", "two"]}, "at least 11"),
+        ({"min_nn10": 1.5}, "min_nn10"),
+        ({"max_quality_drop": -0.1}, "max_quality_drop"),
+        ({"min_layer": 4}, "below the 4 layers"),
+    ],
+)
+def test_bad_input_is_a_clear_error(artifacts, kwargs, message):
+    with pytest.raises(LeapError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        calibrate(artifacts, write=False, **kwargs)
+
+
+def test_cli_without_torch(artifacts, texts, tmp_path):
+    src = tmp_path / "s.txt"
+    src.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    manifest = artifacts / "manifest.json"
+    before = manifest.read_bytes()
+
+    proc = cli("calibrate", artifacts, "--eval", "lee", "--thetas", "0.5,1.0", "--max-drop", "1e9",
+               "--min-nn10", "0", "--dry-run", "--report", tmp_path / "r.json")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "E[layers]" in proc.stdout and "chose theta 0.5" in proc.stdout and "dry run" in proc.stdout
+    assert [r["theta"] for r in json.loads((tmp_path / "r.json").read_text())["rows"]] == [0.5, 1.0]
+    assert manifest.read_bytes() == before
+
+    proc = cli("calibrate", artifacts, "--eval", "", "--sentences", src, "--thetas", "0.5", "--min-nn10", "1",
+               "--strict")  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "no theta meets the budget" in proc.stdout
+    assert manifest.read_bytes() == before
+
+    proc = cli("calibrate", artifacts, "--eval", "", "--sentences", src, "--thetas", "0.5", "--min-nn10", "0")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "manifest updated" in proc.stdout
+    assert load_manifest(artifacts).data["exit_policy"]["theta"] == 0.5
+
+    proc = cli("calibrate", artifacts, "--thetas", "0.9,x")
+    assert proc.returncode == 2 and "comma-separated numbers" in proc.stderr
