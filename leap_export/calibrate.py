@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -318,7 +318,7 @@ def _write_policy(
 ) -> None:
     entry = {
         **current.to_dict(),
-        "replaced_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "replaced_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "replaced_by": "leap-export calibrate",
         "reason": message,
         "calibration": jsonable(

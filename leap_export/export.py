@@ -201,7 +201,6 @@ def build(
     progress: bool = True,
 ) -> Path:
     """Export ``model`` into ``out``: segment graphs, full graph, tokenizer and manifest.json."""
-    import torch
     from tqdm.auto import tqdm
 
     from leap_export.reference import load_reference
@@ -262,7 +261,7 @@ def build(
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "format": FORMAT,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "source": {
                 "spec": source.spec,
                 "name": source.name,
