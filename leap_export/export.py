@@ -86,7 +86,9 @@ def plan_segments(num_layers: int, policy: ExitPolicy, boundaries: list[int] | N
     for start, end in spans:
         exit_capable = policy.may_exit_at(end) and end < num_layers
         ref_layer = end - policy.patience if exit_capable else max(end - policy.patience, start)
-        if ref_layer >= start:
+        # in-graph only when the reference layer is computed here; at the segment's own input (start > 0)
+        # the previous segment already output it as `pooled`: take it instead of pooling the input again
+        if ref_layer > start or ref_layer == start == 0:
             refs.append((ref_layer, None, None))
             continue
         producer = next(i for i, (a, b) in enumerate(spans) if a < ref_layer <= b)
@@ -105,7 +107,11 @@ def _segment_module(model, arch, plan: SegmentPlan, *, last: bool, pooled_only: 
     import torch
     from torch import nn
 
-    from leap_export.reference import masked_mean
+    def masked_mean(hidden, mask):
+        # [B,1,S] @ [B,S,H]: one batched MatMul instead of a Mul plus a middle-axis ReduceSum
+        m = mask.to(hidden.dtype)
+        summed = torch.matmul(m.unsqueeze(1), hidden).squeeze(1)  # [B, H]
+        return summed / m.sum(1, keepdim=True).clamp(min=1e-9)
 
     class Segment(nn.Module):
         def __init__(self) -> None:

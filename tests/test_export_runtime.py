@@ -46,7 +46,7 @@ def test_patience_two_with_reference_input(tiny_bert, tmp_path, sentences):
     out = build(tiny_bert, tmp_path / "k2", min_layer=3, patience=2, boundaries=[2, 3, 4], progress=False)
     m = load_manifest(out)
     # the exit check after layer 3 compares with layer 1, inside segment 0, which outputs pooled_l1
-    assert [(s.ref_from, s.ref_output) for s in m.segments] == [(None, None), (0, "pooled_l1"), (None, None)]
+    assert [(s.ref_from, s.ref_output) for s in m.segments] == [(None, None), (0, "pooled_l1"), (1, "pooled")]
     assert "ref_pooled" in m.segments[1].inputs and "pooled_l1" in m.segments[0].outputs
     assert verify(out, sentences, progress=False)
 

@@ -12,7 +12,8 @@ def _geometry(plans):
 def test_default_plan_is_lmin_then_one_segment_per_layer():
     plans = plan_segments(12, ExitPolicy(min_layer=6))
     assert [(p.start, p.end) for p in plans] == [(0, 6), (6, 7), (7, 8), (8, 9), (9, 10), (10, 11), (11, 12)]
-    assert all(p.ref_from is None for p in plans)  # k=1: the reference layer is each segment's input
+    # k=1: the reference is each segment's input, i.e. the previous segment's pooled output
+    assert [(p.ref_from, p.ref_output) for p in plans] == [(None, None)] + [(i, "pooled") for i in range(6)]
 
 
 def test_explicit_boundaries_and_final_layer_appended():
@@ -28,13 +29,13 @@ def test_patience_two_takes_reference_from_an_earlier_segment():
         (0, 3, 1, None, None, (2,)),
         (3, 4, 2, 0, "pooled_l2", ()),
         (4, 5, 3, 0, "pooled", ()),
-        (5, 6, 5, None, None, ()),  # no exit after the last layer: its score is informational
+        (5, 6, 5, 2, "pooled", ()),  # no exit after the last layer: its score is informational
     ]
 
 
 def test_segments_that_cannot_exit_need_no_reference():
     plans = plan_segments(6, ExitPolicy(min_layer=4, patience=3), [1, 2, 4, 5, 6])
-    assert _geometry(plans)[:2] == [(0, 1, 0, None, None, ()), (1, 2, 1, None, None, ())]
+    assert _geometry(plans)[:2] == [(0, 1, 0, None, None, ()), (1, 2, 1, 0, "pooled", ())]
     assert _geometry(plans)[2] == (2, 4, 1, 0, "pooled", ())
 
 

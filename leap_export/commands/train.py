@@ -1,0 +1,116 @@
+"""``leap-export train``: LEAP (or, with --baseline, the same pipeline without L_exit) distillation."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("train")
+@click.option(
+    "--student", default="minilm-l6", show_default=True, help="Short name or model folder to fine-tune."
+)
+@click.option(
+    "--teacher",
+    default=None,
+    help="Short name or model folder to distil from [default: the student's "
+    "own checkpoint, i.e. self-distillation; mpnet-base is a stronger 12-layer teacher].",
+)
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Output model folder.")
+@click.option(
+    "--baseline", is_flag=True, help="The paper's controlled baseline: identical training without L_exit."
+)
+@click.option(
+    "--corpus", type=click.Path(exists=True, file_okay=False), help="Corpus folder (uses train.txt)."
+)
+@click.option(
+    "--sentences",
+    "sentences_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Sentences file: .txt (one per line), .jsonl or .csv.",
+)
+@click.option("--max-sentences", type=int, default=None, help="Use only the first N training sentences.")
+@click.option("--steps", type=int, default=None, help="Optimizer steps (instead of --epochs).")
+@click.option("--epochs", type=float, default=None, help="Passes over the sentences [default: 1].")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Global batch (split over GPUs).")
+@click.option("--lr", type=float, default=5e-5, show_default=True)
+@click.option(
+    "--max-length", type=int, default=128, show_default=True, help="Tokens per sentence in training."
+)
+@click.option(
+    "--checkpoint-every", type=int, default=200, show_default=True, help="Steps between checkpoints."
+)
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--dropout",
+    type=float,
+    default=None,
+    help="Student dropout [default: the checkpoint's]; 0 for short runs.",
+)
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any other LeapConfig field, e.g. --set alpha_inter=0.1 --set tau=0.97 (repeatable).",
+)
+def command(
+    student,
+    teacher,
+    out,
+    baseline,
+    corpus,
+    sentences_file,
+    max_sentences,
+    steps,
+    epochs,
+    batch_size,
+    lr,
+    max_length,
+    checkpoint_every,
+    resume,
+    seed,
+    dropout,
+    settings,
+) -> None:
+    """Distil a teacher into an exit-ready student; writes a SentenceTransformer folder.
+
+    Runs under torchrun for multi-GPU (DistributedDataParallel): torchrun --nproc_per_node N -m leap_export.cli train ...
+    """
+    from dataclasses import replace
+
+    import torch
+
+    from leap_export.train.config import LeapConfig, parse_settings
+    from leap_export.train.trainer import run_training
+
+    options = dict(
+        dropout=dropout,
+        lr=lr,
+        batch_size=batch_size,
+        max_length=max_length,
+        steps=steps,
+        epochs=epochs,
+        checkpoint_every=checkpoint_every,
+        seed=seed,
+    )
+    config = LeapConfig(**{**options, **parse_settings(settings)})  # --set wins over the named options
+    if baseline:
+        config = replace(config, beta_exit=0.0)
+    if not torch.cuda.is_available() and batch_size >= 64 and max_length >= 128:
+        click.echo(
+            "hint: training on CPU; --batch-size 32 --max-length 64 is several times faster per step "
+            "(scripts/train_minilm.sh is a tested CPU recipe)",
+            err=True,
+        )
+    path = run_training(
+        student,
+        out,
+        teacher=teacher,
+        corpus=corpus,
+        sentences_file=sentences_file,
+        max_sentences=max_sentences,
+        config=config,
+        resume=resume,
+    )
+    click.echo(f"wrote {path} ({config.mode})")

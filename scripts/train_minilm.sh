@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# LEAP fine-tuning of the packaged all-MiniLM-L6-v2 on a 2-core CPU (self-distillation), then the
+# exit targets measured on held-out sentences (theta 0.95, k 1, l_min 3).
+#
+#   scripts/train_minilm.sh                 # LEAP       -> runs/minilm-leap
+#   scripts/train_minilm.sh --baseline      # baseline   -> runs/minilm-baseline (same pipeline, no L_exit)
+#
+# Knobs (environment): STEPS, LR, BATCH, MAX_LENGTH, SENTENCES, ALPHA_INTER, BETA_EXIT, OUT, CORPUS, PY.
+# Why these settings: see leap_export/train/config.py and the comments below.
+# MEASURED (2-core CPU, 500 held-out sentences): these defaults take ~13 min and do NOT yet reach the
+# exit target (cumulative exit 0.2 % by layer 4, 4 % by layer 5; similarity/NN@10/quality targets met).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MODE=leap
+EXTRA=()
+if [[ "${1:-}" == "--baseline" ]]; then MODE=baseline; EXTRA+=(--baseline); shift; fi
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-${1:-runs/minilm-$MODE}}
+CORPUS=${CORPUS:-runs/corpus-fw}
+STEPS=${STEPS:-1500}
+LR=${LR:-3e-4}               # 6x Table 14's 5e-5: a short CPU run needs larger moves
+BATCH=${BATCH:-32}
+MAX_LENGTH=${MAX_LENGTH:-48} # fortunes/WordNet sentences are short; 48 tokens truncate few of them
+SENTENCES=${SENTENCES:-48000} # = STEPS x BATCH: one pass, no repeats
+# Self-distillation: L_inter would pin each intermediate layer to the stock model's own (exit-
+# incompatible) layer, i.e. fight L_exit directly; the paper's teacher (BERT-large) has no such pull.
+ALPHA_INTER=${ALPHA_INTER:-0}
+# From an exit-incompatible start (layer-to-final cos 0.3-0.5) the soft margin sigmoid(10 (tau - cos))
+# is nearly flat; at Table 14's beta = 0.4 a 500-step run left every layer short of theta (0 % exits).
+# --baseline still sets beta to 0.
+BETA_EXIT=${BETA_EXIT:-4.0}
+export HF_HUB_OFFLINE=1
+
+start=$(date +%s)
+if [[ ! -f "$CORPUS/corpus.json" ]]; then
+  # Fortunes + WordNet: the two sources that build in seconds; test.txt is the held-out set.
+  "$PY" -m leap_export.cli corpus --out "$CORPUS" --source fortunes --source wordnet --no-progress
+fi
+
+"$PY" -m leap_export.cli train --student minilm-l6 --out "$OUT" --corpus "$CORPUS" \
+  --max-sentences "$SENTENCES" --steps "$STEPS" --batch-size "$BATCH" --max-length "$MAX_LENGTH" \
+  --lr "$LR" --dropout 0 --set alpha_inter="$ALPHA_INTER" --set beta_exit="$BETA_EXIT" --checkpoint-every 100 --resume "${EXTRA[@]}"
+train_end=$(date +%s)
+
+"$PY" - "$OUT" "$CORPUS" <<'PYEOF'
+import json, sys
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from leap_export.data.corpus import load_split
+from leap_export.reference import layer_embeddings
+from leap_export.sources import resolve_model
+from trt_runtime.policy import ExitPolicy
+
+out, corpus = sys.argv[1], sys.argv[2]
+heldout = load_split(corpus, "test")[:500]
+policy = ExitPolicy(theta=0.95, patience=1, min_layer=3)
+
+
+def unit(x):
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def knn(e, k=10):
+    s = e @ e.T
+    np.fill_diagonal(s, -np.inf)
+    return np.argsort(-s, axis=1)[:, :k]
+
+
+def overlap(a, b):
+    return float(np.mean([len(set(x) & set(y)) / a.shape[1] for x, y in zip(a, b, strict=True)]))
+
+
+def exited(pooled):
+    layers = policy.simulate(pooled)
+    return unit(pooled[layers, np.arange(pooled.shape[1])]), layers
+
+
+def lee_spearman(model):
+    from leap_export.data.evalsets import load_lee
+
+    docs, pairs = load_lee()
+    pooled = layer_embeddings(resolve_model(model), docs, batch_size=16)
+    full, (ex, _) = unit(pooled[-1]), exited(pooled)
+    human = [p[2] for p in pairs]
+    score = lambda e: float(spearmanr([e[i] @ e[j] for i, j, _ in pairs], human).correlation)  # noqa: E731
+    return score(full), score(ex)
+
+
+pooled = layer_embeddings(resolve_model(out), heldout, batch_size=64)
+ex, layers = exited(pooled)
+full = unit(pooled[-1])
+L = pooled.shape[0] - 1
+r = {
+    "heldout_sentences": len(heldout),
+    "cumulative_exit_rate": {l: round(float((layers <= l).mean()), 4) for l in range(3, L)},
+    "mean_layers": round(float(layers.mean()), 3),
+    "similarity_exited_vs_full": round(float((ex * full).sum(-1).mean()), 4),
+    "nn10_exited_vs_full": round(overlap(knn(ex), knn(full)), 4),
+}
+stock = unit(layer_embeddings(resolve_model("minilm-l6"), heldout, batch_size=64)[-1])
+r["cos_exited_vs_stock"] = round(float((ex * stock).sum(-1).mean()), 4)
+r["nn10_exited_vs_stock"] = round(overlap(knn(ex), knn(stock)), 4)
+lee_full, lee_exit = lee_spearman(out)
+lee_stock, _ = lee_spearman("minilm-l6")
+r.update(lee_spearman_stock=round(lee_stock, 4), lee_spearman_full=round(lee_full, 4),
+         lee_spearman_exited=round(lee_exit, 4), lee_relative_loss=round(1 - lee_exit / lee_stock, 4))
+r["checks"] = {
+    "exit_rate_by_layer4>=0.85": r["cumulative_exit_rate"].get(4, 0) >= 0.85,
+    "similarity>=0.94": r["similarity_exited_vs_full"] >= 0.94,
+    "nn10>=0.80": r["nn10_exited_vs_full"] >= 0.80,
+    "quality_loss<=3%": r["lee_relative_loss"] <= 0.03,
+}
+Path(out, "exit_eval.json").write_text(json.dumps(r, indent=2) + "\n")
+print(json.dumps(r, indent=2))
+PYEOF
+end=$(date +%s)
+echo "mode=$MODE  wall: train (incl. corpus + teacher cache) $((train_end - start)) s, total $((end - start)) s"

@@ -1,0 +1,172 @@
+"""Each LEAP loss term against a value computed by hand on tiny tensors, and where gradients go."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from leap_export.errors import LeapError
+from leap_export.train.config import LeapConfig
+from leap_export.train.losses import (
+    ContrastLoss,
+    ExitLoss,
+    FinalLoss,
+    InterLoss,
+    LateLoss,
+    LeapLoss,
+    RedundLoss,
+    exit_layer_weights,
+    uniform_layer_map,
+)
+
+
+def unit(*angles: float) -> torch.Tensor:
+    """2-d unit vectors at the given angles (radians): cosines between them are cos(a - b)."""
+    return torch.tensor([[math.cos(a), math.sin(a)] for a in angles])
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def test_uniform_layer_map_rounds_half_up():
+    assert uniform_layer_map(6, 12) == [2, 4, 6, 8, 10, 12]
+    assert uniform_layer_map(4, 4) == [1, 2, 3, 4]
+    assert uniform_layer_map(4, 6) == [2, 3, 5, 6]  # 1.5 -> 2 and 4.5 -> 5 (banker's rounding gives 2, 4)
+
+
+def test_final_loss_is_one_minus_cosine_of_last_layers():
+    sp = torch.stack([unit(0.0, 0.0), unit(0.3, 1.0)])  # [L + 1 = 2, B = 2, 2]
+    t = torch.stack([unit(1.0, 1.0), unit(0.0, 0.2)])
+    expected = ((1 - math.cos(0.3)) + (1 - math.cos(0.8))) / 2
+    assert FinalLoss()(sp, t).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_inter_loss_uses_the_uniform_map():
+    # student 2 layers, teacher 4: pi(1) = 2, pi(2) = 4
+    sp = torch.stack([unit(9.0), unit(0.1), unit(0.2)])
+    t = torch.stack([unit(9.0), unit(5.0), unit(0.4), unit(5.0), unit(0.7)])
+    expected = ((1 - math.cos(0.3)) + (1 - math.cos(0.5))) / 2
+    assert InterLoss(2, 4)(sp, t).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_exit_loss_soft_margin_both_targets():
+    # 3 student layers, one sample; weights: layer 1 early (0.1), layers 2-3 exit-eligible (1.0)
+    w = exit_layer_weights(3, min_layer=2, early_weight=0.1)
+    assert w.tolist() == pytest.approx([0.1, 1.0, 1.0])
+    s = torch.stack([unit(9.0), unit(0.5), unit(0.2), unit(0.0)])
+    t = torch.stack([unit(9.0), unit(9.0), unit(9.0), unit(0.1)])
+    teacher, student = ExitLoss(w, tau=0.98, sharpness=10.0)(s, s, t)
+    m = lambda c: sigmoid(10 * (0.98 - c))  # noqa: E731
+    exp_teacher = (0.1 * m(math.cos(0.4)) + m(math.cos(0.1)) + m(math.cos(0.1))) / 3
+    exp_student = (0.1 * m(math.cos(0.5)) + m(math.cos(0.2))) / 2
+    assert teacher.item() == pytest.approx(exp_teacher, abs=1e-6)
+    assert student.item() == pytest.approx(exp_student, abs=1e-6)
+
+
+def test_exit_student_target_is_stop_gradient():
+    w = exit_layer_weights(3, min_layer=2, early_weight=0.1)
+    s = F.normalize(torch.randn(4, 5, 8), dim=-1).requires_grad_(True)
+    t = F.normalize(torch.randn(4, 5, 8), dim=-1)
+    _, student = ExitLoss(w, tau=0.98, sharpness=10.0)(s, s, t)
+    (grad,) = torch.autograd.grad(student, s)
+    assert grad[-1].abs().max().item() == 0.0  # nothing flows into the final layer through sg()
+    assert grad[1:-1].abs().max().item() > 0.0  # the earlier layers are pulled towards it
+    # without the stop-gradient the final layer would receive gradient: the test can fail
+    m = torch.sigmoid(10 * (0.98 - (s[1:-1] * s[-1][None]).sum(-1))).mean()
+    (grad_no_sg,) = torch.autograd.grad(m, s)
+    assert grad_no_sg[-1].abs().max().item() > 0.0
+
+
+def test_contrast_loss_is_kl_student_to_teacher_without_diagonal():
+    s = unit(0.0, 0.5, 1.5)
+    t = unit(0.0, 0.2, 2.0)
+    tc = 0.5
+    loss = ContrastLoss(tc)(s, t).item()
+
+    def rows(angles):
+        out = []
+        for i, a in enumerate(angles):
+            logits = [math.cos(a - b) / tc for j, b in enumerate(angles) if j != i]
+            z = sum(math.exp(x) for x in logits)
+            out.append([math.exp(x) / z for x in logits])
+        return out
+
+    ps, pt = rows([0.0, 0.5, 1.5]), rows([0.0, 0.2, 2.0])
+    kl_st = (
+        sum(p * math.log(p / q) for rs, rt in zip(ps, pt, strict=True) for p, q in zip(rs, rt, strict=True))
+        / 3
+    )
+    kl_ts = (
+        sum(q * math.log(q / p) for rs, rt in zip(ps, pt, strict=True) for p, q in zip(rs, rt, strict=True))
+        / 3
+    )
+    assert loss == pytest.approx(kl_st, abs=1e-6)
+    assert abs(kl_st - kl_ts) > 1e-4  # the two orders differ here, so the order is really checked
+    assert ContrastLoss(tc)(t, t).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_late_loss_sqrt_and_zero_gap_gradient_is_finite():
+    s = torch.stack([unit(9.0), unit(0.3), unit(0.1), unit(0.0)])  # 3 layers
+    loss = LateLoss(range(1, 3))(s)
+    expected = (math.sqrt(1 - math.cos(0.3)) + math.sqrt(1 - math.cos(0.1))) / 2
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    same = torch.stack([unit(0.0)] * 3).requires_grad_(True)  # every layer equals the final one
+    (grad,) = torch.autograd.grad(LateLoss(range(1, 2))(same), same)
+    assert torch.isfinite(grad).all()
+
+
+def test_redund_loss_caps_adjacent_distances_at_margin():
+    s = torch.stack([unit(9.0), unit(0.0), unit(0.05), unit(1.0)])  # steps of 0.05 rad and 0.95 rad
+    d1 = math.sqrt(2 - 2 * math.cos(0.05))  # ~0.05 < margin
+    loss = RedundLoss(margin=0.1)(s)
+    assert loss.item() == pytest.approx(-(d1 + 0.1) / 2, abs=1e-6)
+    collapsed = torch.stack([unit(0.0)] * 3).requires_grad_(True)
+    (grad,) = torch.autograd.grad(RedundLoss(0.1)(collapsed), collapsed)
+    assert torch.isfinite(grad).all()
+
+
+def test_leap_loss_combines_terms_with_table14_weights_and_ramp():
+    torch.manual_seed(0)
+    s = F.normalize(torch.randn(4, 6, 8), dim=-1)
+    t = F.normalize(torch.randn(4, 6, 8), dim=-1)
+    c = LeapConfig()
+    out = LeapLoss(c, 3, 3)(s, s, t, ramp=0.5)
+    terms = out.terms
+    assert terms["exit"].item() == pytest.approx(
+        terms["exit_teacher"].item() + 0.7 * 0.5 * terms["exit_student"].item(), abs=1e-6
+    )
+    expected = (
+        terms["final"]
+        + 0.3 * terms["inter"]
+        + 0.4 * terms["exit"]
+        + 0.3 * terms["contrast"]
+        + 0.2 * terms["late"]
+        + 0.05 * terms["redund"]
+    )
+    assert out.total.item() == pytest.approx(expected.item(), abs=1e-6)
+    baseline = LeapLoss(LeapConfig(beta_exit=0.0), 3, 3)(s, s, t, ramp=0.5)
+    assert baseline.total.item() == pytest.approx(expected.item() - 0.4 * terms["exit"].item(), abs=1e-6)
+
+
+def test_config_defaults_and_layer_choices():
+    c = LeapConfig()
+    assert (c.alpha_inter, c.beta_exit, c.beta_student, c.gamma_redund, c.delta_contrast, c.epsilon_late) == (
+        0.3,
+        0.4,
+        0.7,
+        0.05,
+        0.3,
+        0.2,
+    )
+    assert (c.tau, c.lr, c.warmup_ratio, c.schedule) == (0.98, 5e-5, 0.1, "cosine")
+    assert list(c.late_layer_range(12)) == [9, 10, 11]
+    assert list(c.late_layer_range(6)) == [3, 4, 5]
+    assert c.exit_min_layer(12) == 6 and c.exit_min_layer(6) == 3
+    assert [c.student_ramp(p) for p in (0.0, 0.1, 0.35, 0.6, 1.0)] == pytest.approx([0, 0, 0.5, 1, 1])
+    assert LeapConfig(beta_exit=0).mode == "baseline" and c.mode == "leap"
+    with pytest.raises(LeapError, match="steps or epochs"):
+        LeapConfig(steps=3, epochs=1.0)

@@ -1,0 +1,300 @@
+"""The training loop on tiny random BERTs built here: output folder, learning, resume, kill, DDP, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from leap_export.errors import LeapError
+from leap_export.train.config import LeapConfig
+from leap_export.train.losses import ExitLoss, exit_layer_weights
+from leap_export.train.trainer import CHECKPOINT, LOSS_LOG, TrainingInterrupted, load_student, train
+
+REPO = Path(__file__).resolve().parents[2]
+WORDS = (
+    "the a cat dog sat on mat ran fast slow big small red blue house tree car road sky sun moon star water "
+    "fire green old new quiet loud city river stone bird fish song rain snow"
+).split()
+
+
+def make_tiny_bert(folder: Path, *, layers: int, hidden: int, seed: int, init_range: float = 0.02) -> Path:
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=64,
+        initializer_range=init_range,
+    )
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "student": make_tiny_bert(root / "student", layers=3, hidden=32, seed=0),
+        "teacher": make_tiny_bert(root / "teacher", layers=4, hidden=48, seed=1),
+        # At the default init every layer of a tiny BERT pools to nearly the same vector (cos ~0.9999);
+        # 0.2 gives layer-to-final cosines of ~0.1-0.4, like a real distilled model (exit-incompatible).
+        "spread": make_tiny_bert(root / "spread", layers=3, hidden=32, seed=0, init_range=0.2),
+    }
+
+
+@pytest.fixture(scope="module")
+def sentences() -> list[str]:
+    rng = random.Random(0)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) for _ in range(96)]
+
+
+@pytest.fixture(autouse=True)
+def _offline_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LEAP_EXPORT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def small(**overrides) -> LeapConfig:
+    settings = dict(steps=8, batch_size=16, max_length=32, lr=1e-3, checkpoint_every=3, seed=3)
+    settings.update(overrides)
+    return LeapConfig(**settings)
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+def test_output_folder_loads_and_describes_itself(models, sentences, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from leap_export.sources import describe_folder
+
+    out = train(
+        models["student"],
+        sentences,
+        tmp_path / "out",
+        teacher=models["teacher"],
+        config=small(),
+        show_progress_bar=False,
+    )
+    st = SentenceTransformer(str(out), device="cpu")
+    emb = st.encode(["the cat sat on the mat", "a bird"], convert_to_numpy=True)
+    assert emb.shape == (2, 32)
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)  # Normalize module is in the pipeline
+    source = describe_folder(out)
+    assert (source.num_layers, source.hidden_size, source.normalize) == (3, 32, True)
+    manifest = json.loads((out / "leap_config.json").read_text())
+    assert manifest["mode"] == "leap" and manifest["final_step"] == 8
+    assert manifest["config"]["beta_exit"] == 0.4
+    assert manifest["projection"] == {"file": "leap_projection.safetensors", "in": 32, "out": 48}
+    assert load_file(out / "leap_projection.safetensors")["weight"].shape == (48, 32)
+    assert manifest["teacher"]["num_layers"] == 4 and manifest["student"]["hidden_size"] == 32
+    log = [json.loads(line) for line in (out / LOSS_LOG).read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 9))
+    assert {"lr", "total", "final", "inter", "exit", "contrast", "late", "redund", "elapsed_s"} <= set(log[0])
+    # the trained weights are what SentenceTransformer serves, not the student's originals
+    assert not torch.equal(
+        weights(out)["encoder.layer.0.attention.self.query.weight"],
+        weights(models["student"])["encoder.layer.0.attention.self.query.weight"],
+    )
+
+
+def _exit_loss(model_dir: Path, sentences: list[str], teacher_dir: Path) -> float:
+    """Unramped L_exit^(t) + L_exit^(s) in eval mode (no dropout) on fixed sentences."""
+    from leap_export.reference import tokenize
+    from leap_export.sources import describe_folder
+    from leap_export.train.teacher import teacher_targets
+
+    src = describe_folder(model_dir)
+    encoder, tok = load_student(src, 32, seed=0)
+    encoder.eval()
+    t = teacher_targets(describe_folder(teacher_dir), sentences, max_length=32, show_progress_bar=False)
+    with torch.no_grad():
+        s, sp = encoder(dict(tokenize(tok, sentences, 32)))
+        teacher, student = ExitLoss(exit_layer_weights(3, 1, 0.1), 0.98, 10.0)(
+            sp, s, t.batch(np.arange(len(sentences)))
+        )
+    return float(teacher + student)
+
+
+def test_short_run_lowers_the_exit_loss_and_baseline_does_not_optimise_it(models, sentences, tmp_path):
+    student = models["spread"]
+    config = dict(steps=40, lr=2e-3, min_layer=1, dropout=0.0)
+    before = _exit_loss(student, sentences, student)
+    leap = train(student, sentences, tmp_path / "leap", config=small(**config), show_progress_bar=False)
+    base = train(
+        student, sentences, tmp_path / "base", config=small(beta_exit=0.0, **config), show_progress_bar=False
+    )
+    after_leap = _exit_loss(leap, sentences, student)
+    after_base = _exit_loss(base, sentences, student)
+    assert after_leap < 0.8 * before
+    assert after_leap < after_base
+    assert json.loads((base / "leap_config.json").read_text())["mode"] == "baseline"
+
+
+def test_resume_after_interruption_reproduces_the_uninterrupted_run(models, sentences, tmp_path):
+    kwargs = dict(teacher=models["teacher"], show_progress_bar=False)
+    full = train(models["student"], sentences, tmp_path / "full", config=small(), **kwargs)
+    with pytest.raises(TrainingInterrupted):
+        train(models["student"], sentences, tmp_path / "cut", config=small(), stop_after=5, **kwargs)
+    assert torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=False)["step"] == 3
+    assert not (tmp_path / "cut" / "leap_config.json").exists()  # unfinished
+    cut = train(models["student"], sentences, tmp_path / "cut", config=small(), resume=True, **kwargs)
+    a, b = weights(full), weights(cut)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    torch.testing.assert_close(
+        load_file(full / "leap_projection.safetensors")["weight"],
+        load_file(cut / "leap_projection.safetensors")["weight"],
+        rtol=0,
+        atol=1e-6,
+    )
+    log_a = [json.loads(x) for x in (full / LOSS_LOG).read_text().splitlines()]
+    log_b = [json.loads(x) for x in (cut / LOSS_LOG).read_text().splitlines()]
+    assert [r["step"] for r in log_b] == list(range(1, 9))  # lines 4-5 of the cut run were replaced
+    assert [r["total"] for r in log_a] == pytest.approx([r["total"] for r in log_b], abs=1e-6)
+    assert json.loads((cut / "leap_config.json").read_text())["final_step"] == 8
+
+
+def test_existing_checkpoint_needs_resume_and_same_settings(models, sentences, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(TrainingInterrupted):
+        train(models["student"], sentences, out, config=small(), stop_after=4, show_progress_bar=False)
+    with pytest.raises(LeapError, match="--resume"):
+        train(models["student"], sentences, out, config=small(), show_progress_bar=False)
+    with pytest.raises(LeapError, match="lr"):
+        train(models["student"], sentences, out, config=small(lr=5e-4), resume=True, show_progress_bar=False)
+
+
+ENTRY = """
+import json, sys
+from leap_export.train.config import LeapConfig
+from leap_export.train.trainer import train
+student, sentences_file, out, settings, resume = sys.argv[1:6]
+sentences = open(sentences_file).read().splitlines()
+train(student, sentences, out, config=LeapConfig(**json.loads(settings)), resume=resume == "1",
+      show_progress_bar=False)
+"""
+
+
+def _entry(tmp_path: Path, sentences: list[str]) -> tuple[Path, Path]:
+    script = tmp_path / "entry.py"
+    script.write_text(ENTRY)
+    data = tmp_path / "sentences.txt"
+    data.write_text("\n".join(sentences) + "\n")
+    return script, data
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ, LEAP_EXPORT_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    return env
+
+
+def test_sigkilled_run_resumes_to_the_same_step_count(models, sentences, tmp_path):
+    script, data = _entry(tmp_path, sentences)
+    out = tmp_path / "out"
+    settings = json.dumps(dict(steps=150, batch_size=16, max_length=32, lr=1e-3, checkpoint_every=2, seed=3))
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(models["student"]), str(data), str(out), settings, "0"],
+        env=_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 90
+    while not (out / CHECKPOINT).is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)  # right after its first checkpoint: most steps are still to do
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    killed_at = torch.load(out / CHECKPOINT, weights_only=False)["step"]
+    assert 0 < killed_at < 150
+    train(
+        models["student"],
+        sentences,
+        out,
+        config=LeapConfig(**json.loads(settings)),
+        resume=True,
+        show_progress_bar=False,
+    )
+    assert json.loads((out / "leap_config.json").read_text())["final_step"] == 150
+    assert [json.loads(x)["step"] for x in (out / LOSS_LOG).read_text().splitlines()] == list(range(1, 151))
+
+
+def test_two_process_gloo_ddp_run_keeps_ranks_identical(models, sentences, tmp_path):
+    script, data = _entry(tmp_path, sentences)
+    out = tmp_path / "ddp"
+    settings = json.dumps(dict(steps=4, batch_size=16, max_length=32, lr=1e-3, checkpoint_every=2, seed=3))
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        str(script),
+        str(models["student"]),
+        str(data),
+        str(out),
+        settings,
+        "0",
+    ]
+    done = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((out / "leap_config.json").read_text())
+    assert manifest["world_size"] == 2 and manifest["final_step"] == 4
+    digests = manifest["rank_weights_sha256"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    assert [json.loads(x)["step"] for x in (out / LOSS_LOG).read_text().splitlines()] == [1, 2, 3, 4]
+    assert len(torch.load(out / CHECKPOINT, weights_only=False)["rng"]) == 2  # both ranks' RNG saved
+
+
+def test_cli_help_and_option_errors():
+    from click.testing import CliRunner
+
+    from leap_export.commands.train import command
+
+    runner = CliRunner()
+    result = runner.invoke(command, ["--help"])
+    assert result.exit_code == 0 and "--baseline" in result.output and "--resume" in result.output
+    result = runner.invoke(command, ["--out", "x", "--steps", "2", "--epochs", "1"])
+    assert isinstance(result.exception, LeapError) and "steps or epochs" in str(result.exception)
+
+
+def test_teacher_cache_matches_reference_and_gpu_wrapper_keeps_results(models, sentences, tmp_path):
+    from leap_export.reference import layer_embeddings, load_reference
+    from leap_export.sources import describe_folder
+    from leap_export.train.teacher import _OnDevice, teacher_targets
+
+    src = describe_folder(models["teacher"])
+    cached = teacher_targets(src, sentences, max_length=32, folder=tmp_path / "c", show_progress_bar=False)
+    ref = layer_embeddings(src, sentences, max_length=32)
+    ref /= np.linalg.norm(ref, axis=-1, keepdims=True)
+    np.testing.assert_allclose(cached.embeddings, ref, atol=2e-3)  # float16 storage, corpus order kept
+    idx = np.array([5, 0, 7])
+    np.testing.assert_allclose(cached.batch(idx).numpy(), ref[:, idx], atol=2e-3)
+    model, tok = load_reference(src)
+    wrapped = layer_embeddings(
+        src, sentences[:8], max_length=32, model=_OnDevice(model, "cpu"), tokenizer=tok
+    )
+    np.testing.assert_allclose(wrapped, layer_embeddings(src, sentences[:8], max_length=32), atol=1e-5)
