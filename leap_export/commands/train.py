@@ -17,7 +17,7 @@ import click
 )
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Output model folder.")
 @click.option(
-    "--baseline", is_flag=True, help="The paper's controlled baseline: identical training without L_exit."
+    "--baseline", is_flag=True, help="The paper's controlled baseline: identical training without the exit terms (L_exit, L_late)."
 )
 @click.option(
     "--corpus", type=click.Path(exists=True, file_okay=False), help="Corpus folder (uses train.txt)."
@@ -77,7 +77,6 @@ def command(
 
     Runs under torchrun for multi-GPU (DistributedDataParallel): torchrun --nproc_per_node N -m leap_export.cli train ...
     """
-    from dataclasses import replace
 
     import torch
 
@@ -96,7 +95,7 @@ def command(
     )
     config = LeapConfig(**{**options, **parse_settings(settings)})  # --set wins over the named options
     if baseline:
-        config = replace(config, beta_exit=0.0)
+        config = config.as_baseline()
     if not torch.cuda.is_available() and batch_size >= 64 and max_length >= 128:
         click.echo(
             "hint: training on CPU; --batch-size 32 --max-length 64 is several times faster per step "

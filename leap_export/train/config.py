@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from leap_export.errors import LeapError
@@ -37,6 +37,10 @@ class LeapConfig:
     # L_late layers: the last `late_layers` layers before the final one (paper: 9-11 of 12).
     # None: max(3, L // 4) -> 9..11 for 12 layers, 3..5 for 6 layers.
     late_layers: int | None = None
+    # Stop the gradient of L_late at the student's final embedding, as L_exit^(s) does. The paper's eq. 8
+    # has no stop-gradient (default False); with a large epsilon_late it drags the final layer toward
+    # the intermediate ones and away from the teacher, which short CPU runs cannot afford.
+    late_detach_final: bool = False
     # Student-self exit weight ramps linearly 0 -> 1 between these fractions of training.
     ramp_start: float = 0.1
     ramp_end: float = 0.6
@@ -98,6 +102,12 @@ class LeapConfig:
     @property
     def mode(self) -> str:
         return "baseline" if self.beta_exit == 0 else "leap"
+
+    def as_baseline(self) -> LeapConfig:
+        """The controlled baseline: the identical pipeline without the terms that pull intermediate layers
+        toward the final one, L_exit and L_late (both exit machinery, Appendix H), as in the paper's
+        ablation (Table 11: L_final + L_inter + L_contrast)."""
+        return replace(self, beta_exit=0.0, epsilon_late=0.0)
 
     def total_steps(self, num_sentences: int) -> int:
         if self.steps is not None:

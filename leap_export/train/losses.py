@@ -106,15 +106,17 @@ class LateLoss(nn.Module):
     The square root's gradient is infinite at 0, so 1 - cos is clamped at ``eps`` first.
     """
 
-    def __init__(self, layers: range, eps: float = 1e-6) -> None:
+    def __init__(self, layers: range, eps: float = 1e-6, detach_final: bool = False) -> None:
         super().__init__()
         self.layers = list(layers)
         self.eps = eps
+        self.detach_final = detach_final  # sg(e_s^Ls): only the late layers move, not the final one
 
     def forward(self, s: Tensor) -> Tensor:
         if not self.layers:
             return s.new_zeros(())
-        gap = (1 - cos(s[self.layers], s[-1][None])).clamp(min=self.eps)
+        final = s[-1].detach() if self.detach_final else s[-1]
+        gap = (1 - cos(s[self.layers], final[None])).clamp(min=self.eps)
         return gap.sqrt().mean()
 
 
@@ -161,7 +163,7 @@ class LeapLoss(nn.Module):
             config.exit_sharpness,
         )
         self.contrast = ContrastLoss(config.contrast_temperature)
-        self.late = LateLoss(config.late_layer_range(student_layers))
+        self.late = LateLoss(config.late_layer_range(student_layers), detach_final=config.late_detach_final)
         self.redund = RedundLoss(config.redund_margin)
 
     def forward(self, s: Tensor, sp: Tensor, t: Tensor, ramp: float) -> LossOutput:

@@ -170,3 +170,10 @@ def test_config_defaults_and_layer_choices():
     assert LeapConfig(beta_exit=0).mode == "baseline" and c.mode == "leap"
     with pytest.raises(LeapError, match="steps or epochs"):
         LeapConfig(steps=3, epochs=1.0)
+
+
+def test_baseline_drops_every_exit_term():
+    c = LeapConfig(beta_exit=4.0, epsilon_late=2.0, alpha_inter=0.1)
+    base = c.as_baseline()
+    assert base.beta_exit == 0 and base.epsilon_late == 0 and base.mode == "baseline"
+    assert base.alpha_inter == 0.1 and base.delta_contrast == c.delta_contrast  # everything else identical
