@@ -18,11 +18,11 @@ if [[ "${1:-}" == "--baseline" ]]; then MODE=baseline; EXTRA+=(--baseline); shif
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-${1:-runs/minilm-$MODE}}
 CORPUS=${CORPUS:-runs/corpus-fw}
-STEPS=${STEPS:-500}
+STEPS=${STEPS:-1000}
 LR=${LR:-3e-4}               # 6x Table 14's 5e-5: a short CPU run needs larger moves
 BATCH=${BATCH:-32}
-MAX_LENGTH=${MAX_LENGTH:-48} # fortunes/WordNet sentences are short; 48 tokens truncate few of them
-SENTENCES=${SENTENCES:-16000} # = STEPS x BATCH: one pass, no repeats
+MAX_LENGTH=${MAX_LENGTH:-64} # fortunes/WordNet sentences are short; 64 tokens truncate few of them
+SENTENCES=${SENTENCES:-32000} # = STEPS x BATCH: one pass, no repeats
 # Self-distillation: L_inter would pin each intermediate layer to the stock model's own (exit-
 # incompatible) layer, i.e. fight L_exit directly; the paper's teacher (BERT-large) has no such pull.
 ALPHA_INTER=${ALPHA_INTER:-0}
