@@ -411,22 +411,9 @@ def _checklist(layers, theta, exit_rate, median_exit_layer, num_layers, target_l
 
 def read_sentences(path: str | os.PathLike) -> list[str]:
     """One sentence per line (UTF-8, surrounding whitespace stripped, empty lines skipped)."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise LeapError(f"cannot read sentences file {path}: {e.strerror or e}") from None
-    sentences = []
-    for lineno, raw in enumerate(data.splitlines(), start=1):
-        try:
-            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-        except UnicodeDecodeError as e:
-            raise LeapError(
-                f"{path}, line {lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
-                "re-save the file as UTF-8"
-            ) from None
-        if line := line.strip():
-            sentences.append(line)
+    from leap_export.textio import read_lines
+
+    sentences = [line.strip() for line in read_lines(path, skip_empty=True)]
     if not sentences:
         raise LeapError(f"{path} holds no sentences (every line is empty)")
     return sentences

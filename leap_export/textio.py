@@ -14,6 +14,7 @@ def read_lines(path: str | os.PathLike, *, skip_empty: bool = False) -> list[str
     path = Path(path)
     if not path.is_file():
         raise LeapError(f"{path}: no such file")
+    # the one UTF-8 line reader: encode/verify/bench inputs, diagnose sentences and corpus user files
     lines = []
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
@@ -21,8 +22,8 @@ def read_lines(path: str | os.PathLike, *, skip_empty: bool = False) -> list[str
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise LeapError(
-                    f"{path}, line {number}: not valid UTF-8 ({e.reason} at byte {e.start}); "
-                    "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                    f"{path}, line {number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                    "re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT`"
                 ) from None
             if number == 1:
                 line = line.removeprefix("\ufeff")

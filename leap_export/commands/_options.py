@@ -35,3 +35,16 @@ batch_size_option = click.option("--batch-size", type=int, default=32, show_defa
 threads_option = click.option("--threads", type=int, default=None, callback=_positive,
                               help="ONNX Runtime threads (one pool shared by all segments). Default: all cores.")
 artifacts_argument = click.argument("artifacts", type=click.Path(file_okay=False, path_type=str))
+
+eval_sets_option = click.option(
+    "--eval", "eval_sets", default=None, metavar="SETS",
+    help="Comma-separated evaluation sets: lee, bible, sts. Default: lee (and sts with --sts-file).",
+)
+sts_file_option = click.option(
+    "--sts-file", type=click.Path(dir_okay=False, path_type=str), default=None,
+    help="STS file (STS-B TSV, GLUE TSV, or CSV with sentence1,sentence2,score) for the 'sts' set.",
+)
+label_free_option = click.option(
+    "--sentences", type=click.Path(dir_okay=False, path_type=str), default=None,
+    help="Label-free set (one sentence per line) for NN@10 and exit rates. Default: the eval texts.",
+)

@@ -6,7 +6,15 @@ import sys
 
 import click
 
-from leap_export.commands._options import _positive, artifacts_argument, batch_size_option, min_layer_option
+from leap_export.commands._options import (
+    _positive,
+    artifacts_argument,
+    batch_size_option,
+    eval_sets_option,
+    label_free_option,
+    min_layer_option,
+    sts_file_option,
+)
 
 
 def _csv_floats(ctx, param, value):
@@ -22,25 +30,9 @@ def _csv_floats(ctx, param, value):
 
 @click.command("calibrate")
 @artifacts_argument
-@click.option(
-    "--eval",
-    "eval_sets",
-    default=None,
-    metavar="SETS",
-    help="Comma-separated evaluation sets: lee, bible, sts. Default: lee (and sts with --sts-file).",
-)
-@click.option(
-    "--sts-file",
-    type=click.Path(dir_okay=False, path_type=str),
-    default=None,
-    help="STS file for the 'sts' set.",
-)
-@click.option(
-    "--sentences",
-    type=click.Path(dir_okay=False, path_type=str),
-    default=None,
-    help="Label-free set (one sentence per line) for NN@10 and exit rates. Default: the eval texts.",
-)
+@eval_sets_option
+@sts_file_option
+@label_free_option
 @click.option(
     "--thetas",
     callback=_csv_floats,

@@ -8,26 +8,18 @@ from leap_export.commands._options import (
     _positive,
     artifacts_argument,
     batch_size_option,
+    eval_sets_option,
+    label_free_option,
     min_layer_option,
+    sts_file_option,
     theta_option,
 )
 
 
 @click.command("evaluate")
 @artifacts_argument
-@click.option(
-    "--eval",
-    "eval_sets",
-    default=None,
-    metavar="SETS",
-    help="Comma-separated evaluation sets: lee, bible, sts. Default: lee (and sts with --sts-file).",
-)
-@click.option(
-    "--sts-file",
-    type=click.Path(dir_okay=False, path_type=str),
-    default=None,
-    help="STS file (STS-B TSV, GLUE TSV, or CSV with sentence1,sentence2,score) for the 'sts' set.",
-)
+@eval_sets_option
+@sts_file_option
 @theta_option
 @min_layer_option
 @click.option(
@@ -45,12 +37,7 @@ from leap_export.commands._options import (
     callback=_positive,
     help="Shrink the KJV corpus to this many verses (every query's verse kept). Default: all.",
 )
-@click.option(
-    "--sentences",
-    type=click.Path(dir_okay=False, path_type=str),
-    default=None,
-    help="Label-free set (one sentence per line) for NN@10 and exit rates. Default: the eval texts.",
-)
+@label_free_option
 @click.option(
     "--compare",
     "reference",

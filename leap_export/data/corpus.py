@@ -380,20 +380,9 @@ SOURCE_PACKAGES: dict[str, str] = {
 
 def _decode_lines(path: Path) -> list[str]:
     """The file's lines, decoded as UTF-8; the first undecodable line is reported by number."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise LeapError(f"cannot read corpus file {path}: {e.strerror}") from e
-    lines = []
-    for number, raw in enumerate(data.splitlines(), start=1):
-        try:
-            lines.append(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
-        except UnicodeDecodeError as e:
-            raise LeapError(
-                f"{path}:{number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
-                "re-save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT`"
-            ) from e
-    return lines
+    from leap_export.textio import read_lines
+
+    return read_lines(path)
 
 
 def _pick_field(available: Sequence[str], field: str | None, path: Path, what: str) -> str:

@@ -176,9 +176,9 @@ def test_user_file_formats(tmp_path: Path) -> None:
 def test_non_utf8_file_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "latin.txt"
     path.write_bytes("First line is fine.\nSecond line too.\nCaf\xe9 au lait is French.\n".encode("latin-1"))
-    with pytest.raises(LeapError, match=r"latin\.txt:3: not valid UTF-8 \(byte 0xe9 at column 4\)"):
+    with pytest.raises(LeapError, match=r"latin\.txt, line 3: not valid UTF-8 \(byte 0xe9 at column 4\)"):
         read_user_file(path)
-    with pytest.raises(LeapError, match=r"latin\.txt:3"):
+    with pytest.raises(LeapError, match=r"latin\.txt, line 3"):
         _build(tmp_path / "c", [path])
 
 

@@ -111,7 +111,7 @@ def test_sts_errors_name_file_and_line(tmp_path: Path) -> None:
         load_sts_file(missing_col)
     latin = tmp_path / "latin.csv"
     latin.write_bytes("sentence1,sentence2,score\nCaf\xe9.,B.,1\n".encode("latin-1"))
-    with pytest.raises(LeapError, match=r"latin\.csv:2: not valid UTF-8"):
+    with pytest.raises(LeapError, match=r"latin\.csv, line 2: not valid UTF-8"):
         load_sts_file(latin)
     with pytest.raises(LeapError, match="does not exist"):
         load_sts_file(tmp_path / "absent.tsv")
