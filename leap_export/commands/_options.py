@@ -26,25 +26,66 @@ def _csv_ints(ctx, param, value):
         raise click.BadParameter(f"expected comma-separated integers like 3,4,5,6, got {value!r}") from None
 
 
-theta_option = click.option("--theta", type=float, default=None, callback=_unit_interval,
-                            help="Exit threshold on cos(p_l, p_{l-k}), in (0, 1]. Default: the manifest's policy.")
-min_layer_option = click.option("--min-layer", type=int, default=None, callback=_positive,
-                                help="Earliest layer after which a sample may exit. Default: the manifest's policy.")
-batch_size_option = click.option("--batch-size", type=int, default=32, show_default=True, callback=_positive,
-                                 help="Sentences per batch.")
-threads_option = click.option("--threads", type=int, default=None, callback=_positive,
-                              help="ONNX Runtime threads (one pool shared by all segments). Default: all cores.")
+theta_option = click.option(
+    "--theta",
+    type=float,
+    default=None,
+    callback=_unit_interval,
+    help="Exit threshold on cos(p_l, p_{l-k}), in (0, 1]. Default: the manifest's policy.",
+)
+min_layer_option = click.option(
+    "--min-layer",
+    type=int,
+    default=None,
+    callback=_positive,
+    help="Earliest layer after which a sample may exit. Default: the manifest's policy.",
+)
+batch_size_option = click.option(
+    "--batch-size", type=int, default=32, show_default=True, callback=_positive, help="Sentences per batch."
+)
+threads_option = click.option(
+    "--threads",
+    type=int,
+    default=None,
+    callback=_positive,
+    help="ONNX Runtime threads (one pool shared by all segments). Default: all cores.",
+)
 artifacts_argument = click.argument("artifacts", type=click.Path(file_okay=False, path_type=str))
 
 eval_sets_option = click.option(
-    "--eval", "eval_sets", default=None, metavar="SETS",
+    "--eval",
+    "eval_sets",
+    default=None,
+    metavar="SETS",
     help="Comma-separated evaluation sets: lee, bible, sts. Default: lee (and sts with --sts-file).",
 )
 sts_file_option = click.option(
-    "--sts-file", type=click.Path(dir_okay=False, path_type=str), default=None,
+    "--sts-file",
+    type=click.Path(dir_okay=False, path_type=str),
+    default=None,
     help="STS file (STS-B TSV, GLUE TSV, or CSV with sentence1,sentence2,score) for the 'sts' set.",
 )
 label_free_option = click.option(
-    "--sentences", type=click.Path(dir_okay=False, path_type=str), default=None,
+    "--sentences",
+    type=click.Path(dir_okay=False, path_type=str),
+    default=None,
     help="Label-free set (one sentence per line) for NN@10 and exit rates. Default: the eval texts.",
+)
+bible_limit_option = click.option(
+    "--bible-limit",
+    type=int,
+    default=1000,
+    show_default=True,
+    callback=_positive,
+    help="Bible paraphrase queries (a deterministic subset).",
+)
+bible_corpus_limit_option = click.option(
+    "--bible-corpus-limit",
+    type=int,
+    default=None,
+    callback=_positive,
+    help="Shrink the KJV corpus to this many verses (every query's verse kept). Default: all.",
+)
+variant_option = click.option(
+    "--variant", default=None, help="Which build to run (fp32, int8). Default: the manifest's."
 )

@@ -6,6 +6,7 @@ from leap_export.commands._options import (
     min_layer_option,
     theta_option,
     threads_option,
+    variant_option,
 )
 
 
@@ -24,7 +25,7 @@ from leap_export.commands._options import (
 @click.option("--iters", type=int, default=200, show_default=True, help="Timed iterations per configuration.")
 @theta_option
 @min_layer_option
-@click.option("--variant", default=None, help="Which build to time (fp32, int8).")
+@variant_option
 @threads_option
 @click.option(
     "--baselines/--no-baselines",

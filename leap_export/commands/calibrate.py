@@ -7,13 +7,15 @@ import sys
 import click
 
 from leap_export.commands._options import (
-    _positive,
     artifacts_argument,
     batch_size_option,
+    bible_corpus_limit_option,
+    bible_limit_option,
     eval_sets_option,
     label_free_option,
     min_layer_option,
     sts_file_option,
+    variant_option,
 )
 
 
@@ -52,22 +54,9 @@ def _csv_floats(ctx, param, value):
     help="Budget: relative drop of each set's primary metric at most this fraction. Default: 0.02.",
 )
 @min_layer_option
-@click.option(
-    "--bible-limit",
-    type=int,
-    default=1000,
-    show_default=True,
-    callback=_positive,
-    help="Bible paraphrase queries (a deterministic subset).",
-)
-@click.option(
-    "--bible-corpus-limit",
-    type=int,
-    default=None,
-    callback=_positive,
-    help="Shrink the KJV corpus to this many verses. Default: all.",
-)
-@click.option("--variant", default=None, help="Which build to run (fp32, int8). Default: the manifest's.")
+@bible_limit_option
+@bible_corpus_limit_option
+@variant_option
 @batch_size_option
 @click.option("--dry-run", is_flag=True, help="Report only; leave the manifest as it is.")
 @click.option("--strict", is_flag=True, help="Exit 1 when no theta meets the budget.")

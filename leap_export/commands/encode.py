@@ -6,6 +6,7 @@ from leap_export.commands._options import (
     min_layer_option,
     theta_option,
     threads_option,
+    variant_option,
 )
 
 
@@ -21,7 +22,7 @@ from leap_export.commands._options import (
 @click.option("--full-depth", is_flag=True, help="Disable exits: every sentence runs all layers.")
 @click.option("--exit-layers", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Write each line's exit layer and the run's exit statistics as JSON.")
-@click.option("--variant", default=None, help="Which build to run (fp32, int8). Default: the manifest's.")
+@variant_option
 @threads_option
 def command(artifacts, input_path, output, theta, min_layer, batch_size, full_depth, exit_layers, variant, threads):
     """Embed sentences with early exit and per-sample batch compaction."""

@@ -5,14 +5,16 @@ from __future__ import annotations
 import click
 
 from leap_export.commands._options import (
-    _positive,
     artifacts_argument,
     batch_size_option,
+    bible_corpus_limit_option,
+    bible_limit_option,
     eval_sets_option,
     label_free_option,
     min_layer_option,
     sts_file_option,
     theta_option,
+    variant_option,
 )
 
 
@@ -22,21 +24,8 @@ from leap_export.commands._options import (
 @sts_file_option
 @theta_option
 @min_layer_option
-@click.option(
-    "--bible-limit",
-    type=int,
-    default=1000,
-    show_default=True,
-    callback=_positive,
-    help="Bible paraphrase queries (a deterministic subset).",
-)
-@click.option(
-    "--bible-corpus-limit",
-    type=int,
-    default=None,
-    callback=_positive,
-    help="Shrink the KJV corpus to this many verses (every query's verse kept). Default: all.",
-)
+@bible_limit_option
+@bible_corpus_limit_option
 @label_free_option
 @click.option(
     "--compare",
@@ -45,7 +34,7 @@ from leap_export.commands._options import (
     default=None,
     help="Another artifact folder (e.g. the stock model's): compare exited quality with its full depth.",
 )
-@click.option("--variant", default=None, help="Which build to run (fp32, int8). Default: the manifest's.")
+@variant_option
 @batch_size_option
 @click.option(
     "--report",
