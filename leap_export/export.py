@@ -1,10 +1,15 @@
 """Export a model into per-layer-segment ONNX graphs plus a monolithic full-depth graph.
 
-Segment ``i`` covers layers ``(a_i, b_i]``. Its graph takes the previous segment's hidden states (or
-the token ids, for the first) and the attention mask, and outputs its hidden states, the masked-mean
+Segment ``i`` covers layers ``(a_i, b_i]``. Its graph outputs its hidden states, the masked-mean
 pooled vector of layer ``b_i`` and the convergence score ``cos(p_b, p_{b-k})``, computed in the graph so
 the host never recomputes it. When ``b - k`` lies before the segment, the segment takes that layer's
 pooled vector as an extra input ``ref_pooled`` (``ref_from`` names the segment that produced it).
+
+The first segment takes token ids and the int32 attention mask, and also outputs the two mask-derived
+tensors every later segment needs: ``mask_bias`` (the additive attention mask, ``[B, 1, 1, S]``) and
+``pool_weights`` (mask / token count, ``[B, 1, S]``). Later segments take those instead of the mask, so a
+segment boundary costs one MatMul (pooling) and a normalised dot product (score), not a rebuild of the
+mask: on a 2-core CPU each boundary op is worth microseconds against a ~300 µs layer.
 
 The folder is written to a temporary sibling and renamed into place, never half-written.
 """
@@ -29,6 +34,11 @@ from trt_runtime.policy import ExitPolicy
 OPSET = 17
 IDS_DTYPE = "int32"  # token ids and mask travel as int32: TensorRT- and Triton-friendly, vocab < 2**31
 HIDDEN_DTYPE = "float32"
+# computed once by the first segment from the int32 mask, carried (and compacted) by the host
+MASK_TENSORS = (
+    {"name": "mask_bias", "dtype": HIDDEN_DTYPE, "shape": ["batch", 1, 1, "sequence"]},
+    {"name": "pool_weights", "dtype": HIDDEN_DTYPE, "shape": ["batch", 1, "sequence"]},
+)
 
 
 @dataclass(frozen=True)
@@ -48,7 +58,10 @@ class SegmentPlan:
             if self.start == 0
             else {"name": "hidden_in", "dtype": HIDDEN_DTYPE, "shape": ["batch", "sequence", "hidden"]}
         )
-        io = [first, {"name": "attention_mask", "dtype": IDS_DTYPE, "shape": ["batch", "sequence"]}]
+        if self.start == 0:
+            io = [first, {"name": "attention_mask", "dtype": IDS_DTYPE, "shape": ["batch", "sequence"]}]
+        else:
+            io = [first, *MASK_TENSORS]
         if self.ref_from is not None:
             io.append({"name": "ref_pooled", "dtype": HIDDEN_DTYPE, "shape": ["batch", "hidden"]})
         return io
@@ -59,8 +72,11 @@ class SegmentPlan:
             {"name": "pooled", "dtype": HIDDEN_DTYPE, "shape": ["batch", "hidden"]},
             {"name": "score", "dtype": HIDDEN_DTYPE, "shape": ["batch"]},
         ]
-        return io + [{"name": f"pooled_l{r}", "dtype": HIDDEN_DTYPE, "shape": ["batch", "hidden"]}
-                     for r in self.extra_layers]
+        io += [{"name": f"pooled_l{r}", "dtype": HIDDEN_DTYPE, "shape": ["batch", "hidden"]}
+               for r in self.extra_layers]
+        if self.start == 0 and not last:
+            io += MASK_TENSORS
+        return io
 
 
 def plan_segments(num_layers: int, policy: ExitPolicy, boundaries: list[int] | None = None) -> list[SegmentPlan]:
@@ -107,38 +123,61 @@ def _segment_module(model, arch, plan: SegmentPlan, *, last: bool, pooled_only: 
     import torch
     from torch import nn
 
-    def masked_mean(hidden, mask):
-        # [B,1,S] @ [B,S,H]: one batched MatMul instead of a Mul plus a middle-axis ReduceSum
-        m = mask.to(hidden.dtype)
-        summed = torch.matmul(m.unsqueeze(1), hidden).squeeze(1)  # [B, H]
-        return summed / m.sum(1, keepdim=True).clamp(min=1e-9)
-
     class Segment(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
 
-        def forward(self, x, attention_mask, ref_pooled=None):
-            # x: [B, S] int32 token ids (first segment) or [B, S, H] hidden states; mask: [B, S] int32
-            hidden = arch.embed(self.model, x.long()) if plan.start == 0 else x
-            additive = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        def forward(self, x, *rest):
+            if plan.start == 0:
+                # x: [B, S] int32 token ids; rest[0]: [B, S] int32 attention mask
+                attention_mask, rest = rest[0], rest[1:]
+                hidden = arch.embed(self.model, x.long())
+                m = attention_mask.to(hidden.dtype)
+                mask_bias = ((1.0 - m) * torch.finfo(hidden.dtype).min)[:, None, None, :]  # [B, 1, 1, S]
+                pool_weights = (m / m.sum(1, keepdim=True).clamp(min=1e-9)).unsqueeze(1)  # [B, 1, S]
+            else:
+                hidden, (mask_bias, pool_weights), rest = x, rest[:2], rest[2:]
+            ref_pooled = rest[0] if rest else None
+
+            def pool(h):  # masked mean as one batched MatMul: [B,1,S] @ [B,S,H] -> [B,H]
+                return torch.matmul(pool_weights, h).squeeze(1)
+
             extras = arch.layer_extras(self.model, hidden)
             kept = {}  # layer -> pooled vector, for the score's reference and for later segments
             if plan.start in (plan.ref_layer, *plan.extra_layers):
-                kept[plan.start] = masked_mean(hidden, attention_mask)
+                kept[plan.start] = pool(hidden)
             for i in range(plan.start, plan.end):
-                hidden = arch.run_layer(self.model, i, hidden, additive, extras)
+                hidden = arch.run_layer(self.model, i, hidden, mask_bias, extras)
                 if i + 1 in (plan.ref_layer, *plan.extra_layers) and i + 1 < plan.end:
-                    kept[i + 1] = masked_mean(hidden, attention_mask)
-            pooled = masked_mean(hidden, attention_mask)  # [B, H]
+                    kept[i + 1] = pool(hidden)
+            pooled = pool(hidden)  # [B, H]
             if pooled_only:
                 return pooled
             ref = ref_pooled if plan.ref_from is not None else kept.get(plan.ref_layer, pooled)
-            score = torch.nn.functional.cosine_similarity(pooled, ref, dim=-1, eps=1e-8)  # [B]
-            extra_out = tuple(kept[r] for r in plan.extra_layers)
-            return ((pooled, score) if last else (hidden, pooled, score)) + extra_out
+            score = (_l2_normalize(pooled) * _l2_normalize(ref)).sum(-1)  # cosine, [B]
+            out = ((pooled, score) if last else (hidden, pooled, score)) + tuple(kept[r] for r in plan.extra_layers)
+            if plan.start == 0 and not last:
+                out += (mask_bias, pool_weights)
+            return out
 
     return Segment().eval()
+
+
+def _l2_normalize(x):
+    """x / ||x|| on the last axis, exported as ONE ``LpNormalization`` node (torch would emit four)."""
+    import torch
+
+    class _LpNormalization(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, v):
+            return torch.nn.functional.normalize(v, dim=-1, eps=1e-12)
+
+        @staticmethod
+        def symbolic(g, v):
+            return g.op("LpNormalization", v, axis_i=-1, p_i=2)
+
+    return _LpNormalization.apply(x)
 
 
 def _export(module, args: tuple, path: Path, inputs: list[dict], outputs: list[dict], opset: int) -> None:
@@ -174,10 +213,11 @@ def _sample_args(model_config, plan: SegmentPlan, hidden_size: int, pad_id: int)
     if plan.start == 0:
         ids = torch.randint(5, min(1000, model_config.vocab_size), (batch, seq), dtype=torch.int32)
         ids[1, 4:] = pad_id
-        first = ids
+        args = (ids, mask)
     else:
-        first = torch.randn(batch, seq, hidden_size)
-    args = (first, mask)
+        m = mask.float()
+        args = (torch.randn(batch, seq, hidden_size), ((1.0 - m) * torch.finfo(torch.float32).min)[:, None, None, :],
+                (m / m.sum(1, keepdim=True)).unsqueeze(1))
     if plan.ref_from is not None:
         args += (torch.randn(batch, hidden_size),)
     return args
@@ -281,7 +321,8 @@ def build(
             "pooling": "mean",
             "normalize": source.normalize,
             "opset": opset,
-            "io": {"ids": IDS_DTYPE, "attention_mask": IDS_DTYPE, "hidden": HIDDEN_DTYPE},
+            "io": {"ids": IDS_DTYPE, "attention_mask": IDS_DTYPE, "hidden": HIDDEN_DTYPE,
+                   "carried": [t["name"] for t in MASK_TENSORS]},
             "segments": segments,
             "default_variant": "fp32",
             "variants": {

@@ -25,6 +25,9 @@ def test_build_writes_manifest_and_verify_passes(arch, tiny_artifacts, sentences
     assert m.data["architecture"] == arch
     assert [(s.start, s.end) for s in m.segments] == [(0, 2), (2, 3), (3, 4)]
     assert m.segments[0].inputs == ("input_ids", "attention_mask")
+    # the first segment computes the mask-derived tensors once; later ones take them instead of the mask
+    assert m.segments[0].outputs[-2:] == ("mask_bias", "pool_weights")
+    assert m.segments[1].inputs[:3] == ("hidden_in", "mask_bias", "pool_weights")
     assert m.segments[-1].outputs == ("pooled", "score")
     for entry in m.data["segments"]:
         assert {i["dtype"] for i in entry["inputs"] if i["name"] != "hidden_in"} <= {"int32", "float32"}
@@ -117,6 +120,10 @@ def test_corrupt_missing_and_mismatched_artifacts_are_refused(tiny_artifacts, tm
     data["schema_version"] = 99
     (broken / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ArtifactError, match="newer"):
+        load_manifest(broken, check_files=False)
+    data["schema_version"] = 1  # segment graphs of schema 1 took the int mask: must be rebuilt, not misfed
+    (broken / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="older leap-export.*rebuild"):
         load_manifest(broken, check_files=False)
 
 

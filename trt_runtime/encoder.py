@@ -29,6 +29,9 @@ from trt_runtime.policy import ExitPolicy
 from trt_runtime.runners import OrtRunner
 from trt_runtime.tokenize import TokenBatcher
 
+# outputs of the first segment that every later segment takes as inputs (segment contract, schema 2)
+CARRIED = ("mask_bias", "pool_weights")
+
 
 @dataclass
 class ExitStats:
@@ -200,15 +203,18 @@ class EarlyExitEncoder:
     def _run_batch(self, ids: list[np.ndarray], trace: list | None = None) -> tuple[np.ndarray, np.ndarray]:
         """One batch through the segments. ``trace`` (a list) receives (layer, rows, pooled, score) per segment."""
         input_ids, mask = self.tokenizer.pad(ids)
-        batch = len(ids)
+        return self._run_padded(input_ids, mask, trace)
+
+    def _run_padded(self, input_ids: np.ndarray, mask: np.ndarray, trace: list | None = None):
+        batch = input_ids.shape[0]
         out = np.empty((batch, self.manifest.hidden_size), dtype=np.float32)
         exit_layer = np.empty(batch, dtype=np.int64)
         active = np.arange(batch)
-        x = input_ids
+        feeds = {"input_ids": input_ids, "attention_mask": mask}
+        carried: dict[str, np.ndarray] = {}  # mask_bias, pool_weights: from the first segment on
         refs: dict[tuple[int, str], np.ndarray] = {}
         last = len(self.segments) - 1
         for seg, runner in zip(self.segments, self.runners, strict=True):
-            feeds = {seg.inputs[0]: x, "attention_mask": mask}
             if seg.ref_from is not None:
                 feeds["ref_pooled"] = refs[(seg.ref_from, seg.ref_output)]
             res = runner.infer(feeds)
@@ -226,6 +232,8 @@ class EarlyExitEncoder:
             else:
                 n_exit = 0
             self.stats.record(seg.end, score, exited=n_exit)
+            if seg.index == 0:  # the mask-derived tensors every later segment takes (computed once, in-graph)
+                carried = {name: res[name] for name in CARRIED}
             hidden = res["hidden_out"]
             for key in self._refs_needed:
                 if key[0] == seg.index:
@@ -239,10 +247,12 @@ class EarlyExitEncoder:
                 active = active[keep]
                 mask = mask[keep]
                 width = int(mask.sum(axis=1).max())  # trim padding no survivor needs
-                mask = np.ascontiguousarray(mask[:, :width])
+                mask = mask[:, :width]
+                # every carried tensor has batch first and sequence last
+                carried = {name: np.ascontiguousarray(v[keep][..., :width]) for name, v in carried.items()}
                 hidden = np.ascontiguousarray(hidden[keep, :width])
                 refs = {k: v[keep] for k, v in refs.items()}
-            x = hidden
+            feeds = {"hidden_in": hidden, **carried}
         return out, exit_layer
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from trt_runtime.errors import ArtifactError
 from trt_runtime.policy import ExitPolicy
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: later segments take mask_bias / pool_weights from the first (1: attention_mask)
 FORMAT = "leap-export"
 MANIFEST_NAME = "manifest.json"
 _REQUIRED = (
@@ -200,6 +200,12 @@ def load_manifest(root: str | os.PathLike, *, check_files: bool = True, variant:
         raise ArtifactError(
             f"{path}: schema version {data['schema_version']} is newer than this runtime understands "
             f"({SCHEMA_VERSION}); upgrade leap-export"
+        )
+    if data["schema_version"] < SCHEMA_VERSION:
+        raise ArtifactError(
+            f"{path}: schema version {data['schema_version']} was written by an older leap-export whose segment "
+            f"graphs take other inputs; rebuild: `leap-export build {data.get('source', {}).get('spec', 'MODEL')} "
+            f"--out {root} --force`"
         )
     manifest = Manifest(root=root, data=data)
     _check_geometry(manifest)
