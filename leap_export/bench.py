@@ -76,7 +76,7 @@ def _time_interleaved(
 
 
 def _time_blocks(configs: dict[str, Callable[[Any], Any]], inputs: dict[str, list], warmup: int, iters: int,
-                 block: int = 25, settle: int = 5) -> dict[str, list[float]]:
+                 block: int = 25, settle: int = 5, progress=None) -> dict[str, list[float]]:
     """Alternating blocks for configurations on different thread pools (PyTorch vs ONNX Runtime).
 
     ONNX Runtime's pool keeps spinning briefly after a run; round-robin would let that tail steal
@@ -86,7 +86,7 @@ def _time_blocks(configs: dict[str, Callable[[Any], Any]], inputs: dict[str, lis
         for i in range(warmup):
             fn(inputs[name][i % len(inputs[name])])
     times: dict[str, list[float]] = {name: [] for name in configs}
-    i = 0
+    i = done = 0
     while min(len(t) for t in times.values()) < iters:
         for name, fn in configs.items():
             for j in range(block):
@@ -96,6 +96,10 @@ def _time_blocks(configs: dict[str, Callable[[Any], Any]], inputs: dict[str, lis
                 if j >= settle and len(times[name]) < iters:
                     times[name].append(time.perf_counter() - t0)
         i += block
+        if progress is not None:
+            now = min(len(t) for t in times.values())
+            progress.update(now - done)
+            done = now
     return times
 
 
@@ -150,7 +154,8 @@ def bench(
         "results": {},
         "paper": PAPER,
     }
-    bar = tqdm(total=len(batch_sizes) * iters, desc="bench", unit="round", disable=not progress)
+    rounds = len(batch_sizes) * iters * (2 if st_model is not None else 1)  # interleaved + ST blocks
+    bar = tqdm(total=rounds, desc="bench", unit="round", disable=not progress)
     for b in batch_sizes:
         n_batches = max(1, min(64, (len(sentences) + b - 1) // b))
         id_batches = _batches(token_ids, b, n_batches)
@@ -169,7 +174,7 @@ def bench(
                 {"sentence-transformers": lambda t: st_model.encode(t, batch_size=len(t)),
                  "early exit (encode)": lambda t: ee.encode(t, batch_size=len(t))},
                 {"sentence-transformers": text_batches, "early exit (encode)": text_batches},
-                warmup, iters,
+                warmup, iters, progress=bar,
             ))
         row = {name: _stats(t) for name, t in times.items()}
         m, s, e = (row[k]["mean_ms"] for k in ("monolithic", "segmented", "early exit"))

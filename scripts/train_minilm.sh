@@ -6,7 +6,7 @@
 #   scripts/train_minilm.sh --baseline      # baseline   -> runs/minilm-baseline (same pipeline, no L_exit)
 #
 # Knobs (environment): STEPS, LR, BATCH, MAX_LENGTH, SENTENCES, ALPHA_INTER, BETA_EXIT, EPSILON_LATE,
-# LATE_LAYERS, DELTA_CONTRAST, OUT, CORPUS, PY.
+# LATE_LAYERS, DELTA_CONTRAST, ZETA_CONTRAST_EXIT, OUT, CORPUS, PY.
 # Why these settings: see leap_export/train/config.py and the comments below.
 # Measured figures (2-core CPU): README "LEAP training" and docs/RESULTS.md.
 set -euo pipefail
@@ -36,6 +36,7 @@ BETA_EXIT=${BETA_EXIT:-4.0}
 EPSILON_LATE=${EPSILON_LATE:-3.0}
 LATE_LAYERS=${LATE_LAYERS:-4}
 DELTA_CONTRAST=${DELTA_CONTRAST:-1.0}
+ZETA_CONTRAST_EXIT=${ZETA_CONTRAST_EXIT:-0}
 export HF_HUB_OFFLINE=1
 
 start=$(date +%s)
@@ -48,6 +49,7 @@ fi
   --max-sentences "$SENTENCES" --steps "$STEPS" --batch-size "$BATCH" --max-length "$MAX_LENGTH" \
   --lr "$LR" --dropout 0 --set alpha_inter="$ALPHA_INTER" --set beta_exit="$BETA_EXIT" \
   --set epsilon_late="$EPSILON_LATE" --set late_layers="$LATE_LAYERS" --set delta_contrast="$DELTA_CONTRAST" \
+  --set zeta_contrast_exit="$ZETA_CONTRAST_EXIT" \
   --checkpoint-every 100 --resume "${EXTRA[@]}"
 train_end=$(date +%s)
 

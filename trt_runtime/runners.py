@@ -9,6 +9,13 @@ segment sessions here therefore share ONE process-wide thread pool
 (``set_global_thread_pool_sizes`` + ``use_per_session_threads = False``): spinning stays on, and only
 one pool exists. That pool is sized once per process; a later request for another size falls back to
 per-session pools with spinning disabled, which is the next best setting, and says so.
+
+Memory goes the same way: every session allocates its per-run activation block from ONE process-wide
+CPU arena (``create_and_register_allocator`` + ``session.use_env_allocators``) instead of an arena of its
+own. A segment then reuses the block the previous segment just released, still in cache, as the layers of
+one monolithic graph do. With one arena per session the four MiniLM segments touched four blocks: at
+batch 32 their kernels ran ~6 % slower than the same kernels in the monolithic graph; with the shared
+arena, ~1-2 % (``leap-export bench``).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ log = logging.getLogger(__name__)
 
 _global_pool_threads: int | None = None  # threads of the process-wide ORT pool, once created
 _global_pool_failed = False
+_shared_arena: bool | None = None  # whether the process-wide CPU arena is registered
 
 
 class Runner(Protocol):
@@ -59,6 +67,8 @@ def ort_session_options(threads: int | None = None, *, shared_pool: bool = True)
         except Exception as e:  # the ORT environment already exists in this process
             _global_pool_failed = True
             log.warning("could not create a shared ONNX Runtime thread pool (%s); using per-session pools", e)
+    if shared_pool and _register_shared_arena():
+        so.add_session_config_entry("session.use_env_allocators", "1")
     if shared_pool and _global_pool_threads == threads:
         so.use_per_session_threads = False
     else:
@@ -71,6 +81,22 @@ def ort_session_options(threads: int | None = None, *, shared_pool: bool = True)
         so.inter_op_num_threads = 1
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
+
+
+def _register_shared_arena() -> bool:
+    """Register one CPU arena allocator for the whole process (once); False if ORT refuses."""
+    global _shared_arena
+    if _shared_arena is None:
+        import onnxruntime as ort
+
+        try:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, None)
+            _shared_arena = True
+        except Exception as e:  # e.g. registered already by the host application: use per-session arenas
+            log.warning("could not register a shared ONNX Runtime CPU arena (%s); using per-session arenas", e)
+            _shared_arena = False
+    return _shared_arena
 
 
 class OrtRunner:

@@ -19,6 +19,10 @@ class LeapConfig:
     gamma_redund: float = 0.05
     delta_contrast: float = 0.3
     epsilon_late: float = 0.2
+    # Not in the paper (0 = the paper's objective): L_contrast also at every exit-capable layer
+    # (min_layer..L-1), each against the teacher's final embedding. L_exit aligns each sample with its own
+    # final embedding; this aligns the in-batch neighbourhoods, which is what NN@10 at an exit measures.
+    zeta_contrast_exit: float = 0.0
     # --- loss shapes ----------------------------------------------------------------------------
     tau: float = 0.98  # training exit threshold (inference uses theta = 0.95)
     exit_sharpness: float = 10.0  # sigmoid(sharpness * (tau - cos))
@@ -68,6 +72,7 @@ class LeapConfig:
             "beta_student",
             "gamma_redund",
             "delta_contrast",
+            "zeta_contrast_exit",
             "epsilon_late",
         ):
             if getattr(self, name) < 0:
@@ -105,9 +110,10 @@ class LeapConfig:
 
     def as_baseline(self) -> LeapConfig:
         """The controlled baseline: the identical pipeline without the terms that pull intermediate layers
-        toward the final one, L_exit and L_late (both exit machinery, Appendix H), as in the paper's
+        toward the final one, L_exit and L_late (both exit machinery, Appendix H; and the exit-layer contrast
+        term), as in the paper's
         ablation (Table 11: L_final + L_inter + L_contrast)."""
-        return replace(self, beta_exit=0.0, epsilon_late=0.0)
+        return replace(self, beta_exit=0.0, epsilon_late=0.0, zeta_contrast_exit=0.0)
 
     def total_steps(self, num_sentences: int) -> int:
         if self.steps is not None:

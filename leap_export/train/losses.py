@@ -135,7 +135,7 @@ class RedundLoss(nn.Module):
         return -step.clamp(max=self.margin).mean()
 
 
-TERMS = ("final", "inter", "exit_teacher", "exit_student", "exit", "contrast", "late", "redund")
+TERMS = ("final", "inter", "exit_teacher", "exit_student", "exit", "contrast", "contrast_exit", "late", "redund")
 
 
 @dataclass
@@ -148,7 +148,8 @@ class LossOutput:
 
 
 class LeapLoss(nn.Module):
-    """L = L_final + a L_inter + b L_exit + d L_contrast + e L_late + g L_redund (eq. 7),
+    """L = L_final + a L_inter + b L_exit + d L_contrast + e L_late + g L_redund (eq. 7)
+    [+ z L_contrast at the exit layers, not in the paper, off by default],
     L_exit = L_exit^(t) + beta_student * ramp * L_exit^(s). ``beta_exit = 0`` is the baseline."""
 
     def __init__(self, config: LeapConfig, student_layers: int, teacher_layers: int) -> None:
@@ -163,6 +164,7 @@ class LeapLoss(nn.Module):
             config.exit_sharpness,
         )
         self.contrast = ContrastLoss(config.contrast_temperature)
+        self.exit_layers = list(range(min_layer, student_layers))  # exit-capable layers before the last
         self.late = LateLoss(config.late_layer_range(student_layers), detach_final=config.late_detach_final)
         self.redund = RedundLoss(config.redund_margin)
 
@@ -176,6 +178,10 @@ class LeapLoss(nn.Module):
             "exit_student": exit_student,
             "exit": exit_teacher + c.beta_student * ramp * exit_student,
             "contrast": self.contrast(s[-1], t[-1]),
+            "contrast_exit": (
+                torch.stack([self.contrast(s[layer], t[-1]) for layer in self.exit_layers]).mean()
+                if self.exit_layers and c.zeta_contrast_exit else s.new_zeros(())
+            ),
             "late": self.late(s),
             "redund": self.redund(s),
         }
@@ -184,6 +190,7 @@ class LeapLoss(nn.Module):
             + c.alpha_inter * terms["inter"]
             + c.beta_exit * terms["exit"]
             + c.delta_contrast * terms["contrast"]
+            + c.zeta_contrast_exit * terms["contrast_exit"]
             + c.epsilon_late * terms["late"]
             + c.gamma_redund * terms["redund"]
         )
