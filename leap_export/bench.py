@@ -115,6 +115,7 @@ def bench(
     variant: str | None = None,
     threads: int | None = None,
     baselines: bool = True,
+    also_variants: tuple[str, ...] = (),
     progress: bool = True,
 ) -> dict[str, Any]:
     from tqdm.auto import tqdm
@@ -129,6 +130,15 @@ def bench(
     seg = EarlyExitEncoder(artifacts, exits=False, variant=variant, threads=threads, check_files=False)
     mono = OrtRunner(ee.manifest.full_path(variant), threads=threads)
     mono.activate()
+    # other builds (e.g. int8) timed in the same rounds: their own monolithic graph and early exit
+    extra: dict[str, tuple] = {}
+    for v in also_variants:
+        if v == (variant or ee.manifest.data.get("default_variant", "fp32")) or v in extra:
+            continue
+        ee_v = EarlyExitEncoder(artifacts, theta=theta, min_layer=min_layer, variant=v, threads=threads)
+        mono_v = OrtRunner(ee_v.manifest.full_path(v), threads=threads)
+        mono_v.activate()
+        extra[v] = (ee_v, mono_v)
     st_model, st_error = _load_st(ee.manifest) if baselines else (None, "disabled (--no-baselines)")
 
     token_ids = ee.tokenizer.encode(sentences)
@@ -149,6 +159,10 @@ def bench(
         "expected_layers": expected,
         "theoretical_speedup": num_layers / expected,
         "exit_distribution": {str(b): float((exit_layers == b).mean()) for b in ee.manifest.boundaries},
+        "also_variants": {
+            v: {"expected_layers": float(e.encode_with_exits(sentences, batch_size=32).exit_layers.mean())}
+            for v, (e, _) in extra.items()
+        },
         "baseline_errors": {} if st_model is not None else {"sentence-transformers": st_error},
         "machine": _machine(),
         "results": {},
@@ -166,8 +180,11 @@ def bench(
             "segmented": lambda p: seg._run_padded(*p),
             "early exit": lambda p: ee._run_padded(*p),
         }
-        # all three start from the same padded arrays: the timed work is the graphs plus the host loop
-        inputs: dict[str, list] = {"monolithic": padded, "segmented": padded, "early exit": padded}
+        for v, (ee_v, mono_v) in extra.items():
+            configs[f"monolithic [{v}]"] = lambda p, m=mono_v: m.infer({"input_ids": p[0], "attention_mask": p[1]})
+            configs[f"early exit [{v}]"] = lambda p, e=ee_v: e._run_padded(*p)
+        # all start from the same padded arrays: the timed work is the graphs plus the host loop
+        inputs: dict[str, list] = {name: padded for name in configs}
         times = _time_interleaved(configs, inputs, warmup, iters, bar)
         if st_model is not None:  # end to end, tokenisation included, on both sides
             times.update(_time_blocks(
@@ -184,6 +201,15 @@ def bench(
         row["segmented_vs_monolithic"] = s / m
         row["segmented_vs_monolithic_p50"] = row["segmented"]["p50_ms"] / row["monolithic"]["p50_ms"]
         row["speedup_p50"] = row["monolithic"]["p50_ms"] / row["early exit"]["p50_ms"]
+        row["variants"] = {
+            v: {
+                "monolithic_ms": row[f"monolithic [{v}]"]["mean_ms"],
+                "early_exit_ms": row[f"early exit [{v}]"]["mean_ms"],
+                "speedup_vs_own_monolithic": row[f"monolithic [{v}]"]["mean_ms"] / row[f"early exit [{v}]"]["mean_ms"],
+                "speedup_vs_primary_monolithic": m / row[f"early exit [{v}]"]["mean_ms"],
+            }
+            for v in extra
+        }
         if st_model is not None:
             row["speedup_vs_sentence_transformers"] = (
                 row["sentence-transformers"]["mean_ms"] / row["early exit (encode)"]["mean_ms"]
@@ -258,6 +284,23 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{r['speedup_vs_sentence_transformers']:.2f}x |"
             )
         lines.append(line)
+    extra = report.get("also_variants") or {}
+    if extra:
+        lines += [
+            "",
+            f"Other builds in the same rounds (speedups against the {report['variant']} monolithic graph):",
+            "",
+            "| batch | build | E[layers] | monolithic ms | early exit ms | early exit vs its monolithic "
+            f"| early exit vs {report['variant']} monolithic |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for b, r in report["results"].items():
+            for v, x in r.get("variants", {}).items():
+                lines.append(
+                    f"| {b} | {v} | {extra[v]['expected_layers']:.2f} | {x['monolithic_ms']:.2f} | "
+                    f"{x['early_exit_ms']:.2f} | {x['speedup_vs_own_monolithic']:.2f}x | "
+                    f"{x['speedup_vs_primary_monolithic']:.2f}x |"
+                )
     return "\n".join(lines) + "\n"
 
 

@@ -34,13 +34,21 @@ from leap_export.commands._options import (
     help="Also time sentence-transformers on PyTorch (needs the [train] extra).",
 )
 @click.option(
+    "--also-variant",
+    "also_variants",
+    multiple=True,
+    help="Another build to time in the same rounds (repeatable), e.g. int8 after `build --precision int8`: "
+    "its monolithic graph and early exit, with speedups against the main variant's monolithic graph.",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=str),
     default=None,
     help="Folder for bench.json, bench.md and bench.png.",
 )
 def command(
-    artifacts, sentences, batch_sizes, warmup, iters, theta, min_layer, variant, threads, baselines, out
+    artifacts, sentences, batch_sizes, warmup, iters, theta, min_layer, variant, threads, baselines,
+    also_variants, out
 ):
     """Latency: monolithic vs segmented (exits off) vs early exit, and sentence-transformers, side by side."""
     from leap_export.bench import bench, markdown, save
@@ -58,6 +66,7 @@ def command(
         variant=variant,
         threads=threads,
         baselines=baselines,
+        also_variants=tuple(also_variants),
     )
     click.echo(markdown(report))
     for name, err in report["baseline_errors"].items():

@@ -20,8 +20,9 @@ class LeapConfig:
     delta_contrast: float = 0.3
     epsilon_late: float = 0.2
     # Not in the paper (0 = the paper's objective): L_contrast also at every exit-capable layer
-    # (min_layer..L-1), each against the teacher's final embedding. L_exit aligns each sample with its own
-    # final embedding; this aligns the in-batch neighbourhoods, which is what NN@10 at an exit measures.
+    # (min_layer..L-1), each against a stop-gradient copy of the student's own final embedding (the target
+    # L_exit^(s) uses). L_exit aligns each sample with its own final embedding; this aligns the in-batch
+    # neighbourhoods, which is what NN@10 between exited and full-depth embeddings measures.
     zeta_contrast_exit: float = 0.0
     # --- loss shapes ----------------------------------------------------------------------------
     tau: float = 0.98  # training exit threshold (inference uses theta = 0.95)

@@ -179,7 +179,7 @@ class LeapLoss(nn.Module):
             "exit": exit_teacher + c.beta_student * ramp * exit_student,
             "contrast": self.contrast(s[-1], t[-1]),
             "contrast_exit": (
-                torch.stack([self.contrast(s[layer], t[-1]) for layer in self.exit_layers]).mean()
+                torch.stack([self.contrast(s[layer], s[-1].detach()) for layer in self.exit_layers]).mean()
                 if self.exit_layers and c.zeta_contrast_exit else s.new_zeros(())
             ),
             "late": self.late(s),

@@ -154,18 +154,23 @@ def test_leap_loss_combines_terms_with_table14_weights_and_ramp():
 
 def test_exit_layer_contrast_is_the_mean_contrast_over_exit_layers():
     """Off by default (the paper's objective); when on: L_contrast of each layer min_layer..L-1 vs the
-    teacher's final embedding, averaged, and weighted by zeta_contrast_exit in the total."""
+    student's own final embedding (stop-gradient), averaged, and weighted by zeta_contrast_exit."""
     torch.manual_seed(1)
     s = F.normalize(torch.randn(7, 5, 8), dim=-1)  # embeddings + 6 layers
     t = F.normalize(torch.randn(7, 5, 8), dim=-1)
     assert LeapLoss(LeapConfig(), 6, 6)(s, s, t, ramp=1.0).terms["contrast_exit"].item() == 0.0
     on = LeapLoss(LeapConfig(zeta_contrast_exit=2.0, min_layer=3), 6, 6)(s, s, t, ramp=1.0)
     c = ContrastLoss(0.05)
-    want = sum(c(s[layer], t[-1]).item() for layer in (3, 4, 5)) / 3
+    want = sum(c(s[layer], s[-1]).item() for layer in (3, 4, 5)) / 3
     assert on.terms["contrast_exit"].item() == pytest.approx(want, rel=1e-6)
     off = LeapLoss(LeapConfig(min_layer=3), 6, 6)(s, s, t, ramp=1.0)
     assert on.total.item() == pytest.approx(off.total.item() + 2.0 * want, rel=1e-6)
     assert LeapConfig(zeta_contrast_exit=2.0).as_baseline().zeta_contrast_exit == 0
+    # the target is stop-gradient: the term moves the exit layers, not the final one
+    s_grad = s.clone().requires_grad_(True)
+    LeapLoss(LeapConfig(zeta_contrast_exit=1.0, min_layer=3, alpha_inter=0, beta_exit=0, delta_contrast=0,
+                        epsilon_late=0, gamma_redund=0), 6, 6)(s_grad, s_grad, t, ramp=1.0).terms["contrast_exit"].backward()
+    assert s_grad.grad[3:6].abs().sum() > 0 and s_grad.grad[6].abs().sum() == 0
 
 
 def test_config_defaults_and_layer_choices():

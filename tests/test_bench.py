@@ -1,0 +1,43 @@
+"""bench on a tiny model: every configuration timed in one run, derived ratios, int8 in the same rounds."""
+
+import json
+import shutil
+
+import pytest
+
+from leap_export.bench import bench, markdown, save
+from leap_export.export import build
+
+
+def test_bench_reports_every_configuration_and_the_int8_build(tiny_artifacts, tmp_path, sentences):
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifacts["bert"], art)
+    build(art, art, precision="int8", progress=False)  # adds the int8 variant to the existing build
+    report = bench(art, sentences * 4, batch_sizes=(1, 4), warmup=2, iters=6, theta=0.5, baselines=False,
+                   also_variants=("int8", "fp32"), progress=False)
+    assert list(report["results"]) == ["1", "4"]
+    assert list(report["also_variants"]) == ["int8"]  # the main variant is not timed twice
+    for row in report["results"].values():
+        for name in ("monolithic", "segmented", "early exit", "monolithic [int8]", "early exit [int8]"):
+            assert row[name]["mean_ms"] > 0 and row[name]["p50_ms"] <= row[name]["p99_ms"]
+        m, e = row["monolithic"]["mean_ms"], row["early exit"]["mean_ms"]
+        assert row["speedup"] == pytest.approx(m / e)
+        assert row["realised_efficiency"] == pytest.approx(m / e / report["theoretical_speedup"])
+        assert row["monitoring_overhead"] == pytest.approx(row["segmented"]["mean_ms"] / m - 1)
+        v = row["variants"]["int8"]
+        assert v["speedup_vs_primary_monolithic"] == pytest.approx(m / row["early exit [int8]"]["mean_ms"])
+    assert 1 <= report["expected_layers"] <= report["num_layers"]
+    assert report["theoretical_speedup"] == pytest.approx(report["num_layers"] / report["expected_layers"])
+    table = markdown(report)
+    assert "| 4 | int8 |" in table and "monitoring overhead" in table
+    paths = save(report, tmp_path / "out")
+    assert json.loads(paths["json"].read_text())["results"]["1"]["variants"]["int8"]
+    assert paths["plot"].stat().st_size > 0 and paths["markdown"].read_text() == table
+
+
+def test_bench_names_a_missing_build(tiny_artifacts, sentences):
+    from trt_runtime.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="int8"):
+        bench(tiny_artifacts["bert"], sentences, batch_sizes=(1,), warmup=1, iters=1, baselines=False,
+              also_variants=("int8",), progress=False)
