@@ -270,11 +270,33 @@ def calibrate(
         "changed": changed,
         "written": written,
         "message": message,
+        "boundary_advice": boundary_advice(chosen or current_row, trace.boundaries, trace.num_layers),
         "timing_s": {"model": round(t1 - t0, 3), "sweep": round(t2 - t1, 3)},
     }
     if report_path is not None:
         save_report(report, report_path)
     return jsonable(report)
+
+
+def boundary_advice(row: dict[str, Any], boundaries: list[int], num_layers: int,
+                    min_rate: float = 0.01) -> dict[str, Any]:
+    """Exit checks that (almost) nobody uses at ``row``'s theta, and the plan without them.
+
+    A boundary costs every sample that reaches it a segment hand-off (tens of µs at batch 1 on a CPU,
+    README "Benchmarks") and saves a layer only for the samples that exit there; below ``min_rate`` of
+    samples it is a net cost. The advice is a ``--boundaries`` value for ``leap-export build``.
+    """
+    rates = {int(k): float(v) for k, v in row["exit_rate"].items()}
+    checks = [b for b in boundaries if b < num_layers]
+    quiet = [b for b in checks if rates.get(b, 0.0) < min_rate]
+    keep = [b for b in checks if b not in quiet]
+    return {
+        "theta": row["theta"],
+        "min_rate": min_rate,
+        "exit_rate": {str(b): rates.get(b, 0.0) for b in checks},
+        "quiet": quiet,
+        "suggested_boundaries": keep if quiet and keep else None,
+    }
 
 
 def _mark_pareto(rows: list[dict], metrics: list[tuple[str, str]]) -> None:

@@ -121,12 +121,29 @@ def test_calibrate_rows_match_the_runtime_and_the_manifest_gets_the_choice(artif
     assert history[-1]["reason"] == report["message"] and history[-1]["replaced_at"]
     assert history[-1]["calibration"]["chosen"]["theta"] == chosen["theta"]
     assert EarlyExitEncoder(artifacts).policy.theta == chosen["theta"]
+    advice = report["boundary_advice"]  # read off the chosen row's exit rates
+    assert advice["theta"] == chosen["theta"] and set(advice["exit_rate"]) == {"2", "3"}
+    assert advice["quiet"] == [b for b in (2, 3) if chosen["exit_rate"][str(b)] < 0.01]
 
     again = calibrate(
         artifacts, thetas=thetas, eval_sets=(), sentences=texts, min_nn10=0.0, max_quality_drop=1.0
     )
     assert not again["changed"] and not again["written"]  # already the choice: no new history entry
     assert load_manifest(artifacts).data["policy_history"] == history
+
+
+def test_boundary_advice_drops_exit_checks_nobody_uses():
+    from leap_export.calibrate import boundary_advice
+
+    row = {"theta": 0.98, "exit_rate": {"3": 0.0, "4": 0.42, "5": 0.453, "6": 0.127}}
+    advice = boundary_advice(row, [3, 4, 5, 6], 6)
+    assert advice["quiet"] == [3] and advice["suggested_boundaries"] == [4, 5]
+    row = {"theta": 0.95, "exit_rate": {"3": 0.617, "4": 0.381, "5": 0.002, "6": 0.0}}
+    assert boundary_advice(row, [3, 4, 5, 6], 6)["suggested_boundaries"] == [3, 4]
+    assert boundary_advice(row, [3, 4, 5, 6], 6, min_rate=0.001)["quiet"] == []
+    row = {"theta": 0.99, "exit_rate": {"3": 0.0, "4": 0.0, "5": 0.0, "6": 1.0}}
+    nobody = boundary_advice(row, [3, 4, 5, 6], 6)
+    assert nobody["quiet"] == [3, 4, 5] and nobody["suggested_boundaries"] is None
 
 
 def test_dry_run_writes_nothing(artifacts, texts, tmp_path):

@@ -190,3 +190,16 @@ def print_report(report: dict, *, dry_run: bool = False) -> None:
         )
     elif dry_run and report["changed"]:
         console.print("dry run: manifest not changed", highlight=False)
+    advice = report.get("boundary_advice") or {}
+    if advice.get("quiet"):
+        rates = ", ".join(f"after layer {b}: {100 * advice['exit_rate'][str(b)]:.1f}%" for b in advice["quiet"])
+        hint = (
+            f"rebuild with `leap-export build MODEL --out DIR --boundaries "
+            f"{','.join(map(str, advice['suggested_boundaries']))}` to drop them"
+            if advice["suggested_boundaries"] else "no exit check pays at this theta"
+        )
+        console.print(
+            escape(f"exit checks almost nobody uses at theta {advice['theta']:g} ({rates}): each costs every "
+                   f"sample that reaches it a segment hand-off; {hint}"),
+            highlight=False,
+        )
