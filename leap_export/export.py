@@ -27,7 +27,6 @@ from typing import Any
 
 from leap_export.arch import get_architecture
 from leap_export.errors import LeapError
-from leap_export.fuse import BATCH1_NAME
 from leap_export.sources import ModelSource, resolve_model
 from trt_runtime.manifest import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, _umask, sha256_file, write_json_atomic
 from trt_runtime.policy import ExitPolicy
@@ -299,7 +298,6 @@ def build(
                 "ref_output": plan.ref_output,
             })
             files.append({"file": name, "sha256": sha256_file(tmp / name)})
-        batch1 = _compose_batch1(tmp, [tmp / f["file"] for f in files], segments, source.hidden_size)
         full_plan = SegmentPlan(0, 0, source.num_layers, source.num_layers)
         full_outputs = [{"name": "pooled", "dtype": HIDDEN_DTYPE, "shape": ["batch", "hidden"]}]
         _export(_segment_module(torch_model, arch, full_plan, last=True, pooled_only=True),
@@ -334,7 +332,6 @@ def build(
                     "segments": files,
                     "full": {"file": "full.onnx", "sha256": sha256_file(tmp / "full.onnx"),
                              "inputs": full_plan.inputs, "outputs": full_outputs},
-                    **batch1,
                 }
             },
             "tokenizer": {
@@ -384,8 +381,6 @@ def add_variant(out: Path, precision: str, *, progress: bool = True) -> Path:
             quantize_dynamic(out / entry["file"], tmp / name, weight_type=QuantType.QInt8, per_channel=True,
                              op_types_to_quantize=["MatMul"], extra_options={"MatMulConstBOnly": True})
             files.append(name)
-        batch1 = _compose_batch1(tmp, [tmp / Path(e["file"]).name for e in fp32["segments"]],
-                                 manifest.data["segments"], manifest.hidden_size, prefix=f"{precision}/")
         final = out / precision
         _replace_dir(tmp, final)
     except BaseException:
@@ -399,24 +394,9 @@ def add_variant(out: Path, precision: str, *, progress: bool = True) -> Path:
                         "constant B; activations quantised per tensor at run time",
         "segments": entries[:-1],
         "full": {**fp32["full"], **entries[-1]},
-        **({"batch1": {"file": f"{precision}/{BATCH1_NAME}", "sha256": sha256_file(final / BATCH1_NAME)}}
-           if batch1 else {}),
     }
     manifest.save()
     return out
-
-
-def _compose_batch1(tmp: Path, segment_files: list[Path], segments: list[dict], hidden_size: int,
-                    prefix: str = "") -> dict[str, Any]:
-    """Write the batch-1 graph into ``tmp`` when the plan allows it (``leap_export/fuse.py``).
-
-    Returns the manifest entry (``{"batch1": {...}}``) for an fp32 build, ``{}`` when there is none."""
-    from leap_export.fuse import compose, supports
-
-    if not supports(segments):
-        return {}
-    compose(segment_files, segments, hidden_size, tmp / BATCH1_NAME)
-    return {"batch1": {"file": prefix + BATCH1_NAME, "sha256": sha256_file(tmp / BATCH1_NAME)}}
 
 
 def _copy_tokenizer(model_dir: Path, dest: Path) -> str:

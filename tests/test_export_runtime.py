@@ -51,7 +51,6 @@ def test_patience_two_with_reference_input(tiny_bert, tmp_path, sentences):
     # the exit check after layer 3 compares with layer 1, inside segment 0, which outputs pooled_l1
     assert [(s.ref_from, s.ref_output) for s in m.segments] == [(None, None), (0, "pooled_l1"), (1, "pooled")]
     assert "ref_pooled" in m.segments[1].inputs and "pooled_l1" in m.segments[0].outputs
-    assert m.batch1_path() is None  # no one-graph path for k = 2: single rows use the host loop
     assert verify(out, sentences, progress=False)
 
 
@@ -70,27 +69,6 @@ def test_compacted_batches_equal_batch_one(arch, tiny_artifacts, tiny_models, se
     assert np.sum(batched.embeddings * single_emb, axis=1).min() >= 0.99999
     # and the exit layers are exactly what the rule gives on the PyTorch reference
     assert batched.exit_layers.tolist() == ExitPolicy(theta=theta, min_layer=2).simulate(ref).tolist()
-
-
-@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
-def test_batch1_graph_equals_the_host_loop(arch, tiny_artifacts, tiny_models, sentences):
-    """Single rows take the one-graph path (in-graph exits): same exit layers, embeddings and statistics."""
-    m = load_manifest(tiny_artifacts[arch])
-    assert m.batch1_path() is not None and m.batch1_path().is_file()
-    texts = sentences * 2
-    theta = split_theta(convergence_scores(layer_embeddings(tiny_models[arch], texts), 2, 1))
-    for kwargs in ({"theta": theta}, {"theta": theta, "min_layer": 3}, {"exits": False}):
-        graph = EarlyExitEncoder(tiny_artifacts[arch], **kwargs)
-        host = EarlyExitEncoder(tiny_artifacts[arch], batch1=False, **kwargs)
-        assert graph._batch1 is not None and host._batch1 is None
-        a = graph.encode_with_exits(texts, batch_size=1)
-        b = host.encode_with_exits(texts, batch_size=1)
-        assert a.exit_layers.tolist() == b.exit_layers.tolist(), kwargs
-        assert np.sum(a.embeddings * b.embeddings, axis=1).min() >= 0.99999
-        sa, sb = graph.stats.as_dict(), host.stats.as_dict()
-        assert sa["exit_counts"] == sb["exit_counts"]
-        assert sa["mean_score"] == pytest.approx(sb["mean_score"], abs=1e-5)
-    assert len(set(a.exit_layers.tolist())) == 1  # exits off: all at full depth
 
 
 def test_results_in_input_order_across_batches(tiny_artifacts, sentences):
@@ -185,7 +163,6 @@ def test_int8_variant_is_added_verified_and_selectable(tiny_bert, tmp_path, sent
     m = load_manifest(out)
     assert m.variants() == ["fp32", "int8"] and m.data["default_variant"] == "fp32"
     assert all(p.parent.name == "int8" for p in m.segment_paths("int8"))
-    assert m.batch1_path("int8").parent.name == "int8" and m.batch1_path("int8").is_file()
     report = verify(out, sentences, variant="int8", progress=False)
     assert report, report.to_dict()["failures"]
     assert report.tolerances["min_cosine"] < 0.99999  # int8 is checked against its own tolerances

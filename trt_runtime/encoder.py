@@ -87,8 +87,7 @@ class EarlyExitEncoder:
     """Early-exit sentence encoder over a leap-export artifact folder (ONNX Runtime segments).
 
     ``policy`` defaults to the manifest's; ``theta`` / ``min_layer`` override it; ``exits=False`` runs
-    every sample to full depth through the same segments (the comparison setting). Single-row batches
-    use the build's batch-1 graph when it has one (``batch1=False``: always the host loop).
+    every sample to full depth through the same segments (the comparison setting).
     """
 
     def __init__(
@@ -104,7 +103,6 @@ class EarlyExitEncoder:
         threads: int | None = None,
         providers: list[str] | None = None,
         check_files: bool = True,
-        batch1: bool = True,
     ) -> None:
         self.manifest: Manifest = load_manifest(artifacts, check_files=check_files, variant=variant)
         self.policy = self._policy(policy, theta, min_layer, patience, exits)
@@ -114,12 +112,6 @@ class EarlyExitEncoder:
         ]
         for runner in self.runners:
             runner.activate()
-        # single-row batches: every segment in one graph with in-graph exits (leap_export/fuse.py), which
-        # saves the per-segment run cost the host loop pays; larger batches take the host loop (compaction)
-        b1 = self.manifest.batch1_path(variant) if batch1 else None
-        self._batch1 = OrtRunner(b1, threads=threads, providers=providers) if b1 is not None else None
-        if self._batch1 is not None:
-            self._batch1.activate()
         tok = self.manifest.data["tokenizer"]
         self.tokenizer = TokenBatcher(
             self.manifest.tokenizer_path(), max_length=int(tok["max_length"]), pad_id=int(tok["pad_id"])
@@ -129,8 +121,6 @@ class EarlyExitEncoder:
         self._refs_needed = {(s.ref_from, s.ref_output) for s in self.segments if s.ref_from is not None}
         # per segment: may a sample exit after it? (decided once, not per batch)
         self._can_exit = [self.policy.may_exit_at(s.end) and s.end < self.manifest.num_layers for s in self.segments]
-        # the batch-1 graph's per-segment thresholds: theta where a sample may exit, +inf elsewhere
-        self._thresholds = np.array([self.policy.theta if c else np.inf for c in self._can_exit], dtype=np.float32)
 
     @property
     def root(self) -> Path:
@@ -217,8 +207,6 @@ class EarlyExitEncoder:
 
     def _run_padded(self, input_ids: np.ndarray, mask: np.ndarray, trace: list | None = None):
         batch = input_ids.shape[0]
-        if batch == 1 and self._batch1 is not None and trace is None:
-            return self._run_batch1(input_ids, mask)
         out = np.empty((batch, self.manifest.hidden_size), dtype=np.float32)
         exit_layer = np.empty(batch, dtype=np.int64)
         active = np.arange(batch)
@@ -266,17 +254,6 @@ class EarlyExitEncoder:
                 refs = {k: v[keep] for k, v in refs.items()}
             feeds = {"hidden_in": hidden, **carried}
         return out, exit_layer
-
-
-    def _run_batch1(self, input_ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One row through the batch-1 graph; the same exit rule and statistics as the host loop."""
-        res = self._batch1.infer({"input_ids": input_ids, "attention_mask": mask, "thresholds": self._thresholds})
-        layer = int(res["exit_layer"])
-        for seg, score in zip(self.segments, res["scores"], strict=True):
-            if np.isnan(score):  # not run: the row exited earlier
-                break
-            self.stats.record(seg.end, res["scores"][seg.index : seg.index + 1], exited=int(seg.end == layer))
-        return res["pooled"], np.array([layer], dtype=np.int64)
 
 
 def _interactive() -> bool:

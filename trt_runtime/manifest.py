@@ -127,26 +127,19 @@ class Manifest:
     def full_path(self, variant: str | None = None) -> Path:
         return self.root / self.variant(variant)["full"]["file"]
 
-    def batch1_path(self, variant: str | None = None) -> Path | None:
-        """The batch-1 graph (all segments in one graph, in-graph exits), if this build has one."""
-        entry = self.variant(variant).get("batch1")
-        return self.root / entry["file"] if entry else None
-
     def tokenizer_path(self) -> Path:
         return self.root / self.data["tokenizer"]["file"]
 
     def file_entries(self) -> list[dict[str, str]]:
         entries = [{"file": self.data["tokenizer"]["file"], "sha256": self.data["tokenizer"]["sha256"]}]
         for variant in self.data["variants"].values():
-            entries += variant["segments"] + [variant["full"]] + ([variant["batch1"]] if variant.get("batch1") else [])
+            entries += variant["segments"] + [variant["full"]]
         return entries
 
     def check_files(self, variant: str | None = None) -> None:
         """Every file the manifest names exists and has its recorded sha256; one error lists all faults."""
         v = self.variant(variant)
         wanted = {self.data["tokenizer"]["file"], v["full"]["file"]} | {f["file"] for f in v["segments"]}
-        if v.get("batch1"):
-            wanted.add(v["batch1"]["file"])
         problems = []
         for entry in self.file_entries():
             if entry["file"] not in wanted:
