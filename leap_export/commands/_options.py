@@ -86,6 +86,13 @@ bible_corpus_limit_option = click.option(
     callback=_positive,
     help="Shrink the KJV corpus to this many verses (every query's verse kept). Default: all.",
 )
+report_option = click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, path_type=str),
+    default=None,
+    help="Write the JSON report here.",
+)
 variant_option = click.option(
     "--variant", default=None, help="Which build to run (fp32, int8). Default: the manifest's."
 )

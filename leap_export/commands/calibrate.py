@@ -14,6 +14,7 @@ from leap_export.commands._options import (
     eval_sets_option,
     label_free_option,
     min_layer_option,
+    report_option,
     sts_file_option,
     variant_option,
 )
@@ -60,13 +61,7 @@ def _csv_floats(ctx, param, value):
 @batch_size_option
 @click.option("--dry-run", is_flag=True, help="Report only; leave the manifest as it is.")
 @click.option("--strict", is_flag=True, help="Exit 1 when no theta meets the budget.")
-@click.option(
-    "--report",
-    "report_path",
-    type=click.Path(dir_okay=False, path_type=str),
-    default=None,
-    help="Write the JSON report here.",
-)
+@report_option
 def command(
     artifacts,
     eval_sets,

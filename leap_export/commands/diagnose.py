@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from leap_export.commands._options import report_option
+
 
 @click.command("diagnose")
 @click.argument("model")
@@ -39,12 +41,7 @@ import click
     default=None,
     help="Measured per-layer monitoring overhead as a fraction (0.222 = 22.2 %), for diagnostic 3.",
 )
-@click.option(
-    "--report",
-    "report_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the JSON report here.",
-)
+@report_option
 @click.option(
     "--plot",
     "plot_path",

@@ -12,6 +12,7 @@ from leap_export.commands._options import (
     eval_sets_option,
     label_free_option,
     min_layer_option,
+    report_option,
     sts_file_option,
     theta_option,
     variant_option,
@@ -36,13 +37,7 @@ from leap_export.commands._options import (
 )
 @variant_option
 @batch_size_option
-@click.option(
-    "--report",
-    "report_path",
-    type=click.Path(dir_okay=False, path_type=str),
-    default=None,
-    help="Write the JSON report here.",
-)
+@report_option
 def command(
     artifacts,
     eval_sets,
