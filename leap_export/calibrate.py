@@ -33,6 +33,7 @@ from leap_export.quality import (
     EVAL_METRICS,
     NN_K,
     Lookup,
+    artifact_summary,
     exit_statistics,
     jsonable,
     label_free_set,
@@ -247,11 +248,7 @@ def calibrate(
     report = {
         "schema": REPORT_SCHEMA,
         "version": REPORT_VERSION,
-        "artifacts": str(artifacts),
-        "variant": variant or manifest.data.get("default_variant"),
-        "model": manifest.data.get("source", {}).get("name"),
-        "num_layers": trace.num_layers,
-        "boundaries": trace.boundaries,
+        **artifact_summary(artifacts, manifest, variant),
         "patience": current.patience,
         "min_layer": base.min_layer,
         "budget": {

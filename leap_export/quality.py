@@ -250,6 +250,17 @@ def _encode_all(encoder, texts: list[str], batch_size: int) -> tuple[np.ndarray,
     return result.embeddings, result.exit_layers
 
 
+def artifact_summary(artifacts, manifest, variant: str | None) -> dict[str, Any]:
+    """Which build a report describes: folder, variant, model and segment geometry."""
+    return {
+        "artifacts": str(artifacts),
+        "variant": variant or manifest.data.get("default_variant"),
+        "model": manifest.data.get("source", {}).get("name"),
+        "num_layers": manifest.num_layers,
+        "boundaries": manifest.boundaries,
+    }
+
+
 def evaluate_artifacts(
     artifacts: str | os.PathLike,
     *,
@@ -330,11 +341,7 @@ def evaluate_artifacts(
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA,
         "version": REPORT_VERSION,
-        "artifacts": str(artifacts),
-        "variant": variant or manifest.data.get("default_variant"),
-        "model": manifest.data.get("source", {}).get("name"),
-        "num_layers": manifest.num_layers,
-        "boundaries": manifest.boundaries,
+        **artifact_summary(artifacts, manifest, variant),
         "policy": policy.to_dict(),
         "eval_sets": [s.name for s in sets],
         "sets": set_info,
