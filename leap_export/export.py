@@ -17,6 +17,7 @@ The folder is written to a temporary sibling and renamed into place, never half-
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import os
 import shutil
 import tempfile
@@ -166,9 +167,14 @@ def _segment_module(model, arch, plan: SegmentPlan, *, last: bool, pooled_only: 
 
 def _l2_normalize(x):
     """x / ||x|| on the last axis, exported as ONE ``LpNormalization`` node (torch would emit four)."""
+    return _lp_normalization().apply(x)
+
+
+@functools.cache
+def _lp_normalization():
     import torch
 
-    class _LpNormalization(torch.autograd.Function):
+    class LpNormalization(torch.autograd.Function):
         @staticmethod
         def forward(ctx, v):
             return torch.nn.functional.normalize(v, dim=-1, eps=1e-12)
@@ -177,7 +183,7 @@ def _l2_normalize(x):
         def symbolic(g, v):
             return g.op("LpNormalization", v, axis_i=-1, p_i=2)
 
-    return _LpNormalization.apply(x)
+    return LpNormalization
 
 
 def _export(module, args: tuple, path: Path, inputs: list[dict], outputs: list[dict], opset: int) -> None:
