@@ -5,11 +5,17 @@ Configurations (same sentences, same batches, same ONNX Runtime session settings
 - ``monolithic``: the full-depth single graph (no monitoring);
 - ``segmented``: the segment chain with exits disabled (monitoring cost only);
 - ``early exit``: the segment chain with the exit policy and per-sample compaction;
+- ``one graph`` (``breakdown=True``): every segment composed into one graph that computes every exit
+  head and cannot exit (``leap_export.merge``). It splits the monitoring overhead into the cost of the
+  monitoring ops (one graph / monolithic) and the cost of the graph breaks (segmented / one graph);
 - ``sentence-transformers``: ``SentenceTransformer.encode`` on PyTorch (end to end, tokenisation
   included), next to ``early exit (encode)``, our ``encode`` end to end, for a like-for-like comparison.
   These two are timed in alternating blocks rather than round-robin (see ``_time_blocks``).
 
 Every iteration runs each configuration once (A B C A B C ...), so machine noise hits all of them alike.
+Each configuration then starts with caches its rivals have just filled with their own weights. A
+service runs one pipeline over and over, with its own weights cache-warm: ``schedule="blocks"`` times
+that steady state instead (alternating blocks of 25 runs per configuration, the first 5 untimed).
 Derived figures follow the paper (Table 7, Appendix A.4): speedup = monolithic / early exit,
 theoretical = L / E[layers], realised efficiency = speedup / theoretical, monitoring overhead =
 segmented / monolithic - 1.
@@ -27,6 +33,7 @@ import numpy as np
 
 from trt_runtime.manifest import write_json_atomic
 
+SCHEDULES = ("round-robin", "blocks")
 PAPER = {  # LEAP paper, Table 7 and §5.3 (NVIDIA L4, fp16)
     "speedup": {1: 1.61, 8: 1.32, 32: 1.24},
     "realised_efficiency_b1": 0.806,
@@ -116,6 +123,8 @@ def bench(
     threads: int | None = None,
     baselines: bool = True,
     also_variants: tuple[str, ...] = (),
+    breakdown: bool = False,
+    schedule: str = "round-robin",
     progress: bool = True,
 ) -> dict[str, Any]:
     from tqdm.auto import tqdm
@@ -124,6 +133,8 @@ def bench(
     from trt_runtime.encoder import EarlyExitEncoder
     from trt_runtime.runners import OrtRunner, default_threads
 
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     sentences = [s for s in (sentences or sample_sentences()) if s.strip()]
     threads = threads or default_threads()
     ee = EarlyExitEncoder(artifacts, theta=theta, min_layer=min_layer, variant=variant, threads=threads)
@@ -139,6 +150,7 @@ def bench(
         mono_v = OrtRunner(ee_v.manifest.full_path(v), threads=threads)
         mono_v.activate()
         extra[v] = (ee_v, mono_v)
+    merged = _merged_runner(artifacts, variant, threads) if breakdown else None
     st_model, st_error = _load_st(ee.manifest) if baselines else (None, "disabled (--no-baselines)")
 
     token_ids = ee.tokenizer.encode(sentences)
@@ -156,6 +168,7 @@ def bench(
         "threads": threads,
         "warmup": warmup,
         "iters": iters,
+        "schedule": schedule,
         "expected_layers": expected,
         "theoretical_speedup": num_layers / expected,
         "exit_distribution": {str(b): float((exit_layers == b).mean()) for b in ee.manifest.boundaries},
@@ -180,12 +193,17 @@ def bench(
             "segmented": lambda p: seg._run_padded(*p),
             "early exit": lambda p: ee._run_padded(*p),
         }
+        if merged is not None:
+            configs["one graph"] = lambda p: merged.infer({"input_ids": p[0], "attention_mask": p[1]})
         for v, (ee_v, mono_v) in extra.items():
             configs[f"monolithic [{v}]"] = lambda p, m=mono_v: m.infer({"input_ids": p[0], "attention_mask": p[1]})
             configs[f"early exit [{v}]"] = lambda p, e=ee_v: e._run_padded(*p)
         # all start from the same padded arrays: the timed work is the graphs plus the host loop
         inputs: dict[str, list] = {name: padded for name in configs}
-        times = _time_interleaved(configs, inputs, warmup, iters, bar)
+        if schedule == "blocks":
+            times = _time_blocks(configs, inputs, warmup, iters, progress=bar)
+        else:
+            times = _time_interleaved(configs, inputs, warmup, iters, bar)
         if st_model is not None:  # end to end, tokenisation included, on both sides
             times.update(_time_blocks(
                 {"sentence-transformers": lambda t: st_model.encode(t, batch_size=len(t)),
@@ -201,6 +219,9 @@ def bench(
         row["segmented_vs_monolithic"] = s / m
         row["segmented_vs_monolithic_p50"] = row["segmented"]["p50_ms"] / row["monolithic"]["p50_ms"]
         row["speedup_p50"] = row["monolithic"]["p50_ms"] / row["early exit"]["p50_ms"]
+        if merged is not None:  # the monitoring overhead, split: monitoring ops x graph breaks
+            one = row["one graph"]["mean_ms"]
+            row["breakdown"] = {"monitoring_ops": one / m - 1.0, "graph_breaks": s / one - 1.0}
         row["variants"] = {
             v: {
                 "monolithic_ms": row[f"monolithic [{v}]"]["mean_ms"],
@@ -217,6 +238,23 @@ def bench(
         report["results"][str(b)] = row
     bar.close()
     return report
+
+
+def _merged_runner(artifacts, variant, threads):
+    """An ONNX Runtime runner for the one-graph composition of the segments (bench --breakdown)."""
+    import tempfile
+
+    import onnx
+
+    from leap_export.merge import merge_segments
+    from trt_runtime.runners import OrtRunner
+
+    with tempfile.TemporaryDirectory(prefix="leap-merged-") as tmp:
+        path = Path(tmp) / "merged.onnx"
+        onnx.save(merge_segments(artifacts, variant), str(path))
+        runner = OrtRunner(path, threads=threads)
+        runner.activate()  # the session holds its own copy; the file may go
+    return runner
 
 
 def _load_st(manifest):
@@ -264,7 +302,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"Model `{report['model']}` ({report['variant']}), theta {report['policy']['theta']}, "
         f"min_layer {report['policy']['min_layer']}, {report['sentences']} sentences, {report['threads']} threads, "
-        f"{report['warmup']} warmup + {report['iters']} timed iterations per configuration, round-robin. "
+        f"{report['warmup']} warmup + {report['iters']} timed iterations per configuration, "
+        f"{report.get('schedule', 'round-robin')}. "
         f"E[layers] = {report['expected_layers']:.2f} of {report['num_layers']} -> theoretical "
         f"{report['theoretical_speedup']:.2f}x.",
         "",
@@ -284,6 +323,20 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{r['speedup_vs_sentence_transformers']:.2f}x |"
             )
         lines.append(line)
+    if any("breakdown" in r for r in report["results"].values()):
+        lines += [
+            "",
+            "Where the monitoring overhead goes (`--breakdown`): *one graph* is every segment composed into a "
+            "single graph that computes every exit head but cannot exit.",
+            "",
+            "| batch | one graph ms | monitoring ops (one graph vs monolithic) | graph breaks (segmented vs one graph) |",
+            "|---|---|---|---|",
+        ]
+        for b, r in report["results"].items():
+            if "breakdown" in r:
+                x = r["breakdown"]
+                lines.append(f"| {b} | {r['one graph']['mean_ms']:.2f} | {x['monitoring_ops']:+.1%} | "
+                             f"{x['graph_breaks']:+.1%} |")
     extra = report.get("also_variants") or {}
     if extra:
         lines += [

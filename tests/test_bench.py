@@ -14,7 +14,7 @@ def test_bench_reports_every_configuration_and_the_int8_build(tiny_artifacts, tm
     shutil.copytree(tiny_artifacts["bert"], art)
     build(art, art, precision="int8", progress=False)  # adds the int8 variant to the existing build
     report = bench(art, sentences * 4, batch_sizes=(1, 4), warmup=2, iters=6, theta=0.5, baselines=False,
-                   also_variants=("int8", "fp32"), progress=False)
+                   also_variants=("int8", "fp32"), breakdown=True, progress=False)
     assert list(report["results"]) == ["1", "4"]
     assert list(report["also_variants"]) == ["int8"]  # the main variant is not timed twice
     for row in report["results"].values():
@@ -24,12 +24,15 @@ def test_bench_reports_every_configuration_and_the_int8_build(tiny_artifacts, tm
         assert row["speedup"] == pytest.approx(m / e)
         assert row["realised_efficiency"] == pytest.approx(m / e / report["theoretical_speedup"])
         assert row["monitoring_overhead"] == pytest.approx(row["segmented"]["mean_ms"] / m - 1)
+        one = row["one graph"]["mean_ms"]
+        assert row["breakdown"] == pytest.approx({"monitoring_ops": one / m - 1,
+                                                  "graph_breaks": row["segmented"]["mean_ms"] / one - 1})
         v = row["variants"]["int8"]
         assert v["speedup_vs_primary_monolithic"] == pytest.approx(m / row["early exit [int8]"]["mean_ms"])
     assert 1 <= report["expected_layers"] <= report["num_layers"]
     assert report["theoretical_speedup"] == pytest.approx(report["num_layers"] / report["expected_layers"])
     table = markdown(report)
-    assert "| 4 | int8 |" in table and "monitoring overhead" in table
+    assert "| 4 | int8 |" in table and "monitoring overhead" in table and "graph breaks" in table
     paths = save(report, tmp_path / "out")
     assert json.loads(paths["json"].read_text())["results"]["1"]["variants"]["int8"]
     assert paths["plot"].stat().st_size > 0 and paths["markdown"].read_text() == table
@@ -41,3 +44,14 @@ def test_bench_names_a_missing_build(tiny_artifacts, sentences):
     with pytest.raises(ArtifactError, match="int8"):
         bench(tiny_artifacts["bert"], sentences, batch_sizes=(1,), warmup=1, iters=1, baselines=False,
               also_variants=("int8",), progress=False)
+
+
+def test_bench_blocks_schedule(tiny_artifacts, sentences):
+    report = bench(tiny_artifacts["bert"], sentences, batch_sizes=(2,), warmup=1, iters=7, theta=0.5,
+                   baselines=False, schedule="blocks", progress=False)
+    assert report["schedule"] == "blocks"
+    assert all(report["results"]["2"][c]["n"] == 7 for c in ("monolithic", "segmented", "early exit"))
+    assert "blocks" in markdown(report)
+    with pytest.raises(ValueError, match="round-robin"):
+        bench(tiny_artifacts["bert"], sentences, batch_sizes=(1,), warmup=1, iters=1, baselines=False,
+              schedule="random", progress=False)

@@ -69,3 +69,18 @@ def test_bad_input_gives_a_clear_error_and_no_output(args, message, tiny_artifac
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "o.npy").exists()
+
+
+def test_bench_command_writes_its_tables(tiny_artifacts, tmp_path, sentences):
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    out = tmp_path / "bench"
+    proc = run("bench", tiny_artifacts["bert"], "--sentences", src, "--batch-sizes", "1,2", "--warmup", 1,
+               "--iters", 3, "--no-baselines", "--breakdown", "--schedule", "blocks", "--out", out)
+    assert "graph breaks" in proc.stdout and "blocks" in proc.stdout
+    report = json.loads((out / "bench.json").read_text())
+    assert report["schedule"] == "blocks" and set(report["results"]["2"]["breakdown"]) == {"monitoring_ops",
+                                                                                           "graph_breaks"}
+    assert (out / "bench.png").stat().st_size > 0
+    bad = run("bench", tiny_artifacts["bert"], "--schedule", "random", ok=False)
+    assert bad.returncode == 2 and "random" in bad.stderr

@@ -41,6 +41,20 @@ from leap_export.commands._options import (
     "its monolithic graph and early exit, with speedups against the main variant's monolithic graph.",
 )
 @click.option(
+    "--schedule",
+    type=click.Choice(["round-robin", "blocks"]),
+    default="round-robin",
+    show_default=True,
+    help="round-robin: every configuration once per round (noise hits all alike; each starts cache-cold). "
+    "blocks: alternating blocks of 25 runs, the steady state of a service running one pipeline.",
+)
+@click.option(
+    "--breakdown",
+    is_flag=True,
+    help="Also time every segment composed into one graph (all exit heads, no exits), to split the "
+    "monitoring overhead into monitoring ops and graph breaks.",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=str),
     default=None,
@@ -48,7 +62,7 @@ from leap_export.commands._options import (
 )
 def command(
     artifacts, sentences, batch_sizes, warmup, iters, theta, min_layer, variant, threads, baselines,
-    also_variants, out
+    also_variants, schedule, breakdown, out
 ):
     """Latency: monolithic vs segmented (exits off) vs early exit, and sentence-transformers, side by side."""
     from leap_export.bench import bench, markdown, save
@@ -67,6 +81,8 @@ def command(
         threads=threads,
         baselines=baselines,
         also_variants=tuple(also_variants),
+        breakdown=breakdown,
+        schedule=schedule,
     )
     click.echo(markdown(report))
     for name, err in report["baseline_errors"].items():
