@@ -25,7 +25,7 @@ def test_one_graph_equals_the_segment_chain(arch, tiny_artifacts, tmp_path, sent
     art = tiny_artifacts[arch]
     chain = EarlyExitEncoder(art, exits=False)
     merged = _merged(art, tmp_path)
-    assert [o for o in merged.output_names] == [f"{n}_{k}" for k in range(len(chain.segments))
+    assert merged.output_names == [f"{n}_{k}" for k in range(len(chain.segments))
                                                  for n in ("pooled", "score")]
     input_ids, mask = chain.tokenizer.pad(chain.tokenizer.encode(sentences))
     trace: list = []
@@ -49,4 +49,5 @@ def test_patience_two_references_cross_segments(tiny_models, tmp_path, sentences
     chain._run_padded(input_ids, mask, trace)
     out = merged.infer({"input_ids": input_ids, "attention_mask": mask})
     for k, (_, _, pooled, score) in enumerate(trace):
+        np.testing.assert_allclose(out[f"pooled_{k}"], pooled, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(out[f"score_{k}"], score, rtol=1e-5, atol=1e-6)
