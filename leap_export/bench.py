@@ -84,10 +84,11 @@ def _time_interleaved(
 
 def _time_blocks(configs: dict[str, Callable[[Any], Any]], inputs: dict[str, list], warmup: int, iters: int,
                  block: int = 25, settle: int = 5, progress=None) -> dict[str, list[float]]:
-    """Alternating blocks for configurations on different thread pools (PyTorch vs ONNX Runtime).
+    """Alternating blocks of ``block`` iterations per configuration, the first ``settle`` of each untimed.
 
-    ONNX Runtime's pool keeps spinning briefly after a run; round-robin would let that tail steal
-    torch's cores. Blocks of ``block`` iterations, the first ``settle`` of each untimed, keep them apart.
+    Used for configurations on different thread pools (PyTorch vs ONNX Runtime: ONNX Runtime's pool
+    keeps spinning briefly after a run, and round-robin would let that tail steal torch's cores), and for
+    ``schedule="blocks"``: each configuration's steady state, its own weights cache-warm.
     """
     for name, fn in configs.items():
         for i in range(warmup):
@@ -249,9 +250,10 @@ def _merged_runner(artifacts, variant, threads):
     from leap_export.merge import merge_segments
     from trt_runtime.runners import OrtRunner
 
-    with tempfile.TemporaryDirectory(prefix="leap-merged-") as tmp:
-        path = Path(tmp) / "merged.onnx"
-        onnx.save(merge_segments(artifacts, variant), str(path))
+    with tempfile.TemporaryDirectory(prefix="leap-merged-", ignore_cleanup_errors=True) as tmp:
+        path = Path(tmp) / "merged.onnx"  # weights in a side file: no 2 GB protobuf limit
+        onnx.save_model(merge_segments(artifacts, variant), str(path), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location="merged.onnx.data")
         runner = OrtRunner(path, threads=threads)
         runner.activate()  # the session holds its own copy; the file may go
     return runner
