@@ -172,3 +172,51 @@ def test_int8_variant_is_added_verified_and_selectable(tiny_bert, tmp_path, sent
     assert float(np.abs(fp32 - int8).max()) > 1e-5  # ... yet really quantised
     with pytest.raises(ArtifactError, match="no 'fp16' build"):
         EarlyExitEncoder(out, variant="fp16")
+
+
+def test_exit_test_decides_in_float32_like_numpy(tiny_artifacts, sentences):
+    """The loop tests ``score >= theta`` in plain Python; it must agree with numpy's float32 comparison.
+
+    A theta a hair above a sample's float32 score (1e-12, below float32 resolution) rounds to that score
+    in float32, so numpy (and ``ExitPolicy.decide``) let the sample exit; a float64 comparison would not.
+    """
+    enc = EarlyExitEncoder(tiny_artifacts["bert"], exits=False)
+    trace: list = []
+    enc._run_batch(enc.tokenizer.encode(sentences[:1]), trace=trace)
+    layer, _, _, score = trace[0]  # the first boundary (layer 2, l_min)
+    s = float(score[0])
+    assert 0.0 < s < 1.0
+    theta = s + 1e-12
+    assert theta > s and float(np.float32(theta)) == s
+    assert ExitPolicy(theta=theta, min_layer=layer).decide(layer, score).tolist() == [True]
+    hit = EarlyExitEncoder(tiny_artifacts["bert"], theta=theta, min_layer=layer).encode_with_exits(sentences[:1])
+    assert hit.exit_layers.tolist() == [layer]
+    above = float(np.nextafter(np.float32(s), np.float32(1)))  # the next float32 up: no exit there
+    miss = EarlyExitEncoder(tiny_artifacts["bert"], theta=above, min_layer=layer).encode_with_exits(sentences[:1])
+    assert miss.exit_layers.tolist() != [layer]
+
+
+def test_full_depth_results_are_the_callers_own(tiny_artifacts, sentences):
+    """A batch that leaves together returns the segment's pooled output and a shared read-only layer
+    array; ``encode_with_exits`` copies both, so what a caller gets is writable and independent."""
+    enc = EarlyExitEncoder(tiny_artifacts["bert"], exits=False)
+    a = enc.encode_with_exits(sentences, batch_size=4)
+    b = enc.encode_with_exits(sentences, batch_size=4)
+    a.exit_layers[:] = 0
+    a.embeddings[:] = 0
+    assert b.exit_layers.tolist() == [4] * len(sentences) and np.abs(b.embeddings).sum() > 0
+    ids = enc.tokenizer.encode(sentences[:2])
+    _, layers = enc._run_batch(ids)
+    assert not layers.flags.writeable
+
+
+def test_runner_reports_a_missing_input_clearly(tiny_artifacts):
+    """The runner calls ONNX Runtime's binding directly (no per-run Python validation); a bad feed still
+    gets ONNX Runtime's own clear error, naming the missing input."""
+    from trt_runtime.runners import OrtRunner
+
+    runner = OrtRunner(load_manifest(tiny_artifacts["bert"]).segment_paths()[1])
+    runner.activate()
+    assert runner._raw_run is not None
+    with pytest.raises(ValueError, match="hidden_in"):
+        runner.infer({"mask_bias": np.zeros((1, 1, 1, 3), np.float32)})

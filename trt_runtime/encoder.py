@@ -43,9 +43,10 @@ class ExitStats:
     score_sum: dict[int, float] = field(default_factory=dict)
     score_count: dict[int, int] = field(default_factory=dict)
 
-    def record(self, layer: int, scores: np.ndarray, exited: int) -> None:
-        self.score_sum[layer] = self.score_sum.get(layer, 0.0) + float(scores.sum(dtype=np.float64))
-        self.score_count[layer] = self.score_count.get(layer, 0) + scores.shape[0]
+    def record(self, layer: int, score_sum: float, count: int, exited: int) -> None:
+        """``count`` rows reached ``layer`` with convergence scores summing to ``score_sum``; ``exited`` left there."""
+        self.score_sum[layer] = self.score_sum.get(layer, 0.0) + score_sum
+        self.score_count[layer] = self.score_count.get(layer, 0) + count
         if exited:
             self.exits[layer] = self.exits.get(layer, 0) + exited
 
@@ -121,6 +122,10 @@ class EarlyExitEncoder:
         self._refs_needed = {(s.ref_from, s.ref_output) for s in self.segments if s.ref_from is not None}
         # per segment: may a sample exit after it? (decided once, not per batch)
         self._can_exit = [self.policy.may_exit_at(s.end) and s.end < self.manifest.num_layers for s in self.segments]
+        # theta as the float32 the graphs' scores are compared in (numpy compares float32 with a float in
+        # float32), so the plain-Python exit test in the loop decides exactly as ``score >= theta`` does
+        self._theta32 = float(np.float32(self.policy.theta))
+        self._uniform: dict[tuple[int, int], np.ndarray] = {}
 
     @property
     def root(self) -> Path:
@@ -206,32 +211,46 @@ class EarlyExitEncoder:
         return self._run_padded(input_ids, mask, trace)
 
     def _run_padded(self, input_ids: np.ndarray, mask: np.ndarray, trace: list | None = None):
+        """The loop of the module docstring, written for the batch-1 latency it adds.
+
+        Between two segment runs the host does as little as it can: the CPU caches are full of the
+        weights the segment just streamed, so every numpy call there runs cold and costs several
+        microseconds instead of the fraction of one a micro-benchmark shows. Scores are therefore read
+        once (``tolist``) and the exit test, the statistics and the "nothing exited" fast path are plain
+        Python; output arrays are only allocated once some row leaves before the others (for a batch
+        that leaves together, the segment's own pooled output is the result). Measured with
+        ``scripts/host_loop_cost.py``.
+        """
         batch = input_ids.shape[0]
-        out = np.empty((batch, self.manifest.hidden_size), dtype=np.float32)
-        exit_layer = np.empty(batch, dtype=np.int64)
-        active = np.arange(batch)
+        stats, theta = self.stats, self._theta32
         feeds = {"input_ids": input_ids, "attention_mask": mask}
         carried: dict[str, np.ndarray] = {}  # mask_bias, pool_weights: from the first segment on
         refs: dict[tuple[int, str], np.ndarray] = {}
+        active = None  # rows still running (indices into the batch); None: every row, nothing has exited
+        out = exit_layer = None  # allocated at the first exit that leaves other rows behind
         last = len(self.segments) - 1
         for seg, runner in zip(self.segments, self.runners, strict=True):
             if seg.ref_from is not None:
                 feeds["ref_pooled"] = refs[(seg.ref_from, seg.ref_output)]
             res = runner.infer(feeds)
             pooled, score = res["pooled"], res["score"]
+            scores = score.tolist()
+            rows = len(scores)
             if trace is not None:
-                trace.append((seg.end, active.copy(), pooled, score))
+                trace.append((seg.end, np.arange(batch) if active is None else active.copy(), pooled, score))
             if seg.index == last:
-                self.stats.record(seg.end, score, exited=active.size)
-                out[active] = pooled
-                exit_layer[active] = seg.end
-                break
-            if self._can_exit[seg.index]:
-                exited = score >= self.policy.theta
-                n_exit = int(np.count_nonzero(exited))
+                n_exit = rows
+            elif self._can_exit[seg.index]:
+                n_exit = sum(s >= theta for s in scores)
             else:
                 n_exit = 0
-            self.stats.record(seg.end, score, exited=n_exit)
+            stats.record(seg.end, sum(scores), rows, n_exit)
+            if n_exit == rows:  # every remaining row leaves here
+                if active is None:
+                    return pooled, self._uniform_exit(batch, seg.end)
+                out[active] = pooled
+                exit_layer[active] = seg.end
+                return out, exit_layer
             if seg.index == 0:  # the mask-derived tensors every later segment takes (computed once, in-graph)
                 carried = {name: res[name] for name in CARRIED}
             hidden = res["hidden_out"]
@@ -239,10 +258,13 @@ class EarlyExitEncoder:
                 if key[0] == seg.index:
                     refs[key] = res[key[1]]
             if n_exit:
+                exited = score >= self.policy.theta  # the same float32 comparison as the test above
+                if active is None:
+                    active = np.arange(batch)
+                    out = np.empty((batch, pooled.shape[1]), dtype=np.float32)
+                    exit_layer = np.empty(batch, dtype=np.int64)
                 out[active[exited]] = pooled[exited]
                 exit_layer[active[exited]] = seg.end
-                if n_exit == active.size:
-                    break
                 keep = ~exited
                 active = active[keep]
                 mask = mask[keep]
@@ -253,7 +275,18 @@ class EarlyExitEncoder:
                 hidden = np.ascontiguousarray(hidden[keep, :width])
                 refs = {k: v[keep] for k, v in refs.items()}
             feeds = {"hidden_in": hidden, **carried}
-        return out, exit_layer
+        raise AssertionError("unreachable: the last segment returns")
+
+    def _uniform_exit(self, batch: int, layer: int) -> np.ndarray:
+        """A read-only ``[batch]`` array of ``layer`` (cached: the common result, built once)."""
+        key = (batch, layer)
+        arr = self._uniform.get(key)
+        if arr is None:
+            arr = np.full(batch, layer, dtype=np.int64)
+            arr.setflags(write=False)
+            if len(self._uniform) < 256:
+                self._uniform[key] = arr
+        return arr
 
 
 def _interactive() -> bool:

@@ -109,6 +109,7 @@ class OrtRunner:
         self.providers = providers or ["CPUExecutionProvider"]
         self.shared_pool = shared_pool
         self.session = None
+        self._raw_run = None
         self.input_names: list[str] = []
         self.output_names: list[str] = []
 
@@ -121,15 +122,29 @@ class OrtRunner:
         self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=self.providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        # The binding's own run, for CPU sessions: ``InferenceSession.run`` first re-validates the feed in
+        # Python against the inputs' metadata (a handful of binding calls per input, every run). Between
+        # two segments that costs about 5 us per run at batch 1, with caches cold (``scripts/host_loop_cost.py``).
+        # Any failure is retried through ``InferenceSession.run``, which raises its usual clear error.
+        raw = getattr(self.session, "_sess", None)
+        cpu_only = self.session.get_providers() == ["CPUExecutionProvider"]
+        self._raw_run = raw.run if cpu_only and hasattr(raw, "run") else None
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.session is None:
             self.activate()
-        values = self.session.run(self.output_names, feeds)
+        if self._raw_run is not None:
+            try:
+                values = self._raw_run(self.output_names, feeds, None)
+            except Exception:  # noqa: BLE001 - re-run through the public API for its error message
+                values = self.session.run(self.output_names, feeds)
+        else:
+            values = self.session.run(self.output_names, feeds)
         return dict(zip(self.output_names, values, strict=True))
 
     def deactivate(self) -> None:
         self.session = None
+        self._raw_run = None
 
     def __enter__(self) -> OrtRunner:
         self.activate()

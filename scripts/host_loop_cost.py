@@ -1,0 +1,92 @@
+"""What the runtime's host loop adds to the segment runs themselves, in microseconds per batch.
+
+    python scripts/host_loop_cost.py ARTIFACTS [--sentences FILE] [--batch-sizes 1,8,32] [--rounds 6]
+
+Two ways of running the same segments on the same ONNX Runtime sessions (exits off, full depth):
+
+- ``bare chain``: ``InferenceSession.run`` per segment, passing the outputs straight on: what a user
+  would write by hand with no exit test, statistics or compaction;
+- ``host loop``: ``EarlyExitEncoder._run_padded``, the runtime's loop (exit test, statistics, results).
+
+They share weights and sessions, so they are timed in alternation per batch (A B, then B A), which
+cancels cache and clock drift; the report is the median of the paired differences. ``leap-export
+bench`` cannot resolve a cost this small against the monolithic graph: two graphs with their own
+weights evict each other from the cache, and the noise of that is larger than the loop itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from trt_runtime.encoder import CARRIED, EarlyExitEncoder
+
+
+def bare_chain(enc: EarlyExitEncoder):
+    sessions = [r.session for r in enc.runners]
+    names = [r.output_names for r in enc.runners]
+    segments = enc.segments
+    needed = enc._refs_needed  # (segment, output) pairs a later segment takes as ref_pooled
+
+    def run(input_ids: np.ndarray, mask: np.ndarray):
+        feeds = {"input_ids": input_ids, "attention_mask": mask}
+        carried, refs = {}, {}
+        for seg, sess, outs in zip(segments, sessions, names, strict=True):
+            if seg.ref_from is not None:
+                feeds["ref_pooled"] = refs[(seg.ref_from, seg.ref_output)]
+            res = dict(zip(outs, sess.run(outs, feeds), strict=True))
+            if "hidden_out" not in res:
+                return res["pooled"]
+            if seg.index == 0:
+                carried = {name: res[name] for name in CARRIED}
+            for key in needed:
+                if key[0] == seg.index:
+                    refs[key] = res[key[1]]
+            feeds = {"hidden_in": res["hidden_out"], **carried}
+
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("artifacts")
+    ap.add_argument("--sentences", help="UTF-8 file, one sentence per line (default: the built-in sample set)")
+    ap.add_argument("--batch-sizes", default="1,8,32")
+    ap.add_argument("--rounds", type=int, default=6, help="passes over the batches (the first is warm-up)")
+    args = ap.parse_args()
+    if args.sentences:
+        sentences = [s for s in Path(args.sentences).read_text(encoding="utf-8").splitlines() if s.strip()]
+    else:
+        from leap_export.textio import sample_sentences
+
+        sentences = sample_sentences()
+    enc = EarlyExitEncoder(args.artifacts, exits=False)
+    chain = bare_chain(enc)
+    ids = enc.tokenizer.encode(sentences)
+    clock = time.perf_counter
+    print(f"{Path(args.artifacts).name}: {len(enc.segments)} segments, {len(sentences)} sentences, exits off")
+    print("| batch | bare chain p50 us | host loop p50 us | host loop - bare chain, p50 of pairs |")
+    print("|---|---|---|---|")
+    for bs in (int(b) for b in args.batch_sizes.split(",")):
+        batches = [enc.tokenizer.pad(ids[i : i + bs]) for i in range(0, len(ids) - bs + 1, bs)][:256]
+        a, b = [], []
+        for r in range(args.rounds):
+            for i, (input_ids, mask) in enumerate(batches):
+                first_bare = i % 2 == 0
+                t0 = clock()
+                chain(input_ids, mask) if first_bare else enc._run_padded(input_ids, mask)
+                t1 = clock()
+                enc._run_padded(input_ids, mask) if first_bare else chain(input_ids, mask)
+                t2 = clock()
+                if r:
+                    a.append(t1 - t0 if first_bare else t2 - t1)
+                    b.append(t2 - t1 if first_bare else t1 - t0)
+        a, b = np.asarray(a) * 1e6, np.asarray(b) * 1e6
+        print(f"| {bs} | {np.median(a):.0f} | {np.median(b):.0f} | {np.median(b - a):+.1f} |")
+
+
+if __name__ == "__main__":
+    main()
