@@ -1,0 +1,42 @@
+"""The measurement scripts run end to end on a tiny build and report what they say they report."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> str:
+    res = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_overhead_spread(tiny_artifacts, tmp_path):
+    out_json = tmp_path / "spread.json"
+    out = _run("scripts/overhead_spread.py", str(tiny_artifacts["bert"]), "--processes", "2", "--blocks", "2",
+               "--rows", "6", "--json", str(out_json))
+    rows = [line for line in out.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert len(rows) == 2
+    data = json.loads(out_json.read_text())
+    assert len(data["processes"]) == 2
+    for proc in data["processes"]:
+        assert len(proc["ratios"]) == 2 and all(math.isfinite(r) and r > 0 for r in proc["ratios"])
+        assert all(m > 0 for m in proc["monolithic_ms"] + proc["segmented_ms"])
+    s = data["summary"]
+    assert s["processes"] == 2 and s["min"] <= s["median"] <= s["max"]
+    assert f"median {s['median']:+.1%}" in out
+
+
+def test_host_loop_cost(tiny_artifacts):
+    out = _run("scripts/host_loop_cost.py", str(tiny_artifacts["mpnet"]), "--batch-sizes", "1,3", "--rounds", "2")
+    rows = [line.split("|") for line in out.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert [int(r[1]) for r in rows] == [1, 3]
+    for r in rows:
+        assert float(r[2]) > 0 and float(r[3]) > 0 and math.isfinite(float(r[4]))
