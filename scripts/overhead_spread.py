@@ -4,8 +4,8 @@
 
 ``leap-export bench`` measures the overhead in one process. At batch 1 that figure moves by a few
 points from one process to the next, while it is stable within a process (blocks of the same run agree
-to about half a point): where the weights and buffers of each session land in memory decides part of
-it. One run is therefore one draw. This script starts ``--processes`` fresh workers; each loads the
+to about a point); where the weights and buffers of each session land in memory is the likely cause.
+One run is therefore one draw. This script starts ``--processes`` fresh workers; each loads the
 monolithic graph and the segment chain, then times them in strict alternation per sentence (A B, then
 B A) over ``--rows`` sentences, ``--blocks`` times, and reports the ratio of mean latencies per block.
 The summary is the median over processes of each process's median block, and the range.
