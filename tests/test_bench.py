@@ -55,3 +55,25 @@ def test_bench_blocks_schedule(tiny_artifacts, sentences):
     with pytest.raises(ValueError, match="round-robin"):
         bench(tiny_artifacts["bert"], sentences, batch_sizes=(1,), warmup=1, iters=1, baselines=False,
               schedule="random", progress=False)
+
+
+def test_bench_in_fresh_processes_reports_medians_and_ranges(tiny_artifacts, sentences, tmp_path):
+    from leap_export.bench import bench_processes
+
+    report = bench_processes(tiny_artifacts["bert"], sentences, processes=2, batch_sizes=(1, 3), warmup=1,
+                             iters=4, theta=0.5, baselines=False, breakdown=True, progress=False)
+    assert report["processes"] == 2 and len(report["runs"]) == 2
+    for b, row in report["results"].items():
+        runs = [r[b] for r in report["runs"]]
+        for key in ("speedup", "realised_efficiency", "monitoring_overhead"):
+            vals = [r[key] for r in runs]
+            assert row[key] == pytest.approx(sorted(vals)[0] / 2 + sorted(vals)[1] / 2)  # median of two
+            assert row["spread"][key] == {"min": min(vals), "max": max(vals)}
+        assert row["monolithic"]["mean_ms"] == pytest.approx(sum(r["monolithic"]["mean_ms"] for r in runs) / 2)
+        assert row["monolithic"]["n"] == 8
+        assert "breakdown.graph_breaks" in row["spread"]
+    table = markdown(report)
+    assert "Median over 2 fresh processes" in table and "x to " in table
+    assert json.loads(save(report, tmp_path / "out")["json"].read_text())["processes"] == 2
+    with pytest.raises(ValueError, match="processes"):
+        bench_processes(tiny_artifacts["bert"], sentences, processes=0)

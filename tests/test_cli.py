@@ -84,3 +84,8 @@ def test_bench_command_writes_its_tables(tiny_artifacts, tmp_path, sentences):
     assert (out / "bench.png").stat().st_size > 0
     bad = run("bench", tiny_artifacts["bert"], "--schedule", "random", ok=False)
     assert bad.returncode == 2 and "random" in bad.stderr
+    two = run("bench", tiny_artifacts["bert"], "--sentences", src, "--batch-sizes", "1", "--warmup", 1,
+              "--iters", 2, "--no-baselines", "--processes", 2)
+    assert "Median over 2 fresh processes" in two.stdout
+    bad = run("bench", tiny_artifacts["bert"], "--processes", 0, ok=False)
+    assert bad.returncode == 2 and "--processes" in bad.stderr

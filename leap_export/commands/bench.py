@@ -55,6 +55,14 @@ from leap_export.commands._options import (
     "monitoring overhead into monitoring ops and graph breaks.",
 )
 @click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Repeat the whole bench in N fresh processes and report medians, with each ratio's range. "
+    "At batch 1 the monitoring overhead moves by a few points between processes; one run is one draw.",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=str),
     default=None,
@@ -62,16 +70,17 @@ from leap_export.commands._options import (
 )
 def command(
     artifacts, sentences, batch_sizes, warmup, iters, theta, min_layer, variant, threads, baselines,
-    also_variants, schedule, breakdown, out
+    also_variants, schedule, breakdown, processes, out
 ):
     """Latency: monolithic vs segmented (exits off) vs early exit, and sentence-transformers, side by side."""
-    from leap_export.bench import bench, markdown, save
+    from leap_export.bench import bench_processes, markdown, save
     from leap_export.textio import read_lines
 
     texts = read_lines(sentences, skip_empty=True) if sentences else None
-    report = bench(
+    report = bench_processes(
         artifacts,
         texts,
+        processes=processes,
         batch_sizes=tuple(batch_sizes),
         warmup=warmup,
         iters=iters,
