@@ -18,9 +18,11 @@ service runs one pipeline over and over, with its own weights cache-warm: ``sche
 that steady state instead (alternating blocks of 25 runs per configuration, the first 5 untimed).
 One run is one draw: at batch 1 the monitoring overhead moves by a few points between processes.
 ``bench_processes`` (``leap-export bench --processes N``) repeats the whole bench in N fresh processes
-and reports medians with their range. Derived figures follow the paper (Table 7, Appendix A.4): speedup = monolithic / early exit,
-theoretical = L / E[layers], realised efficiency = speedup / theoretical, monitoring overhead =
-segmented / monolithic - 1.
+and reports medians with their range.
+
+Derived figures follow the paper (Table 7, Appendix A.4): speedup = monolithic / early exit, theoretical
+= L / E[layers], realised efficiency = speedup / theoretical, monitoring overhead = segmented /
+monolithic - 1.
 """
 
 from __future__ import annotations
