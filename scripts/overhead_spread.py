@@ -86,8 +86,10 @@ def main() -> None:
     print("| process | monolithic ms | segmented, exits off ms | overhead per block | median |")
     print("|---|---|---|---|---|")
     for k in range(args.processes):
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        r = json.loads(out.strip().splitlines()[-1])
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"worker process {k + 1} failed:\n{proc.stderr.strip()}")
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
         r["median"] = statistics.median(r["ratios"])
         results.append(r)
         blocks = " ".join(f"{x - 1:+.1%}" for x in r["ratios"])
