@@ -57,12 +57,9 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="1,8,32")
     ap.add_argument("--rounds", type=int, default=6, help="passes over the batches (the first is warm-up)")
     args = ap.parse_args()
-    if args.sentences:
-        sentences = [s for s in Path(args.sentences).read_text(encoding="utf-8").splitlines() if s.strip()]
-    else:
-        from leap_export.textio import sample_sentences
+    from leap_export.textio import read_lines, sample_sentences
 
-        sentences = sample_sentences()
+    sentences = read_lines(args.sentences, skip_empty=True) if args.sentences else sample_sentences()
     enc = EarlyExitEncoder(args.artifacts, exits=False)
     chain = bare_chain(enc)
     ids = enc.tokenizer.encode(sentences)

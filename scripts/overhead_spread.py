@@ -25,19 +25,15 @@ from pathlib import Path
 def worker(artifacts: str, sentences: str | None, blocks: int, rows: int, threads: int | None) -> dict:
     import numpy as np
 
+    from leap_export.textio import read_lines, sample_sentences
     from trt_runtime.encoder import EarlyExitEncoder
     from trt_runtime.runners import OrtRunner
 
-    if sentences:
-        texts = [s for s in Path(sentences).read_text(encoding="utf-8").splitlines() if s.strip()]
-    else:
-        from leap_export.textio import sample_sentences
-
-        texts = sample_sentences()
+    texts = read_lines(sentences, skip_empty=True) if sentences else sample_sentences()
     seg = EarlyExitEncoder(artifacts, exits=False, threads=threads)
     mono = OrtRunner(seg.manifest.full_path(), threads=threads)
     mono.activate()
-    padded = [seg.tokenizer.pad([x]) for x in seg.tokenizer.encode(texts)[:rows]]
+    padded = [seg.tokenizer.pad([x]) for x in seg.tokenizer.encode(texts[:rows])]
 
     def run_mono(p):
         mono.infer({"input_ids": p[0], "attention_mask": p[1]})
