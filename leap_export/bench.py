@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from trt_runtime.manifest import write_json_atomic
+from trt_runtime.fileio import ensure_parent, write_json_atomic
 
 SCHEDULES = ("round-robin", "blocks")
 PAPER = {  # LEAP paper, Table 7 and §5.3 (NVIDIA L4, fp16)
@@ -479,8 +479,8 @@ def plot(report: dict[str, Any], path: str | os.PathLike) -> None:
 
 def save(report: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "bench.json", "markdown": out / "bench.md", "plot": out / "bench.png"}
+    ensure_parent(paths["json"])
     write_json_atomic(paths["json"], report)
     tmp = paths["markdown"].with_name(".bench.md.tmp")
     tmp.write_text(markdown(report))

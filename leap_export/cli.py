@@ -56,7 +56,7 @@ def cli() -> None:
 
 
 def main() -> None:
-    from leap_export.errors import ArtifactError, LeapError, RuntimeInputError
+    from leap_export.errors import ArtifactError, LeapError, OutputPathError, RuntimeInputError
 
     try:
         cli.main(standalone_mode=False)
@@ -68,7 +68,7 @@ def main() -> None:
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except (LeapError, ArtifactError, RuntimeInputError) as e:
+    except (LeapError, ArtifactError, OutputPathError, RuntimeInputError) as e:
         click.secho(f"error: {e}", fg="red", err=True)
         sys.exit(2)
 

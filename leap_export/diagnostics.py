@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from leap_export.errors import LeapError
+from trt_runtime.fileio import atomic_write
 from trt_runtime.policy import ExitPolicy, cosine
 
 REPORT_SCHEMA = "leap-export/diagnose-report"
@@ -420,16 +420,7 @@ def read_sentences(path: str | os.PathLike) -> list[str]:
 
 
 def _atomic_write(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, write)
 
 
 def write_report(report: dict, path: str | os.PathLike) -> Path:

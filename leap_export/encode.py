@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from leap_export.textio import read_lines
-from trt_runtime.manifest import write_json_atomic
+from trt_runtime.fileio import atomic_write, write_json_atomic
 
 
 def encode_file(artifacts, input_path, output, *, theta=None, min_layer=None, batch_size=32, exits=True,
@@ -32,12 +30,4 @@ def encode_file(artifacts, input_path, output, *, theta=None, min_layer=None, ba
 
 
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npy")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.save(f, array))

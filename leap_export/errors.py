@@ -1,6 +1,6 @@
 """Errors the CLI turns into a one-line message and a non-zero exit code (no traceback)."""
 
-from trt_runtime.errors import ArtifactError, RuntimeInputError  # noqa: F401  (re-exported)
+from trt_runtime.errors import ArtifactError, OutputPathError, RuntimeInputError  # noqa: F401  (re-exported)
 
 
 class LeapError(Exception):

@@ -16,8 +16,10 @@ The folder is written to a temporary sibling and renamed into place, never half-
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
+import logging
 import os
 import shutil
 import tempfile
@@ -29,7 +31,8 @@ from typing import Any
 from leap_export.arch import get_architecture
 from leap_export.errors import LeapError
 from leap_export.sources import ModelSource, resolve_model
-from trt_runtime.manifest import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, _umask, sha256_file, write_json_atomic
+from trt_runtime.fileio import ensure_parent, umask, write_json_atomic
+from trt_runtime.manifest import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, sha256_file
 from trt_runtime.policy import ExitPolicy
 
 OPSET = 17
@@ -258,9 +261,9 @@ def build(
     from leap_export.reference import load_reference
 
     out = Path(out)
+    if precision != "fp32" and (out / MANIFEST_NAME).is_file():
+        return add_variant(out, precision, force=force, progress=progress)
     if out.exists() and not force:
-        if (out / MANIFEST_NAME).is_file() and precision != "fp32":
-            return add_variant(out, precision, progress=progress)
         raise LeapError(f"{out} already exists; pass --force to replace it (the old folder is kept until "
                         "the new one is complete)")
     if precision != "fp32":
@@ -281,9 +284,9 @@ def build(
     pad_id = torch_model.config.pad_token_id
     pad_id = arch.pad_token_default if pad_id is None else int(pad_id)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
+    ensure_parent(out, folder=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    os.chmod(tmp, 0o777 & ~_umask())
+    os.chmod(tmp, 0o777 & ~umask())
     try:
         segments, files = [], []
         steps = tqdm(plans, desc=f"export {source.name}", unit="segment", disable=not progress)
@@ -358,12 +361,13 @@ def build(
     return out
 
 
-def add_variant(out: Path, precision: str, *, progress: bool = True) -> Path:
+def add_variant(out: Path, precision: str, *, force: bool = False, progress: bool = True) -> Path:
     """Add a quantised build of every graph to an existing fp32 artifact folder (``out/<precision>/``).
 
     ``int8``: ONNX Runtime dynamic quantization (int8 weights, activations quantised per batch at run
     time) of each segment and of the monolithic graph, so the two stay comparable. The folder is
-    written beside the others and the manifest is updated last, atomically.
+    written beside the others and the manifest is updated last, atomically. An existing build of the
+    same precision is only replaced with ``force``.
     """
     from tqdm.auto import tqdm
 
@@ -372,11 +376,14 @@ def add_variant(out: Path, precision: str, *, progress: bool = True) -> Path:
     if precision != "int8":
         raise LeapError(f"precision '{precision}' is not supported; supported: fp32, int8")
     manifest = load_manifest(out, variant="fp32")
+    if precision in manifest.variants() and not force:
+        raise LeapError(f"{out} already has an {precision} build; pass --force to rebuild it (the old one is "
+                        "kept until the new one is complete)")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     fp32 = manifest.variant("fp32")
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{precision}.tmp-"))
-    os.chmod(tmp, 0o777 & ~_umask())
+    os.chmod(tmp, 0o777 & ~umask())
     try:
         files = []
         graphs = [*fp32["segments"], fp32["full"]]
@@ -384,8 +391,9 @@ def add_variant(out: Path, precision: str, *, progress: bool = True) -> Path:
             name = Path(entry["file"]).name
             # weights only (MatMulConstBOnly): quantising the attention's activation x activation products
             # costs accuracy for little speed; per-channel weight scales keep each output unit's range
-            quantize_dynamic(out / entry["file"], tmp / name, weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=["MatMul"], extra_options={"MatMulConstBOnly": True})
+            with _quiet_preprocess_advice():
+                quantize_dynamic(out / entry["file"], tmp / name, weight_type=QuantType.QInt8, per_channel=True,
+                                 op_types_to_quantize=["MatMul"], extra_options={"MatMulConstBOnly": True})
             files.append(name)
         final = out / precision
         _replace_dir(tmp, final)
@@ -403,6 +411,24 @@ def add_variant(out: Path, precision: str, *, progress: bool = True) -> Path:
     }
     manifest.save()
     return out
+
+
+@contextlib.contextmanager
+def _quiet_preprocess_advice():
+    """Drop the quantizer's "Please consider to run pre-processing" warning (one per graph, on the root logger).
+
+    Its pre-processing (symbolic shape inference + graph optimisation) is for static quantization and
+    models without shapes; these graphs come from our own export, and ONNX Runtime optimises them at load.
+    """
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Please consider to run pre-processing")
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def _copy_tokenizer(model_dir: Path, dest: Path) -> str:

@@ -29,7 +29,7 @@ import numpy as np
 from leap_export.diagnostics import NN_FAIL_THRESHOLDS, nn_overlap
 from leap_export.errors import LeapError
 from leap_export.evaluation import pair_cosines, retrieval_metrics, spearman
-from trt_runtime.manifest import write_json_atomic
+from trt_runtime.fileio import write_json_atomic
 
 REPORT_SCHEMA = "leap-export/evaluate-report"
 REPORT_VERSION = 1
@@ -236,10 +236,7 @@ def jsonable(obj):
 
 
 def save_report(report: dict, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, jsonable(report))
-    return path
+    return write_json_atomic(path, jsonable(report))
 
 
 # --- evaluate an artifact folder --------------------------------------------------------------------------

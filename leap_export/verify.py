@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from trt_runtime.manifest import write_json_atomic
+from trt_runtime.fileio import write_json_atomic
 from trt_runtime.policy import ExitPolicy, convergence_scores, cosine
 
 # Tolerances per precision. fp32 must agree with PyTorch to float rounding.
@@ -44,6 +44,12 @@ class Check:
     threshold: float
     passed: bool
     detail: str = ""
+
+    def describe(self) -> str:
+        """One line for a failure list; a check that could not run (``fail``) has no value to show."""
+        if self.metric == "error":
+            return f"{self.name}: {self.detail}"
+        return f"{self.name}: {self.metric} = {self.value:.6g} (threshold {self.threshold:.6g}) {self.detail}".strip()
 
 
 @dataclass
@@ -74,8 +80,7 @@ class VerifyReport:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["passed"] = bool(self)
-        d["failures"] = [f"{c.name}: {c.metric} = {c.value:.6g} (threshold {c.threshold:.6g}) {c.detail}".strip()
-                         for c in self.failures]
+        d["failures"] = [c.describe() for c in self.failures]
         return d
 
     def save(self, path: str | os.PathLike) -> None:

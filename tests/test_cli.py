@@ -58,17 +58,42 @@ def test_verify_exits_1_and_lists_failures(tiny_bert, tiny_mpnet, tmp_path):
         (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--theta", "0"], "(0, 1]"),
         (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--batch-size", "0"], ">= 1"),
         (["build", "{model}", "--out", "{tmp}/b", "--boundaries", "3,x"], "comma-separated"),
+        (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--min-layer", "99"],
+         "exceeds the model's 4 layers"),
+        # output paths are checked before any work: nothing is half-written
+        (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/in.txt/o.npy"], "in.txt is a file"),
+        (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--exit-layers",
+          "{tmp}/in.txt/e.json"], "in.txt is a file"),
+        (["verify", "{art}", "--report", "{tmp}/in.txt/r.json"], "in.txt is a file"),
+        (["verify", "{art}", "--sentences", "{tmp}/empty.txt"], "empty.txt is empty"),
+        (["build", "{model}", "--out", "{tmp}/in.txt/art"], "in.txt is a file"),
+        (["build", "{model}", "--out", "{tmp}/in.txt"], "is a file, not a folder"),
+        (["bench", "{art}", "--out", "{tmp}/in.txt/b"], "in.txt is a file"),
     ],
 )
 def test_bad_input_gives_a_clear_error_and_no_output(args, message, tiny_artifacts, tiny_bert, tmp_path):
     (tmp_path / "in.txt").write_text("hello\n", encoding="utf-8")
     (tmp_path / "latin1.txt").write_bytes("fine\ncaf\xe9\n".encode("latin-1"))
+    (tmp_path / "empty.txt").write_text("", encoding="utf-8")
     fmt = {"tmp": tmp_path, "art": tiny_artifacts["bert"], "model": tiny_bert}
     proc = run(*[a.format(**fmt) for a in args], ok=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "o.npy").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt", "in.txt", "latin1.txt"]
+
+
+def test_outputs_get_the_users_umask(tiny_artifacts, tmp_path):
+    """Temporary files are created 0600; what is published must get the mode ``open()`` would give it."""
+    src = tmp_path / "in.txt"
+    src.write_text("one\ntwo\n", encoding="utf-8")
+    out, exits = tmp_path / "sub" / "emb.npy", tmp_path / "exits.json"
+    proc = subprocess.run(["sh", "-c", 'umask 022 && exec "$@"', "sh", *CLI, "encode", str(tiny_artifacts["bert"]),
+                           "--input", str(src), "--output", str(out), "--exit-layers", str(exits)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert oct(out.stat().st_mode & 0o777) == oct(0o644) and oct(exits.stat().st_mode & 0o777) == oct(0o644)
 
 
 def test_bench_command_writes_its_tables(tiny_artifacts, tmp_path, sentences):

@@ -41,9 +41,12 @@ def test_non_string_items_are_a_clear_error(encoder, bad):
         encoder.encode(bad)
 
 
-@pytest.mark.parametrize("kwargs", [{"theta": 0.0}, {"theta": 1.5}, {"min_layer": 0}])
-def test_bad_policy_overrides(tiny_artifacts, kwargs):
-    with pytest.raises(RuntimeInputError):
+@pytest.mark.parametrize("kwargs, message", [
+    ({"theta": 0.0}, "theta"), ({"theta": 1.5}, "theta"), ({"min_layer": 0}, "min_layer"),
+    ({"min_layer": 99}, "exceeds the model's 4 layers"),
+])
+def test_bad_policy_overrides(tiny_artifacts, kwargs, message):
+    with pytest.raises(RuntimeInputError, match=message):
         EarlyExitEncoder(tiny_artifacts["bert"], **kwargs)
 
 

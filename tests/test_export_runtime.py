@@ -1,6 +1,7 @@
 """Export -> ONNX Runtime segments -> verify, on tiny BERT and MPNet built in the test."""
 
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -111,7 +112,10 @@ def test_corrupt_missing_and_mismatched_artifacts_are_refused(tiny_artifacts, tm
     with pytest.raises(ArtifactError) as err:
         load_manifest(broken)
     assert "seg_01.onnx does not match" in str(err.value) and "missing file seg_02.onnx" in str(err.value)
-    assert not verify(broken, ["x"], progress=False)
+    report = verify(broken, ["x"], progress=False)
+    assert not report
+    failures = report.to_dict()["failures"]
+    assert len(failures) == 1 and failures[0].startswith("artifact files: artifact folder") and "nan" not in failures[0]
     with pytest.raises(ArtifactError, match="no manifest.json"):
         load_manifest(tmp_path)
     with pytest.raises(ArtifactError, match="not a folder"):
@@ -157,10 +161,17 @@ def test_verify_detects_a_wrong_graph(tiny_artifacts, tiny_bert, tmp_path, sente
     assert verify(other, sentences, progress=False)
 
 
-def test_int8_variant_is_added_verified_and_selectable(tiny_bert, tmp_path, sentences):
+def test_int8_variant_is_added_verified_and_selectable(tiny_bert, tmp_path, sentences, caplog):
     out = build(tiny_bert, tmp_path / "q", min_layer=2, progress=False)
-    build(tiny_bert, out, precision="int8", progress=False)
+    with caplog.at_level(logging.WARNING):
+        build(tiny_bert, out, precision="int8", progress=False)
+    assert "pre-processing" not in caplog.text  # the quantizer's advisory is not printed once per graph
+    int8_hash = load_manifest(out).data["variants"]["int8"]["segments"][0]["sha256"]
+    with pytest.raises(LeapError, match="already has an int8 build; pass --force"):
+        build(tiny_bert, out, precision="int8", progress=False)
+    build(tiny_bert, out, precision="int8", force=True, progress=False)  # rebuilt in place
     m = load_manifest(out)
+    assert m.data["variants"]["int8"]["segments"][0]["sha256"] == int8_hash  # deterministic quantization
     assert m.variants() == ["fp32", "int8"] and m.data["default_variant"] == "fp32"
     assert all(p.parent.name == "int8" for p in m.segment_paths("int8"))
     report = verify(out, sentences, variant="int8", progress=False)
@@ -170,7 +181,7 @@ def test_int8_variant_is_added_verified_and_selectable(tiny_bert, tmp_path, sent
     int8 = EarlyExitEncoder(out, exits=False, variant="int8").encode(sentences)
     assert float(np.sum(fp32 * int8, axis=1).min()) >= 0.95  # close to fp32 ...
     assert float(np.abs(fp32 - int8).max()) > 1e-5  # ... yet really quantised
-    with pytest.raises(ArtifactError, match="no 'fp16' build"):
+    with pytest.raises(ArtifactError, match="no 'fp16' build .*pass one of those"):
         EarlyExitEncoder(out, variant="fp16")
 
 

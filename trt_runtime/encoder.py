@@ -143,6 +143,11 @@ class EarlyExitEncoder:
             min_layer=base.min_layer if min_layer is None else min_layer,
             enabled=base.enabled and exits,
         )
+        if policy.min_layer > self.manifest.num_layers:
+            raise RuntimeInputError(
+                f"min_layer {policy.min_layer} exceeds the model's {self.manifest.num_layers} layers; "
+                f"pass a value from 1 to {self.manifest.num_layers}"
+            )
         if policy.patience != self.manifest.patience:
             raise RuntimeInputError(
                 f"these artifacts compute convergence scores with patience k={self.manifest.patience} inside "

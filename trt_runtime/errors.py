@@ -7,3 +7,7 @@ class ArtifactError(Exception):
 
 class RuntimeInputError(ValueError):
     """Bad input to the encoder (types, thresholds, batch size)."""
+
+
+class OutputPathError(ValueError):
+    """An output path cannot be written (its folder is a file, is not writable, or it names a folder)."""

@@ -18,12 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trt_runtime.errors import ArtifactError
+from trt_runtime.fileio import write_json_atomic
 from trt_runtime.policy import ExitPolicy
 
 SCHEMA_VERSION = 2  # 2: later segments take mask_bias / pool_weights from the first (1: attention_mask)
@@ -117,7 +117,9 @@ class Manifest:
         if name not in self.data["variants"]:
             raise ArtifactError(
                 f"{self.root}: no '{name}' build in this artifact folder (it has: "
-                f"{', '.join(self.data['variants'])}); build it with `leap-export build ... --precision {name}`"
+                f"{', '.join(self.data['variants'])})"
+                + (f"; add it with `leap-export build MODEL --out {self.root} --precision int8`"
+                   if name == "int8" else "; pass one of those")
             )
         return self.data["variants"][name]
 
@@ -157,26 +159,6 @@ class Manifest:
 
     def save(self) -> None:
         write_json_atomic(self.root / MANIFEST_NAME, self.data)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def load_manifest(root: str | os.PathLike, *, check_files: bool = True, variant: str | None = None) -> Manifest:

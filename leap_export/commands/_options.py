@@ -17,6 +17,24 @@ def _positive(ctx, param, value):
     return value
 
 
+def output_file(ctx, param, value):
+    """Check an output file path before any work is done (its folder may not exist yet)."""
+    from trt_runtime.fileio import output_problem
+
+    if value is not None and (problem := output_problem(value)):
+        raise click.BadParameter(problem)
+    return value
+
+
+def output_folder(ctx, param, value):
+    """Check an output folder path before any work is done."""
+    from trt_runtime.fileio import output_problem
+
+    if value is not None and (problem := output_problem(value, folder=True)):
+        raise click.BadParameter(problem)
+    return value
+
+
 def _csv_ints(ctx, param, value):
     if value is None:
         return None
@@ -91,6 +109,7 @@ report_option = click.option(
     "report_path",
     type=click.Path(dir_okay=False, path_type=str),
     default=None,
+    callback=output_file,
     help="Write the JSON report here.",
 )
 variant_option = click.option(

@@ -4,6 +4,7 @@ from leap_export.commands._options import (
     _csv_ints,
     artifacts_argument,
     min_layer_option,
+    output_folder,
     theta_option,
     threads_option,
     variant_option,
@@ -66,6 +67,7 @@ from leap_export.commands._options import (
     "--out",
     type=click.Path(file_okay=False, path_type=str),
     default=None,
+    callback=output_folder,
     help="Folder for bench.json, bench.md and bench.png.",
 )
 def command(

@@ -1,11 +1,12 @@
 import click
 
-from leap_export.commands._options import _csv_ints, _positive, _unit_interval
+from leap_export.commands._options import _csv_ints, _positive, _unit_interval, output_folder
 
 
 @click.command("build")
 @click.argument("model")
-@click.option("--out", required=True, type=click.Path(path_type=str), help="Artifact folder to create.")
+@click.option("--out", required=True, type=click.Path(path_type=str), callback=output_folder,
+              help="Artifact folder to create.")
 @click.option("--boundaries", callback=_csv_ints, default=None,
               help="Layers after which an exit may be checked, e.g. 3,4,5,6. Default: min_layer..L.")
 @click.option("--theta", type=float, default=None, callback=_unit_interval, help="Default exit threshold (0.95).")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from leap_export.commands._options import output_folder
+
 SOURCE_NAMES = ("fortunes", "wordnet", "bible-kjv", "bible-web", "gcide", "python-docs")
 
 
@@ -15,6 +17,7 @@ SOURCE_NAMES = ("fortunes", "wordnet", "bible-kjv", "bible-web", "gcide", "pytho
     "out_dir",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
+    callback=output_folder,
     help="Folder to write train.txt, val.txt, test.txt and corpus.json into.",
 )
 @click.option(

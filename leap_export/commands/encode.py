@@ -4,6 +4,7 @@ from leap_export.commands._options import (
     artifacts_argument,
     batch_size_option,
     min_layer_option,
+    output_file,
     theta_option,
     threads_option,
     variant_option,
@@ -14,13 +15,13 @@ from leap_export.commands._options import (
 @artifacts_argument
 @click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, path_type=str),
               help="UTF-8 text file, one sentence per line (every line is embedded, empty ones too).")
-@click.option("--output", required=True, type=click.Path(dir_okay=False, path_type=str),
+@click.option("--output", required=True, type=click.Path(dir_okay=False, path_type=str), callback=output_file,
               help="Embeddings as .npy, float32 [N, H], in input order.")
 @theta_option
 @min_layer_option
 @batch_size_option
 @click.option("--full-depth", is_flag=True, help="Disable exits: every sentence runs all layers.")
-@click.option("--exit-layers", type=click.Path(dir_okay=False, path_type=str), default=None,
+@click.option("--exit-layers", type=click.Path(dir_okay=False, path_type=str), default=None, callback=output_file,
               help="Write each line's exit layer and the run's exit statistics as JSON.")
 @variant_option
 @threads_option

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from leap_export.commands._options import output_folder
+
 
 @click.command("train")
 @click.option(
@@ -15,7 +17,8 @@ import click
     help="Short name or model folder to distil from [default: the student's "
     "own checkpoint, i.e. self-distillation; mpnet-base is a stronger 12-layer teacher].",
 )
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Output model folder.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), callback=output_folder,
+              help="Output model folder.")
 @click.option(
     "--baseline", is_flag=True, help="The paper's controlled baseline: identical training without the exit terms (L_exit, L_late)."
 )

@@ -1,13 +1,14 @@
 import click
 
-from leap_export.commands._options import artifacts_argument, batch_size_option
+from leap_export.commands._options import artifacts_argument, batch_size_option, output_file
 
 
 @click.command("verify")
 @artifacts_argument
 @click.option("--sentences", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="UTF-8 file, one sentence per line. Default: the built-in sample set.")
-@click.option("--report", type=click.Path(dir_okay=False, path_type=str), default=None, help="Write the JSON report.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=str), default=None, callback=output_file,
+              help="Write the JSON report.")
 @click.option("--variant", default=None, help="Which build to check (fp32, int8, ...). Default: the manifest's.")
 @click.option("--model", default=None, help="Reference model (short name or folder) if not the manifest's source.")
 @batch_size_option
@@ -17,6 +18,9 @@ def command(artifacts, sentences, report, variant, model, batch_size):
     from leap_export.verify import verify
 
     texts = read_lines(sentences) if sentences else None
+    if texts == []:
+        raise click.BadParameter(f"{sentences} is empty; pass a file with one sentence per line, or leave "
+                                 "--sentences out to check the built-in sample set", param_hint="--sentences")
     result = verify(artifacts, texts, variant=variant, model=model, batch_size=batch_size)
     _print(result)
     if report:
@@ -34,7 +38,8 @@ def _print(result) -> None:
     for col in ("check", "metric", "value", "threshold", ""):
         table.add_column(col)
     for c in result.checks:
-        table.add_row(c.name, c.metric, f"{c.value:.6g}", f"{c.threshold:.6g}",
+        value, threshold = ("-", "-") if c.metric == "error" else (f"{c.value:.6g}", f"{c.threshold:.6g}")
+        table.add_row(c.name, c.metric, value, threshold,
                       "[green]pass[/green]" if c.passed else f"[red]FAIL[/red] {c.detail}")
     console = Console()
     console.print(table)
@@ -43,4 +48,4 @@ def _print(result) -> None:
     else:
         console.print(f"[red bold]FAILED[/red bold]: {len(result.failures)} of {len(result.checks)} checks")
         for c in result.failures:
-            console.print(f"  - {c.name}: {c.metric} = {c.value:.6g} (threshold {c.threshold:.6g}) {c.detail}")
+            console.print(f"  - {c.describe()}", markup=False, highlight=False)

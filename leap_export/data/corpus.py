@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from leap_export.errors import LeapError
+from trt_runtime.fileio import ensure_parent
 
 MIN_CHARS = 20  # a sentence must be longer than this (paper, Appendix G: "> 20 characters")
 MAX_CHARS = 200
@@ -607,7 +608,7 @@ def build_corpus(
         by_split[split].append(sentence)
         counts[collected.origin[sentence]][split] += 1
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    ensure_parent(out_dir, folder=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the published corpus is an ordinary folder

@@ -1,0 +1,81 @@
+"""Output files: checked before any work, written atomically, with the user's umask.
+
+Every file leap-export writes goes to a temporary file in the target folder first and is renamed over
+the target, so a reader never sees half a file and an interrupted run leaves the old file in place.
+Output paths are checked up front (``output_problem``), so a long run does not fail at its last step
+because the target's folder is a file or not writable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from trt_runtime.errors import OutputPathError
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def output_problem(path: str | os.PathLike, *, folder: bool = False) -> str | None:
+    """Why ``path`` cannot be written as an output file (or, with ``folder``, created as a folder); None if it can.
+
+    Nothing is created: missing parent folders are fine when the nearest existing one is a writable folder.
+    """
+    path = Path(path)
+    if path.exists():
+        if folder and not path.is_dir():
+            return f"{path} is a file, not a folder; choose a folder path"
+        if not folder and path.is_dir():
+            return f"{path} is a folder; pass a file path"
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"cannot write {path}: {ancestor} is a file, not a folder; choose another output path"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"cannot write {path}: folder {ancestor} is not writable; choose another output path"
+    return None
+
+
+def ensure_parent(path: str | os.PathLike, *, folder: bool = False) -> Path:
+    """Create ``path``'s parent folders; a clear ``OutputPathError`` where that is impossible.
+
+    ``folder``: ``path`` is an output folder (it may exist as one), not a file.
+    """
+    path = Path(path)
+    problem = output_problem(path, folder=folder)
+    if problem:
+        raise OutputPathError(problem)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputPathError(f"cannot create folder {path.parent}: {e.strerror or e}; choose another output path") from e
+    return path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
+    """``write(f)`` into a temporary file next to ``path``, then rename it to ``path`` (mode 0666 & ~umask)."""
+    path = ensure_parent(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp creates 0600: give the file the mode open() would
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    return atomic_write(path, lambda f: f.write(text.encode()))
