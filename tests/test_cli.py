@@ -66,6 +66,7 @@ def test_verify_exits_1_and_lists_failures(tiny_bert, tiny_mpnet, tmp_path):
           "{tmp}/in.txt/e.json"], "in.txt is a file"),
         (["verify", "{art}", "--report", "{tmp}/in.txt/r.json"], "in.txt is a file"),
         (["verify", "{art}", "--sentences", "{tmp}/empty.txt"], "empty.txt is empty"),
+        (["bench", "{art}", "--sentences", "{tmp}/empty.txt"], "empty.txt holds no sentences"),
         (["build", "{model}", "--out", "{tmp}/in.txt/art"], "in.txt is a file"),
         (["build", "{model}", "--out", "{tmp}/in.txt"], "is a file, not a folder"),
         (["bench", "{art}", "--out", "{tmp}/in.txt/b"], "in.txt is a file"),

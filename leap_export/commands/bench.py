@@ -79,6 +79,10 @@ def command(
     from leap_export.textio import read_lines
 
     texts = read_lines(sentences, skip_empty=True) if sentences else None
+    if texts == []:
+        raise click.BadParameter(f"{sentences} holds no sentences (every line is empty); pass a file with one "
+                                 "sentence per line, or leave --sentences out to time the built-in sample set",
+                                 param_hint="--sentences")
     report = bench_processes(
         artifacts,
         texts,
