@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from trt_runtime.fileio import ensure_parent, write_json_atomic
+from trt_runtime.fileio import atomic_write, write_json_atomic
 
 SCHEDULES = ("round-robin", "blocks")
 PAPER = {  # LEAP paper, Table 7 and §5.3 (NVIDIA L4, fp16)
@@ -470,20 +470,17 @@ def plot(report: dict[str, Any], path: str | os.PathLike) -> None:
     )
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    finally:
+        plt.close(fig)
 
 
 def save(report: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
     out = Path(out_dir)
     paths = {"json": out / "bench.json", "markdown": out / "bench.md", "plot": out / "bench.png"}
-    ensure_parent(paths["json"])
     write_json_atomic(paths["json"], report)
-    tmp = paths["markdown"].with_name(".bench.md.tmp")
-    tmp.write_text(markdown(report))
-    os.replace(tmp, paths["markdown"])
+    text = markdown(report)
+    atomic_write(paths["markdown"], lambda f: f.write(text.encode()))
     plot(report, paths["plot"])
     return paths

@@ -419,14 +419,10 @@ def read_sentences(path: str | os.PathLike) -> list[str]:
     return sentences
 
 
-def _atomic_write(path: Path, write) -> None:
-    atomic_write(path, write)
-
-
 def write_report(report: dict, path: str | os.PathLike) -> Path:
     """The report as JSON, written atomically (a reader never sees half a file)."""
     text = json.dumps(report, indent=2, allow_nan=False) + "\n"
-    _atomic_write(Path(path), lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()))
     return Path(path)
 
 

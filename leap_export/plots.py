@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from leap_export.diagnostics import _atomic_write
 from leap_export.errors import LeapError
+from trt_runtime.fileio import atomic_write
 
 
 def plot_diagnostics(report: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -78,5 +78,5 @@ def plot_diagnostics(report: dict[str, Any], path: str | os.PathLike) -> Path:
     )
     fig.tight_layout()
     path = Path(path)
-    _atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
     return path

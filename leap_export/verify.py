@@ -243,9 +243,9 @@ def _check_exits(report, label, artifacts, variant, sentences, ref, policy, boun
         "distribution": {str(b): int((got.exit_layers == b).sum()) for b in boundaries},
     }
     # compaction: batched == batch-1
-    single = np.concatenate([enc.encode_with_exits([s], batch_size=1).exit_layers for s in sentences])
-    single_emb = enc.encode(sentences, batch_size=1)
-    same = single == got.exit_layers
+    single = enc.encode_with_exits(sentences, batch_size=1)
+    single_emb = single.embeddings
+    same = single.exit_layers == got.exit_layers
     report.add(f"compaction at {label}", "batch1_exit_agreement", float(same.mean()), tol["exit_agreement"],
                higher_is_better=True)
     report.add(f"compaction at {label}", "batch1_min_cosine", cosine(single_emb[same], got.embeddings[same]).min(),
