@@ -210,11 +210,6 @@ def _export(module, args: tuple, path: Path, inputs: list[dict], outputs: list[d
         )
     import onnx
 
-    from leap_export.graph_passes import static_reshapes
-
-    model = onnx.load(str(path))
-    if static_reshapes(model):
-        onnx.save_model(model, str(path))
     onnx.checker.check_model(str(path))
 
 
