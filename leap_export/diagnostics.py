@@ -19,7 +19,6 @@ The exit decision is :meth:`trt_runtime.policy.ExitPolicy.simulate`: the same ru
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from leap_export.errors import LeapError
-from trt_runtime.fileio import atomic_write
+from trt_runtime.fileio import write_json_atomic
 from trt_runtime.policy import ExitPolicy, cosine
 
 REPORT_SCHEMA = "leap-export/diagnose-report"
@@ -421,9 +420,7 @@ def read_sentences(path: str | os.PathLike) -> list[str]:
 
 def write_report(report: dict, path: str | os.PathLike) -> Path:
     """The report as JSON, written atomically (a reader never sees half a file)."""
-    text = json.dumps(report, indent=2, allow_nan=False) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
-    return Path(path)
+    return write_json_atomic(path, report, allow_nan=False)
 
 
 def run_diagnose(

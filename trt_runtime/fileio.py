@@ -76,6 +76,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> P
     return path
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+def write_json_atomic(path: str | os.PathLike, data: Any, *, allow_nan: bool = True) -> Path:
+    """``data`` as indented JSON; ``allow_nan=False`` refuses NaN/Infinity (strict JSON) instead of writing them."""
+    text = json.dumps(data, indent=2, sort_keys=False, allow_nan=allow_nan) + "\n"
     return atomic_write(path, lambda f: f.write(text.encode()))

@@ -17,22 +17,21 @@ def _positive(ctx, param, value):
     return value
 
 
-def output_file(ctx, param, value):
-    """Check an output file path before any work is done (its folder may not exist yet)."""
-    from trt_runtime.fileio import output_problem
+def _output_path(*, folder: bool):
+    """A click callback checking an output path before any work is done (missing parent folders are fine)."""
 
-    if value is not None and (problem := output_problem(value)):
-        raise click.BadParameter(problem)
-    return value
+    def check(ctx, param, value):
+        from trt_runtime.fileio import output_problem
+
+        if value is not None and (problem := output_problem(value, folder=folder)):
+            raise click.BadParameter(problem)
+        return value
+
+    return check
 
 
-def output_folder(ctx, param, value):
-    """Check an output folder path before any work is done."""
-    from trt_runtime.fileio import output_problem
-
-    if value is not None and (problem := output_problem(value, folder=True)):
-        raise click.BadParameter(problem)
-    return value
+output_file = _output_path(folder=False)
+output_folder = _output_path(folder=True)
 
 
 def _csv_ints(ctx, param, value):
