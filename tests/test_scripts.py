@@ -40,3 +40,26 @@ def test_host_loop_cost(tiny_artifacts):
     assert [int(r[1]) for r in rows] == [1, 3]
     for r in rows:
         assert float(r[2]) > 0 and float(r[3]) > 0 and math.isfinite(float(r[4]))
+
+
+def test_handoff_cost(tiny_artifacts, tmp_path):
+    out_json = tmp_path / "handoff.json"
+    out = _run("scripts/handoff_cost.py", str(tiny_artifacts["bert"]), "--rows", "4", "--rounds", "2",
+               "--flush-mb", "1", "--json", str(out_json))
+    data = json.loads(out_json.read_text())
+    us = data["median_us"]
+    assert set(us) == {"monolithic", "chain", "monolithic, flushed", "chain, flushed"}
+    assert all(math.isfinite(v) and v > 0 for v in us.values())
+    assert data["handoffs"] == len(json.loads((tiny_artifacts["bert"] / "manifest.json").read_text())["segments"]) - 1
+    h = data["handoffs_us"]
+    assert h["warm"] == us["chain"] - us["monolithic"]
+    assert h["flushed"] == us["chain, flushed"] - us["monolithic, flushed"]
+    assert f"{data['handoffs']} hand-offs: {h['warm']:+.1f} us warm" in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| configuration")]
+    assert len(rows) == 4
+
+
+def test_handoff_cost_rejects_bad_settings(tiny_artifacts):
+    res = subprocess.run([sys.executable, "scripts/handoff_cost.py", str(tiny_artifacts["bert"]), "--rounds", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "--rounds >= 2" in res.stderr
