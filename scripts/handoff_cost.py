@@ -1,6 +1,7 @@
 """What a hand-off between segment runs costs at batch 1, with warm caches and with the L2 flushed.
 
-    python scripts/handoff_cost.py ARTIFACTS [--sentences FILE] [--rows 300] [--rounds 3] [--flush-mb 8] [--json F]
+    python scripts/handoff_cost.py ARTIFACTS [--sentences FILE] [--rows 300] [--rounds 3] [--flush-mb 8]
+                                  [--variant int8] [--json F]
 
 At batch 1 each layer of a real model streams more weights than the L2 cache holds (MiniLM: 7 MB per
 layer), so every ONNX Runtime run after the first starts with the caches full of weights. This script
@@ -22,12 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from trt_runtime.encoder import CARRIED, EarlyExitEncoder
+from trt_runtime.errors import ArtifactError
 from trt_runtime.runners import OrtRunner
 
 
@@ -69,6 +72,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="passes over the sentences (the first is warm-up)")
     ap.add_argument("--flush-mb", type=float, default=8.0, help="memory read before each flushed run (MB)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--variant", default=None, help="a build variant of the folder, e.g. int8 (default: fp32)")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     if args.rounds < 2 or args.rows < 1 or args.flush_mb <= 0:
@@ -76,8 +80,11 @@ def main() -> None:
     from leap_export.textio import read_lines, sample_sentences
 
     texts = read_lines(args.sentences, skip_empty=True) if args.sentences else sample_sentences()
-    enc = EarlyExitEncoder(args.artifacts, exits=False, threads=args.threads)
-    mono = OrtRunner(enc.manifest.full_path(), threads=args.threads)
+    try:
+        enc = EarlyExitEncoder(args.artifacts, exits=False, threads=args.threads, variant=args.variant)
+    except ArtifactError as e:
+        sys.exit(f"error: {e}")
+    mono = OrtRunner(enc.manifest.full_path(args.variant), threads=args.threads)
     mono.activate()
     mono_raw, mono_outs = mono.session._sess, mono.output_names
     padded = [enc.tokenizer.pad([x]) for x in enc.tokenizer.encode(texts[: args.rows])]
@@ -116,7 +123,8 @@ def main() -> None:
     us = {k: statistics.median(v) * 1e6 for k, v in times.items()}
     handoffs = len(enc.segments) - 1
     result = {
-        "artifacts": str(args.artifacts), "rows": len(padded), "flush_mb": args.flush_mb, "handoffs": handoffs,
+        "artifacts": str(args.artifacts), "variant": args.variant or "fp32", "rows": len(padded),
+        "flush_mb": args.flush_mb, "handoffs": handoffs,
         "median_us": us,
         "handoffs_us": {"warm": us["chain"] - us["monolithic"],
                         "flushed": us["chain, flushed"] - us["monolithic, flushed"]},

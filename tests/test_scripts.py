@@ -63,3 +63,21 @@ def test_handoff_cost_rejects_bad_settings(tiny_artifacts):
     res = subprocess.run([sys.executable, "scripts/handoff_cost.py", str(tiny_artifacts["bert"]), "--rounds", "1"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "--rounds >= 2" in res.stderr
+
+
+def test_handoff_cost_on_the_int8_variant(tiny_artifacts, tmp_path):
+    import shutil
+
+    from leap_export.export import build
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifacts["bert"], art)
+    build(art, art, precision="int8", progress=False)
+    out_json = tmp_path / "handoff.json"
+    _run("scripts/handoff_cost.py", str(art), "--variant", "int8", "--rows", "3", "--rounds", "2",
+         "--flush-mb", "1", "--json", str(out_json))
+    data = json.loads(out_json.read_text())
+    assert data["variant"] == "int8" and all(v > 0 for v in data["median_us"].values())
+    res = subprocess.run([sys.executable, "scripts/handoff_cost.py", str(art), "--variant", "int4", "--rows", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "int4" in res.stderr
