@@ -21,7 +21,6 @@ model pays it. On a real model the two agree, because the weights flush the cach
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ import numpy as np
 
 from trt_runtime.encoder import CARRIED, EarlyExitEncoder
 from trt_runtime.errors import ArtifactError
+from trt_runtime.fileio import write_json_atomic
 from trt_runtime.runners import OrtRunner
 
 
@@ -138,7 +138,7 @@ def main() -> None:
           f"read before each run ({h['warm'] / max(handoffs, 1):+.1f} / {h['flushed'] / max(handoffs, 1):+.1f} "
           "us per hand-off)")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json_atomic(Path(args.json), result)
 
 
 if __name__ == "__main__":
