@@ -25,19 +25,18 @@ import numpy as np
 from trt_runtime.encoder import CARRIED, EarlyExitEncoder
 
 
-def bare_chain(enc: EarlyExitEncoder):
-    sessions = [r.session for r in enc.runners]
-    names = [r.output_names for r in enc.runners]
+def segment_chain(enc: EarlyExitEncoder, run_segment):
+    """Full depth through the segments; ``run_segment(index, feeds)`` returns that segment's outputs by name."""
     segments = enc.segments
     needed = enc._refs_needed  # (segment, output) pairs a later segment takes as ref_pooled
 
     def run(input_ids: np.ndarray, mask: np.ndarray):
         feeds = {"input_ids": input_ids, "attention_mask": mask}
         carried, refs = {}, {}
-        for seg, sess, outs in zip(segments, sessions, names, strict=True):
+        for seg in segments:
             if seg.ref_from is not None:
                 feeds["ref_pooled"] = refs[(seg.ref_from, seg.ref_output)]
-            res = dict(zip(outs, sess.run(outs, feeds), strict=True))
+            res = run_segment(seg.index, feeds)
             if "hidden_out" not in res:
                 return res["pooled"]
             if seg.index == 0:
@@ -46,8 +45,16 @@ def bare_chain(enc: EarlyExitEncoder):
                 if key[0] == seg.index:
                     refs[key] = res[key[1]]
             feeds = {"hidden_in": res["hidden_out"], **carried}
+        raise AssertionError("the last segment has no hidden_out")
 
     return run
+
+
+def bare_chain(enc: EarlyExitEncoder):
+    """``InferenceSession.run`` per segment, outputs passed straight on."""
+    sessions = [r.session for r in enc.runners]
+    names = [r.output_names for r in enc.runners]
+    return segment_chain(enc, lambda i, feeds: dict(zip(names[i], sessions[i].run(names[i], feeds), strict=True)))
 
 
 def main() -> None:
