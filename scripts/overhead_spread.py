@@ -19,7 +19,8 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from trt_runtime.fileio import write_json_atomic
 
 
 def worker(artifacts: str, sentences: str | None, blocks: int, rows: int, threads: int | None) -> dict:
@@ -104,7 +105,7 @@ def main() -> None:
           f"range {summary['min']:+.1%} .. {summary['max']:+.1%}; <= 3 % in {summary['at_most_3pct']}, "
           f"<= 5 % in {summary['at_most_5pct']}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"summary": summary, "processes": results}, indent=2) + "\n")
+        write_json_atomic(args.json, {"summary": summary, "processes": results})
 
 
 if __name__ == "__main__":
