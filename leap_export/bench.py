@@ -140,6 +140,10 @@ def bench(
 
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
+        raise ValueError(f"batch_sizes must be one or more integers >= 1, got {tuple(batch_sizes)!r}")
+    if iters < 1 or warmup < 0:
+        raise ValueError(f"need iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
     sentences = [s for s in (sentences or sample_sentences()) if s.strip()]
     threads = threads or default_threads()
     ee = EarlyExitEncoder(artifacts, theta=theta, min_layer=min_layer, variant=variant, threads=threads)

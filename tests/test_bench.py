@@ -57,6 +57,13 @@ def test_bench_blocks_schedule(tiny_artifacts, sentences):
               schedule="random", progress=False)
 
 
+@pytest.mark.parametrize("kwargs", [{"batch_sizes": ()}, {"batch_sizes": (0,)}, {"iters": 0}, {"warmup": -1}])
+def test_bench_rejects_empty_sizes_and_counts(tiny_artifacts, sentences, kwargs):
+    args = {"batch_sizes": (1,), "warmup": 1, "iters": 1, **kwargs}
+    with pytest.raises(ValueError, match="batch_sizes|iters"):
+        bench(tiny_artifacts["bert"], sentences, baselines=False, progress=False, **args)
+
+
 def test_bench_in_fresh_processes_reports_medians_and_ranges(tiny_artifacts, sentences, tmp_path):
     from leap_export.bench import bench_processes
 

@@ -70,6 +70,9 @@ def test_verify_exits_1_and_lists_failures(tiny_bert, tiny_mpnet, tmp_path):
         (["build", "{model}", "--out", "{tmp}/in.txt/art"], "in.txt is a file"),
         (["build", "{model}", "--out", "{tmp}/in.txt"], "is a file, not a folder"),
         (["bench", "{art}", "--out", "{tmp}/in.txt/b"], "in.txt is a file"),
+        (["bench", "{art}", "--batch-sizes", "1,0"], "integers >= 1"),
+        (["bench", "{art}", "--batch-sizes", ","], "integers >= 1"),
+        (["bench", "{art}", "--iters", "0"], "--iters"),
     ],
 )
 def test_bad_input_gives_a_clear_error_and_no_output(args, message, tiny_artifacts, tiny_bert, tmp_path):

@@ -43,6 +43,14 @@ def _csv_ints(ctx, param, value):
         raise click.BadParameter(f"expected comma-separated integers like 3,4,5,6, got {value!r}") from None
 
 
+def _csv_sizes(ctx, param, value):
+    """Comma-separated sizes, each >= 1, at least one."""
+    sizes = _csv_ints(ctx, param, value)
+    if sizes is not None and (not sizes or min(sizes) < 1):
+        raise click.BadParameter(f"expected comma-separated integers >= 1 like 1,8,32, got {value!r}")
+    return sizes
+
+
 theta_option = click.option(
     "--theta",
     type=float,

@@ -1,7 +1,7 @@
 import click
 
 from leap_export.commands._options import (
-    _csv_ints,
+    _csv_sizes,
     artifacts_argument,
     min_layer_option,
     output_folder,
@@ -19,11 +19,12 @@ from leap_export.commands._options import (
     default=None,
     help="UTF-8 file, one sentence per line. Default: the built-in sample set.",
 )
-@click.option("--batch-sizes", callback=_csv_ints, default="1,8,32", show_default=True)
+@click.option("--batch-sizes", callback=_csv_sizes, default="1,8,32", show_default=True,
+              help="Batch sizes to time, comma-separated.")
 @click.option(
-    "--warmup", type=int, default=50, show_default=True, help="Warm-up iterations per configuration."
+    "--warmup", type=click.IntRange(min=0), default=50, show_default=True, help="Warm-up iterations per configuration."
 )
-@click.option("--iters", type=int, default=200, show_default=True, help="Timed iterations per configuration.")
+@click.option("--iters", type=click.IntRange(min=1), default=200, show_default=True, help="Timed iterations per configuration.")
 @theta_option
 @min_layer_option
 @variant_option
