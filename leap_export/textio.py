@@ -12,7 +12,9 @@ from leap_export.errors import LeapError
 def read_lines(path: str | os.PathLike, *, skip_empty: bool = False) -> list[str]:
     """Every line of a UTF-8 text file without its line ending (empty lines kept unless ``skip_empty``)."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise LeapError(f"{path} is a folder; pass a text file with one sentence per line")
+    if not path.exists():  # pipes and process substitution (/dev/fd/N) exist without being regular files
         raise LeapError(f"{path}: no such file")
     # the one UTF-8 line reader: encode/verify/bench inputs, diagnose sentences and corpus user files
     lines = []

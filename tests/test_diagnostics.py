@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -276,6 +277,25 @@ def test_read_sentences_skips_blank_lines_and_names_the_bad_line(tmp_path):
         read_sentences(empty)
     with pytest.raises(LeapError, match="no such file"):
         read_sentences(tmp_path / "missing.txt")
+    with pytest.raises(LeapError, match="is a folder"):
+        read_sentences(tmp_path)
+
+
+def test_read_sentences_from_a_pipe(tmp_path):
+    """``--sentences <(zcat corpus.gz)`` and ``/dev/stdin`` are pipes, not regular files: they must read."""
+    import threading
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+
+    def feed():
+        with open(fifo, "w", encoding="utf-8") as f:
+            f.write("from a pipe\nsecond\n")
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    assert read_sentences(fifo) == ["from a pipe", "second"]
+    writer.join()
 
 
 # --- a tiny random BERT, end to end ---------------------------------------------------------------------
