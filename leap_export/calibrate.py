@@ -151,8 +151,11 @@ def calibrate(
     thetas = _check_thetas(thetas)
     if not 0.0 <= min_nn10 <= 1.0:
         raise LeapError(f"min_nn10 must be in [0, 1], got {min_nn10}")
-    if not max_quality_drop >= 0.0:
-        raise LeapError(f"max_quality_drop must be >= 0 (a fraction: 0.02 = 2 %), got {max_quality_drop}")
+    if not 0.0 <= max_quality_drop <= 1.0:
+        hint = f"; did you mean {max_quality_drop / 100:g}?" if 1.0 < max_quality_drop <= 100.0 else ""
+        raise LeapError(
+            f"max_quality_drop must be a fraction in [0, 1] (0.02 = 2 %), got {max_quality_drop}{hint}"
+        )
     manifest = load_manifest(artifacts, variant=variant)
     current = manifest.default_policy
     base = ExitPolicy(

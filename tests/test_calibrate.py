@@ -204,6 +204,7 @@ def test_calibrate_on_lee_scores_like_the_evaluation(artifacts):
         ({"eval_sets": (), "sentences": ["one", "two"]}, "at least 11"),
         ({"min_nn10": 1.5}, "min_nn10"),
         ({"max_quality_drop": -0.1}, "max_quality_drop"),
+        ({"max_quality_drop": 2.0}, "did you mean 0.02"),  # a percentage where a fraction is meant
         ({"min_layer": 4}, "below the 4 layers"),
     ],
 )
