@@ -56,6 +56,7 @@ def test_verify_exits_1_and_lists_failures(tiny_bert, tiny_mpnet, tmp_path):
         (["encode", "{tmp}/missing", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy"], "not a folder"),
         (["encode", "{art}", "--input", "{tmp}/latin1.txt", "--output", "{tmp}/o.npy"], "line 2: not valid UTF-8"),
         (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--theta", "0"], "(0, 1]"),
+        (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.txt"], "name it *.npy"),
         (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--batch-size", "0"], ">= 1"),
         (["build", "{model}", "--out", "{tmp}/b", "--boundaries", "3,x"], "comma-separated"),
         (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--min-layer", "99"],

@@ -31,6 +31,14 @@ def _output_path(*, folder: bool):
 
 
 output_file = _output_path(folder=False)
+
+
+def output_npy(ctx, param, value):
+    """An output file in NumPy's .npy format: the name must say so (``np.load`` users expect it)."""
+    value = output_file(ctx, param, value)
+    if value is not None and not value.endswith(".npy"):
+        raise click.BadParameter(f"embeddings are written as a NumPy .npy file; name it *.npy (got {value!r})")
+    return value
 output_folder = _output_path(folder=True)
 
 

@@ -5,6 +5,7 @@ from leap_export.commands._options import (
     batch_size_option,
     min_layer_option,
     output_file,
+    output_npy,
     theta_option,
     threads_option,
     variant_option,
@@ -15,7 +16,7 @@ from leap_export.commands._options import (
 @artifacts_argument
 @click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, path_type=str),
               help="UTF-8 text file, one sentence per line (every line is embedded, empty ones too).")
-@click.option("--output", required=True, type=click.Path(dir_okay=False, path_type=str), callback=output_file,
+@click.option("--output", required=True, type=click.Path(dir_okay=False, path_type=str), callback=output_npy,
               help="Embeddings as .npy, float32 [N, H], in input order.")
 @theta_option
 @min_layer_option
