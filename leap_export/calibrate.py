@@ -151,11 +151,14 @@ def calibrate(
     thetas = _check_thetas(thetas)
     if not 0.0 <= min_nn10 <= 1.0:
         raise LeapError(f"min_nn10 must be in [0, 1], got {min_nn10}")
-    if not 0.0 <= max_quality_drop <= 1.0:
+    if not (0.0 <= max_quality_drop <= 1.0 or max_quality_drop == float("inf")):
         hint = f"; did you mean {max_quality_drop / 100:g}?" if 1.0 < max_quality_drop <= 100.0 else ""
         raise LeapError(
-            f"max_quality_drop must be a fraction in [0, 1] (0.02 = 2 %), got {max_quality_drop}{hint}"
+            f"max_quality_drop must be a fraction in [0, 1] (0.02 = 2 %), or inf for no quality budget; "
+            f"got {max_quality_drop}{hint}"
         )
+    no_quality_budget = max_quality_drop == float("inf")
+    budget_drop = None if no_quality_budget else max_quality_drop  # JSON has no inf: None = no quality budget
     manifest = load_manifest(artifacts, variant=variant)
     current = manifest.default_policy
     base = ExitPolicy(
@@ -212,7 +215,7 @@ def calibrate(
             for name in EVAL_METRICS[s.name]:
                 drop = relative_drop(full_quality[s.name][name], got[name])
                 row["drop"][f"{s.name}/{name}"] = drop
-                if name == s.primary_metric and (drop is None or drop > max_quality_drop):
+                if name == s.primary_metric and not no_quality_budget and (drop is None or drop > max_quality_drop):
                     shown = "undefined" if drop is None else f"{100 * drop:.2f}%"
                     violations.append(f"{s.name} {name} drop {shown} > {100 * max_quality_drop:g}%")
         row["meets_budget"] = not violations
@@ -256,7 +259,7 @@ def calibrate(
         "min_layer": base.min_layer,
         "budget": {
             "min_nn10": min_nn10,
-            "max_quality_drop": max_quality_drop,
+            "max_quality_drop": budget_drop,
             "metrics": [f"{s.name}/{s.primary_metric}" for s in sets],
         },
         "eval_sets": {s.name: s.size for s in sets},
@@ -313,7 +316,8 @@ def _mark_pareto(rows: list[dict], metrics: list[tuple[str, str]]) -> None:
 
 
 def _message(chosen, rows, current, new_policy, changed, min_nn10, max_drop, num_layers) -> str:
-    budget = f"NN@{NN_K} >= {min_nn10:g} and primary-metric drop <= {100 * max_drop:g}%"
+    drop_text = "no quality budget" if max_drop == float("inf") else f"primary-metric drop <= {100 * max_drop:g}%"
+    budget = f"NN@{NN_K} >= {min_nn10:g} and {drop_text}"
     if chosen is None:
         closest = min(rows, key=lambda r: len(r["violations"]))
         return (
@@ -347,7 +351,7 @@ def _write_policy(
             {
                 "eval_sets": [s.name for s in sets],
                 "label_free": lf_origin,
-                "budget": {"min_nn10": min_nn10, "max_quality_drop": max_drop},
+                "budget": {"min_nn10": min_nn10, "max_quality_drop": None if max_drop == float("inf") else max_drop},
                 "chosen": {
                     k: chosen[k]
                     for k in (

@@ -132,6 +132,19 @@ def test_calibrate_rows_match_the_runtime_and_the_manifest_gets_the_choice(artif
     assert load_manifest(artifacts).data["policy_history"] == history
 
 
+def test_no_quality_budget_is_inf_and_the_manifest_stays_strict_json(artifacts, texts):
+    report = calibrate(artifacts, thetas=(0.5,), eval_sets=("lee",), sentences=texts, min_nn10=0.0,
+                       max_quality_drop=float("inf"))  # fmt: skip
+    assert report["chosen"]["theta"] == 0.5 and report["budget"]["max_quality_drop"] is None
+    assert "no quality budget" in report["message"]
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in the manifest: not JSON")
+
+    manifest = json.loads((artifacts / "manifest.json").read_text(), parse_constant=refuse)
+    assert manifest["policy_history"][-1]["calibration"]["budget"]["max_quality_drop"] is None
+
+
 def test_boundary_advice_drops_exit_checks_nobody_uses():
     from leap_export.calibrate import boundary_advice
 
@@ -219,7 +232,7 @@ def test_cli_without_torch(artifacts, texts, tmp_path):
     manifest = artifacts / "manifest.json"
     before = manifest.read_bytes()
 
-    proc = cli("calibrate", artifacts, "--eval", "lee", "--thetas", "0.5,1.0", "--max-drop", "1e9",
+    proc = cli("calibrate", artifacts, "--eval", "lee", "--thetas", "0.5,1.0", "--max-drop", "inf",
                "--min-nn10", "0", "--dry-run", "--report", tmp_path / "r.json")  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "E[layers]" in proc.stdout and "chose theta 0.5" in proc.stdout and "dry run" in proc.stdout

@@ -52,7 +52,8 @@ def _csv_floats(ctx, param, value):
     "--max-drop",
     type=float,
     default=None,
-    help="Budget: relative drop of each set's primary metric at most this fraction. Default: 0.02.",
+    help="Budget: relative drop of each set's primary metric at most this fraction (inf: no quality "
+    "budget). Default: 0.02.",
 )
 @min_layer_option
 @bible_limit_option
