@@ -247,7 +247,7 @@ def calibrate(
     written = False
     if write and changed:
         _write_policy(
-            manifest, current, new_policy, message, chosen, sets, lf_origin, min_nn10, max_quality_drop
+            manifest, current, new_policy, message, chosen, sets, lf_origin, min_nn10, budget_drop
         )
         written = True
 
@@ -340,7 +340,7 @@ def _message(chosen, rows, current, new_policy, changed, min_nn10, max_drop, num
 
 
 def _write_policy(
-    manifest, current, new_policy, message, chosen, sets, lf_origin, min_nn10, max_drop
+    manifest, current, new_policy, message, chosen, sets, lf_origin, min_nn10, max_drop: float | None
 ) -> None:
     entry = {
         **current.to_dict(),
@@ -351,7 +351,7 @@ def _write_policy(
             {
                 "eval_sets": [s.name for s in sets],
                 "label_free": lf_origin,
-                "budget": {"min_nn10": min_nn10, "max_quality_drop": None if max_drop == float("inf") else max_drop},
+                "budget": {"min_nn10": min_nn10, "max_quality_drop": max_drop},
                 "chosen": {
                     k: chosen[k]
                     for k in (

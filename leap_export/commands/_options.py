@@ -31,6 +31,7 @@ def _output_path(*, folder: bool):
 
 
 output_file = _output_path(folder=False)
+output_folder = _output_path(folder=True)
 
 
 def output_npy(ctx, param, value):
@@ -39,7 +40,6 @@ def output_npy(ctx, param, value):
     if value is not None and not value.endswith(".npy"):
         raise click.BadParameter(f"embeddings are written as a NumPy .npy file; name it *.npy (got {value!r})")
     return value
-output_folder = _output_path(folder=True)
 
 
 def _csv_ints(ctx, param, value):
