@@ -36,6 +36,7 @@ from trt_runtime.manifest import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, sha256_f
 from trt_runtime.policy import ExitPolicy
 
 OPSET = 17
+MIN_OPSET, MAX_OPSET = 10, 23  # every opset in this range builds and passes `verify` (torch 2.13)
 IDS_DTYPE = "int32"  # token ids and mask travel as int32: TensorRT- and Triton-friendly, vocab < 2**31
 HIDDEN_DTYPE = "float32"
 # computed once by the first segment from the int32 mask, carried (and compacted) by the host
@@ -279,7 +280,16 @@ def build(
     )
     if boundaries is None and source.recipe.get("segments", {}).get("boundaries", "auto") != "auto":
         boundaries = list(source.recipe["segments"]["boundaries"])
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise LeapError(f"opset {opset} is outside {MIN_OPSET}..{MAX_OPSET}, the range this exporter supports "
+                        f"(default {OPSET})")
     plans = plan_segments(source.num_layers, policy, boundaries)
+    if not any(p.end > policy.patience for p in plans[:-1]):
+        raise LeapError(
+            f"this build could never exit early: no exit check before the last layer {source.num_layers} "
+            f"comes after a layer l > patience {policy.patience} (segments end after layers "
+            f"{', '.join(str(p.end) for p in plans)}); lower --min-layer or --patience, or pass --boundaries"
+        )
     torch_model, _ = load_reference(source)
     pad_id = torch_model.config.pad_token_id
     pad_id = arch.pad_token_default if pad_id is None else int(pad_id)
