@@ -9,7 +9,7 @@ import pytest
 
 from leap_export.arch import ARCHITECTURES
 from leap_export.errors import LeapError
-from leap_export.export import build
+from leap_export.export import MAX_OPSET, MIN_OPSET, build
 from leap_export.reference import layer_embeddings
 from leap_export.verify import split_theta, verify
 from trt_runtime import ArtifactError, EarlyExitEncoder, ExitPolicy, load_manifest
@@ -36,6 +36,15 @@ def test_build_writes_manifest_and_verify_passes(arch, tiny_artifacts, sentences
     assert report, report.to_dict()["failures"]
     names = {c.name for c in report.checks}
     assert any("segment 2" in n for n in names) and any("compaction" in n for n in names)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("opset", [MIN_OPSET, MAX_OPSET])
+def test_the_ends_of_the_opset_range_build_and_verify(arch, opset, tiny_models, tmp_path, sentences):
+    out = build(tiny_models[arch], tmp_path / "art", min_layer=2, opset=opset, progress=False)
+    assert load_manifest(out).data["opset"] == opset
+    report = verify(out, sentences[:8], progress=False)
+    assert report, report.to_dict()["failures"]
 
 
 def test_mpnet_position_bias_crosses_segments(tiny_artifacts, tiny_mpnet, sentences):
