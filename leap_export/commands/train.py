@@ -18,7 +18,7 @@ from leap_export.commands._options import output_folder
     "own checkpoint, i.e. self-distillation; mpnet-base is a stronger 12-layer teacher].",
 )
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), callback=output_folder,
-              help="Output model folder.")
+              help="Output model folder: new, empty, or a run with a checkpoint to --resume.")
 @click.option(
     "--baseline", is_flag=True, help="The paper's controlled baseline: identical training without the exit terms (L_exit, L_late)."
 )

@@ -35,6 +35,7 @@ from leap_export.sources import ModelSource, resolve_model
 from leap_export.train.config import LeapConfig
 from leap_export.train.losses import TERMS, LeapLoss
 from leap_export.train.teacher import sentences_sha256, teacher_targets
+from trt_runtime.fileio import umask
 
 CHECKPOINT = "checkpoint/last.pt"
 LOSS_LOG = "loss_log.jsonl"
@@ -278,6 +279,7 @@ def _train(
         raise LeapError(
             f"{out} already holds a training checkpoint: pass --resume to continue it, or pick a new --out"
         )
+    _check_output_folder(out, checkpoint_path)
     out.mkdir(parents=True, exist_ok=True)
 
     # Teacher targets: rank 0 computes the cache, the others wait and read it.
@@ -509,11 +511,36 @@ def _export(
         "versions": {"torch": torch.__version__, "transformers": _version("transformers")},
     }
     (staging / "leap_config.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    _publishable(staging)
     for item in sorted(staging.iterdir()):  # leap_config.json last: its presence marks a finished folder
         if item.name != "leap_config.json":
             _replace(item, out / item.name)
     _replace(staging / "leap_config.json", out / "leap_config.json")
     staging.rmdir()
+
+
+def _check_output_folder(out: Path, checkpoint_path: Path) -> None:
+    """``out`` must be new, empty, or a run of ours in progress: the finished model replaces files by name."""
+    if out.exists() and not out.is_dir():
+        raise LeapError(f"--out {out} is a file, not a folder")
+    if checkpoint_path.is_file() or not out.is_dir():
+        return
+    ours = {LOSS_LOG, Path(CHECKPOINT).parts[0]}  # what a run leaves before its first checkpoint lands
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith(".export-"))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        what = "a finished training run" if "leap_config.json" in foreign else "files of its own"
+        raise LeapError(
+            f"--out {out} already holds {what} ({shown}) and no checkpoint to resume; training writes a model "
+            "folder there and would replace files of the same name: pick a new or empty --out"
+        )
+
+
+def _publishable(folder: Path) -> None:
+    """Give what the trainer publishes the modes ``open()`` / ``mkdir`` would (some writers create 0600)."""
+    mask = umask()
+    for path in [folder, *folder.rglob("*")]:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _replace(src: Path, dst: Path) -> None:

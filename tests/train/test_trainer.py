@@ -20,6 +20,7 @@ from leap_export.errors import LeapError
 from leap_export.train.config import LeapConfig
 from leap_export.train.losses import ExitLoss, exit_layer_weights
 from leap_export.train.trainer import CHECKPOINT, LOSS_LOG, TrainingInterrupted, load_student, train
+from trt_runtime.fileio import umask
 
 REPO = Path(__file__).resolve().parents[2]
 WORDS = (
@@ -184,6 +185,28 @@ def test_existing_checkpoint_needs_resume_and_same_settings(models, sentences, t
         train(models["student"], sentences, out, config=small(), show_progress_bar=False)
     with pytest.raises(LeapError, match="lr"):
         train(models["student"], sentences, out, config=small(lr=5e-4), resume=True, show_progress_bar=False)
+
+
+def test_a_folder_with_other_files_is_refused_untouched(models, sentences, tmp_path):
+    """Training into a model or artifact folder would replace its config.json, weights and tokenizer."""
+    out = tmp_path / "someone-elses"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "manifest.json").write_text("{}")
+    for resume in (False, True):
+        with pytest.raises(LeapError, match="pick a new or empty --out"):
+            train(models["student"], sentences, out, config=small(), resume=resume, show_progress_bar=False)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "manifest.json"]
+    assert (out / "config.json").read_text() == "{}"
+    (out / "config.json").unlink()
+    (out / "manifest.json").unlink()
+    finished = train(models["student"], sentences, out, config=small(), show_progress_bar=False)  # empty: fine
+    mask = umask()
+    assert all(p.stat().st_mode & 0o777 == (0o777 if p.is_dir() else 0o666) & ~mask for p in finished.rglob("*")
+               if p.parent.name != "checkpoint")  # fmt: skip
+    (finished / CHECKPOINT).unlink()
+    with pytest.raises(LeapError, match="a finished training run"):
+        train(models["student"], sentences, out, config=small(), show_progress_bar=False)
 
 
 ENTRY = """
