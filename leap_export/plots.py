@@ -18,6 +18,16 @@ from typing import Any
 from leap_export.errors import LeapError
 from trt_runtime.fileio import atomic_write
 
+IMAGE_FORMATS = ("png", "svg", "pdf")
+
+
+def image_format(path: str | os.PathLike) -> str:
+    """The picture format a file name asks for: png, svg or pdf."""
+    fmt = Path(path).suffix.lower().lstrip(".")
+    if fmt not in IMAGE_FORMATS:
+        raise LeapError(f"{path}: name the picture .png, .svg or .pdf")
+    return fmt
+
 
 def plot_diagnostics(report: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write the two-panel PNG for a :func:`leap_export.diagnostics.diagnose` report, atomically."""
@@ -78,5 +88,6 @@ def plot_diagnostics(report: dict[str, Any], path: str | os.PathLike) -> Path:
     )
     fig.tight_layout()
     path = Path(path)
-    atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    fmt = image_format(path)
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt))
     return path

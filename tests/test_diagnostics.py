@@ -250,6 +250,13 @@ def test_report_and_plot_are_written_atomically(tmp_path):
     with pytest.raises(LeapError, match="not a diagnose report"):
         plot_diagnostics({"layers": []}, tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
+    plot_diagnostics(report, tmp_path / "out" / "p.svg")  # the name picks the format
+    plot_diagnostics(report, tmp_path / "out" / "p.pdf")
+    assert b"<svg" in (tmp_path / "out" / "p.svg").read_bytes()[:500]
+    assert (tmp_path / "out" / "p.pdf").read_bytes()[:5] == b"%PDF-"
+    with pytest.raises(LeapError, match=r"\.png, \.svg or \.pdf"):
+        plot_diagnostics(report, tmp_path / "p.txt")
+    assert not (tmp_path / "p.txt").exists()
 
 
 # --- sentences ----------------------------------------------------------------------------------------
@@ -372,6 +379,15 @@ def test_cli_non_utf8_sentences_is_a_leap_error(tiny_model, tmp_path):
     result = CliRunner().invoke(cli, ["diagnose", str(tiny_model), "--sentences", str(bad)])
     assert isinstance(result.exception, LeapError)
     assert "line 2: not valid UTF-8" in str(result.exception)
+
+
+def test_cli_refuses_a_plot_name_without_a_picture_format(tiny_model, tmp_path):
+    from click.testing import CliRunner
+
+    from leap_export.cli import cli
+
+    result = CliRunner().invoke(cli, ["diagnose", str(tiny_model), "--plot", str(tmp_path / "d.txt")])
+    assert result.exit_code == 2 and ".png, .svg or .pdf" in result.output
 
 
 # --- the real packaged MiniLM ---------------------------------------------------------------------------

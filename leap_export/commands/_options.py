@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 
@@ -39,6 +41,16 @@ def output_npy(ctx, param, value):
     value = output_file(ctx, param, value)
     if value is not None and not value.endswith(".npy"):
         raise click.BadParameter(f"embeddings are written as a NumPy .npy file; name it *.npy (got {value!r})")
+    return value
+
+
+def output_image(ctx, param, value):
+    """A picture output: its format follows the name (.png, .svg or .pdf)."""
+    from leap_export.plots import IMAGE_FORMATS
+
+    value = output_file(ctx, param, value)
+    if value is not None and os.path.splitext(os.fspath(value))[1].lower().lstrip(".") not in IMAGE_FORMATS:
+        raise click.BadParameter(f"name the picture .png, .svg or .pdf (got {os.fspath(value)!r})")
     return value
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from leap_export.commands._options import output_file, report_option
+from leap_export.commands._options import output_image, report_option
 
 
 @click.command("diagnose")
@@ -46,8 +46,8 @@ from leap_export.commands._options import output_file, report_option
     "--plot",
     "plot_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    callback=output_file,
-    help="Write the two-panel PNG here.",
+    callback=output_image,
+    help="Write the two-panel figure here (.png, .svg or .pdf).",
 )
 def command(
     model,
