@@ -1,4 +1,4 @@
-"""Pictures of a diagnose report: one PNG, two panels side by side.
+"""Pictures of a diagnose report: one figure (PNG, SVG or PDF), two panels side by side.
 
 (a) the similarity curve (paper Figure 1): cosine to the final layer and consecutive-layer cosine per
     layer, NN@10 per layer, the threshold theta and the minimum exit layer;
@@ -30,9 +30,11 @@ def image_format(path: str | os.PathLike) -> str:
 
 
 def plot_diagnostics(report: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write the two-panel PNG for a :func:`leap_export.diagnostics.diagnose` report, atomically."""
+    """Write the two-panel figure for a :func:`leap_export.diagnostics.diagnose` report, atomically;
+    the name picks the format (.png, .svg or .pdf)."""
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state is touched
 
+    fmt = image_format(path)
     try:
         rows = report["layers"]
         theta = report["policy"]["theta"]
@@ -88,6 +90,5 @@ def plot_diagnostics(report: dict[str, Any], path: str | os.PathLike) -> Path:
     )
     fig.tight_layout()
     path = Path(path)
-    fmt = image_format(path)
     atomic_write(path, lambda f: fig.savefig(f, format=fmt))
     return path

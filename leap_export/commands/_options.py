@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 
@@ -46,11 +44,15 @@ def output_npy(ctx, param, value):
 
 def output_image(ctx, param, value):
     """A picture output: its format follows the name (.png, .svg or .pdf)."""
-    from leap_export.plots import IMAGE_FORMATS
+    from leap_export.errors import LeapError
+    from leap_export.plots import image_format
 
     value = output_file(ctx, param, value)
-    if value is not None and os.path.splitext(os.fspath(value))[1].lower().lstrip(".") not in IMAGE_FORMATS:
-        raise click.BadParameter(f"name the picture .png, .svg or .pdf (got {os.fspath(value)!r})")
+    if value is not None:
+        try:
+            image_format(value)
+        except LeapError as e:
+            raise click.BadParameter(str(e)) from None
     return value
 
 
