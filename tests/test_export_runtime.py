@@ -89,6 +89,47 @@ def test_results_in_input_order_across_batches(tiny_artifacts, sentences):
     assert enc.encode(sentences[2]).shape == (32,)
 
 
+def test_one_encoder_serves_concurrent_threads(tiny_artifacts, sentences):
+    """A service calls one encoder from a thread pool: results and statistics match sequential calls."""
+    import threading
+
+    enc = EarlyExitEncoder(tiny_artifacts["bert"], theta=0.5)
+    chunks = [sentences[i::4] for i in range(4)]
+    sizes = (1, 3, 8, 32)
+    expected = [enc.encode_with_exits(c, batch_size=b) for c, b in zip(chunks, sizes, strict=True)]
+    enc.stats.reset()
+    got, errors, rounds = [[] for _ in chunks], [], 5
+    start = threading.Barrier(len(chunks))
+
+    def serve(i):
+        try:
+            start.wait()
+            for _ in range(rounds):
+                got[i].append(enc.encode_with_exits(chunks[i], batch_size=sizes[i]))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=serve, args=(i,)) for i in range(len(chunks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for want, results in zip(expected, got, strict=True):
+        for r in results:
+            assert np.array_equal(r.exit_layers, want.exit_layers)
+            np.testing.assert_array_equal(r.embeddings, want.embeddings)
+    stats = enc.stats.as_dict()
+    assert stats["samples"] == rounds * len(sentences)
+    assert stats["exit_counts"] == {k: rounds * v for k, v in
+                                    _counts([r.exit_layers for r in expected], enc.manifest.boundaries).items()}
+
+
+def _counts(layers: list[np.ndarray], boundaries: list[int]) -> dict[str, int]:
+    flat = np.concatenate(layers)
+    return {str(b): int((flat == b).sum()) for b in boundaries}
+
+
 def test_exit_stats_for_production_logging(tiny_artifacts, sentences):
     enc = EarlyExitEncoder(tiny_artifacts["bert"], theta=0.5)
     enc.encode(sentences, batch_size=4)

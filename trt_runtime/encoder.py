@@ -17,6 +17,7 @@ not dominate, and results are returned in input order.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,13 +43,16 @@ class ExitStats:
     exits: dict[int, int] = field(default_factory=dict)
     score_sum: dict[int, float] = field(default_factory=dict)
     score_count: dict[int, int] = field(default_factory=dict)
+    # one encoder may serve several threads: each update is a read-modify-write of three dicts
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def record(self, layer: int, score_sum: float, count: int, exited: int) -> None:
         """``count`` rows reached ``layer`` with convergence scores summing to ``score_sum``; ``exited`` left there."""
-        self.score_sum[layer] = self.score_sum.get(layer, 0.0) + score_sum
-        self.score_count[layer] = self.score_count.get(layer, 0) + count
-        if exited:
-            self.exits[layer] = self.exits.get(layer, 0) + exited
+        with self._lock:
+            self.score_sum[layer] = self.score_sum.get(layer, 0.0) + score_sum
+            self.score_count[layer] = self.score_count.get(layer, 0) + count
+            if exited:
+                self.exits[layer] = self.exits.get(layer, 0) + exited
 
     @property
     def samples(self) -> int:
@@ -59,6 +63,10 @@ class ExitStats:
         return sum(layer * c for layer, c in self.exits.items()) / n if n else float("nan")
 
     def as_dict(self) -> dict:
+        with self._lock:
+            return self._as_dict()
+
+    def _as_dict(self) -> dict:
         n = self.samples
         layers = self.boundaries
         return {
@@ -73,9 +81,10 @@ class ExitStats:
         }
 
     def reset(self) -> None:
-        self.exits.clear()
-        self.score_sum.clear()
-        self.score_count.clear()
+        with self._lock:
+            self.exits.clear()
+            self.score_sum.clear()
+            self.score_count.clear()
 
 
 @dataclass
