@@ -299,10 +299,10 @@ def test_read_sentences_from_a_pipe(tmp_path):
         with open(fifo, "w", encoding="utf-8") as f:
             f.write("from a pipe\nsecond\n")
 
-    writer = threading.Thread(target=feed)
+    writer = threading.Thread(target=feed, daemon=True)  # daemon: a failing read must not hang the run
     writer.start()
     assert read_sentences(fifo) == ["from a pipe", "second"]
-    writer.join()
+    writer.join(timeout=10)
 
 
 # --- a tiny random BERT, end to end ---------------------------------------------------------------------
