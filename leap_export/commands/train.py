@@ -81,8 +81,6 @@ def command(
     Runs under torchrun for multi-GPU (DistributedDataParallel): torchrun --nproc_per_node N -m leap_export.cli train ...
     """
 
-    import torch
-
     from leap_export.train.config import LeapConfig, parse_settings
     from leap_export.train.trainer import run_training
 
@@ -99,12 +97,6 @@ def command(
     config = LeapConfig(**{**options, **parse_settings(settings)})  # --set wins over the named options
     if baseline:
         config = config.as_baseline()
-    if not torch.cuda.is_available() and batch_size >= 64 and max_length >= 128:
-        click.echo(
-            "hint: training on CPU; --batch-size 32 --max-length 64 is several times faster per step "
-            "(scripts/train_minilm.sh is a tested CPU recipe)",
-            err=True,
-        )
     path = run_training(
         student,
         out,
