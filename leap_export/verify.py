@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from leap_export.errors import LeapError
 from trt_runtime.fileio import write_json_atomic
 from trt_runtime.policy import ExitPolicy, convergence_scores, cosine
 
@@ -103,6 +104,24 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
+def _reference_source(manifest, model: str | None):
+    """The model to check against: ``model``, else the one the build came from, found from any folder."""
+    from leap_export.sources import resolve_model
+
+    if model is not None:
+        return resolve_model(model)
+    src = manifest.data["source"]
+    if src.get("path") and Path(src["path"]).is_dir():
+        return resolve_model(src["path"])  # absolute: a relative spec was relative to the build's cwd
+    try:
+        return resolve_model(src["spec"])  # a short name, resolved in this environment
+    except LeapError:
+        raise LeapError(
+            f"the model these artifacts were built from ({src['spec']}, at {src.get('path')}) is not on this "
+            "machine; pass --model FOLDER with a copy of it (its weights are checked against the build's)"
+        ) from None
+
+
 def verify(
     artifacts: str | os.PathLike,
     sentences: list[str] | None = None,
@@ -114,7 +133,6 @@ def verify(
 ) -> VerifyReport:
     """Run every parity check; never raises for a failed check (it is recorded), only for unusable input."""
     from leap_export.reference import layer_embeddings
-    from leap_export.sources import resolve_model
     from leap_export.textio import sample_sentences
     from trt_runtime.encoder import EarlyExitEncoder
     from trt_runtime.errors import ArtifactError
@@ -134,7 +152,7 @@ def verify(
         report.fail("artifact files", str(e))
         return report
 
-    source = resolve_model(model or manifest.data["source"]["spec"])
+    source = _reference_source(manifest, model)
     built_from = manifest.data["source"]["weights_sha256"]
     report.add("source weights", "sha256 match", float(source.weights_sha256 == built_from), 1.0,
                higher_is_better=True,

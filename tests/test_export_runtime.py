@@ -47,6 +47,20 @@ def test_the_ends_of_the_opset_range_build_and_verify(arch, opset, tiny_models, 
     assert report, report.to_dict()["failures"]
 
 
+def test_verify_finds_the_source_from_any_folder(tiny_bert, tmp_path, monkeypatch, sentences):
+    """A build from a relative model path is verified from elsewhere; a moved model needs --model."""
+    work = tmp_path / "work"
+    shutil.copytree(tiny_bert, work / "model")
+    monkeypatch.chdir(work)
+    out = build("model", tmp_path / "art", min_layer=2, progress=False)
+    monkeypatch.chdir(tmp_path)
+    assert verify(out, sentences[:4], progress=False)
+    (work / "model").rename(work / "moved")
+    with pytest.raises(LeapError, match="not on this machine; pass --model"):
+        verify(out, sentences[:4], progress=False)
+    assert verify(out, sentences[:4], model=str(work / "moved"), progress=False)
+
+
 def test_mpnet_position_bias_crosses_segments(tiny_artifacts, tiny_mpnet, sentences):
     """Each MPNet segment recomputes the relative position bias; full depth must equal PyTorch."""
     ref = layer_embeddings(tiny_mpnet, sentences)
