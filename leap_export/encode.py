@@ -1,33 +1,91 @@
-"""File-to-file encoding for the CLI: sentences.txt -> emb.npy (+ exit layers JSON), written atomically."""
+"""File-to-file encoding for the CLI: sentences.txt -> emb.npy (+ exit layers JSON), written atomically.
+
+The input streams through in chunks of ``chunk_size`` lines: each chunk is encoded (sorted by length
+inside the chunk, as ``EarlyExitEncoder.encode`` sorts one call's sentences) and its rows are appended to
+the ``.npy`` file, so memory holds one chunk whatever the file's size. The ``.npy`` header needs the row
+count first: a first pass counts the lines and checks that every one is UTF-8, so a bad line stops the run
+before any encoding. A pipe (``/dev/stdin``, ``<(zcat f.gz)``) cannot be read twice and is copied to a
+temporary file next to the output first.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 
-from leap_export.textio import read_lines
-from trt_runtime.fileio import atomic_write, write_json_atomic
+from leap_export.textio import iter_lines
+from trt_runtime.fileio import atomic_write, ensure_parent, write_json_atomic
+
+CHUNK_SIZE = 1 << 16  # sentences per chunk: ~100 MB of MiniLM embeddings, batches as well packed as a sort of all
 
 
 def encode_file(artifacts, input_path, output, *, theta=None, min_layer=None, batch_size=32, exits=True,
-                exit_layers_path=None, variant=None, threads=None) -> dict:
+                exit_layers_path=None, variant=None, threads=None, chunk_size: int = CHUNK_SIZE) -> dict:
+    from tqdm.auto import tqdm
+
     from trt_runtime.encoder import EarlyExitEncoder
 
-    sentences = read_lines(input_path)
-    encoder = EarlyExitEncoder(artifacts, theta=theta, min_layer=min_layer, exits=exits, variant=variant,
-                               threads=threads)
-    result = encoder.encode_with_exits(sentences, batch_size=batch_size, show_progress_bar=None)
-    save_npy_atomic(Path(output), result.embeddings)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    output = ensure_parent(output)
+    with _readable_twice(Path(input_path), output.parent) as source:
+        count = sum(1 for _ in iter_lines(source))  # every line checked before any work
+        encoder = EarlyExitEncoder(artifacts, theta=theta, min_layer=min_layer, exits=exits, variant=variant,
+                                   threads=threads)
+        exit_layers = np.empty(count, dtype=np.int64)
+        row_dtype = np.dtype("<f4")
+
+        def write(f) -> None:
+            np.lib.format.write_array_header_1_0(f, {
+                "descr": np.lib.format.dtype_to_descr(row_dtype),
+                "fortran_order": False,
+                "shape": (count, encoder.embedding_dim),
+            })
+            done = 0
+            with tqdm(total=count, desc="encode", unit="sentence", disable=None) as bar:
+                for chunk in _chunks(iter_lines(source), chunk_size):
+                    result = encoder.encode_with_exits(chunk, batch_size=batch_size, show_progress_bar=False)
+                    f.write(np.ascontiguousarray(result.embeddings, dtype=row_dtype).tobytes())
+                    exit_layers[done : done + len(chunk)] = result.exit_layers
+                    done += len(chunk)
+                    bar.update(len(chunk))
+            if done != count:
+                raise RuntimeError(f"{input_path} changed while it was read ({count} lines, then {done})")
+
+        atomic_write(output, write)
     stats = encoder.stats.as_dict()
     if exit_layers_path:
         write_json_atomic(Path(exit_layers_path), {
             "policy": encoder.policy.to_dict(),
-            "exit_layers": result.exit_layers.tolist(),
+            "exit_layers": exit_layers.tolist(),
             "stats": stats,
         })
     return stats
 
 
-def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    atomic_write(path, lambda f: np.save(f, array))
+def _chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
+    it = iter(lines)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+@contextlib.contextmanager
+def _readable_twice(path: Path, spool_dir: Path) -> Iterator[Path]:
+    """``path`` itself if it is a regular file (or missing: ``iter_lines`` says so), else a temporary copy."""
+    if path.is_file() or not path.exists() or path.is_dir():
+        yield path
+        return
+    fd, tmp = tempfile.mkstemp(dir=spool_dir, prefix=".encode-input.", suffix=".txt")
+    try:
+        with os.fdopen(fd, "wb") as dst, path.open("rb") as src:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        yield Path(tmp)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

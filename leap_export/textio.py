@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -11,13 +12,17 @@ from leap_export.errors import LeapError
 
 def read_lines(path: str | os.PathLike, *, skip_empty: bool = False) -> list[str]:
     """Every line of a UTF-8 text file without its line ending (empty lines kept unless ``skip_empty``)."""
+    return list(iter_lines(path, skip_empty=skip_empty))
+
+
+def iter_lines(path: str | os.PathLike, *, skip_empty: bool = False) -> Iterator[str]:
+    """``read_lines`` one line at a time: a file of any size in constant memory."""
     path = Path(path)
     if path.is_dir():
         raise LeapError(f"{path} is a folder; pass a text file with one sentence per line")
     if not path.exists():  # pipes and process substitution (/dev/fd/N) exist without being regular files
         raise LeapError(f"{path}: no such file")
     # the one UTF-8 line reader: encode/verify/bench inputs, diagnose sentences and corpus user files
-    lines = []
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
@@ -32,8 +37,7 @@ def read_lines(path: str | os.PathLike, *, skip_empty: bool = False) -> list[str
             line = line.rstrip("\r\n")
             if skip_empty and not line.strip():
                 continue
-            lines.append(line)
-    return lines
+            yield line
 
 
 def sample_sentences() -> list[str]:

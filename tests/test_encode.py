@@ -1,0 +1,67 @@
+"""``leap-export encode``'s file path: streamed in chunks, equal to the in-memory API, never half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from leap_export.encode import encode_file
+from leap_export.errors import LeapError
+from trt_runtime import EarlyExitEncoder
+
+
+@pytest.fixture
+def lines(sentences) -> list[str]:
+    return [*sentences, "", "  ", sentences[0]]  # empty lines are embedded too, as the reference embeds them
+
+
+def test_chunks_stream_into_one_npy_equal_to_the_api(tiny_artifacts, lines, tmp_path):
+    art = tiny_artifacts["bert"]
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    api = EarlyExitEncoder(art, theta=0.5).encode_with_exits(lines, batch_size=1)
+    stats = encode_file(art, src, tmp_path / "e.npy", theta=0.5, batch_size=1, chunk_size=7,
+                        exit_layers_path=tmp_path / "x.json")  # fmt: skip
+    emb = np.load(tmp_path / "e.npy")
+    assert emb.dtype == np.float32 and emb.shape == api.embeddings.shape == (len(lines), 32)
+    np.testing.assert_array_equal(emb, api.embeddings)  # batch 1: no batch composition, so bit for bit
+    assert json.loads((tmp_path / "x.json").read_text())["exit_layers"] == api.exit_layers.tolist()
+    assert stats["samples"] == len(lines)
+
+    encode_file(art, src, tmp_path / "b.npy", theta=0.5, batch_size=4, chunk_size=5)  # batches inside chunks
+    batched = np.load(tmp_path / "b.npy")
+    assert batched.shape == emb.shape
+    assert (batched * emb).sum(axis=1).min() >= 0.99999
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.npy", "e.npy", "in.txt", "x.json"]
+
+
+def test_a_pipe_is_read_once_and_its_copy_removed(tiny_artifacts, lines, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+
+    def feed():
+        with open(fifo, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+
+    threading.Thread(target=feed, daemon=True).start()
+    out = tmp_path / "out" / "e.npy"
+    encode_file(tiny_artifacts["bert"], fifo, out, theta=0.5, chunk_size=4)
+    want = EarlyExitEncoder(tiny_artifacts["bert"], theta=0.5).encode(lines, batch_size=32)
+    assert (np.load(out) * want).sum(axis=1).min() >= 0.99999
+    assert sorted(p.name for p in out.parent.iterdir()) == ["e.npy"]  # no spooled copy left behind
+
+
+def test_a_bad_line_stops_before_any_work_and_an_empty_file_gives_no_rows(tiny_artifacts, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\n" * 50 + b"caf\xe9\n")
+    with pytest.raises(LeapError, match="line 51: not valid UTF-8"):
+        encode_file(tiny_artifacts["bert"], bad, tmp_path / "e.npy", chunk_size=8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.txt"]
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    encode_file(tiny_artifacts["bert"], empty, tmp_path / "e.npy")
+    assert np.load(tmp_path / "e.npy").shape == (0, 32)
