@@ -34,8 +34,8 @@ def encode_file(artifacts, input_path, output, *, theta=None, min_layer=None, ba
 
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    output = ensure_parent(output)
-    with _readable_twice(Path(input_path), output.parent) as source:
+    output = Path(output)
+    with _readable_twice(Path(input_path), output) as source:
         count = sum(1 for _ in iter_lines(source))  # every line checked before any work
         encoder = EarlyExitEncoder(artifacts, theta=theta, min_layer=min_layer, exits=exits, variant=variant,
                                    threads=threads)
@@ -49,7 +49,8 @@ def encode_file(artifacts, input_path, output, *, theta=None, min_layer=None, ba
                 "shape": (count, encoder.embedding_dim),
             })
             done = 0
-            with tqdm(total=count, desc="encode", unit="sentence", disable=None) as bar:
+            # a bar on a terminal (disable=None), for more than a few batches
+            with tqdm(total=count, desc="encode", unit="sentence", disable=None if count > 4 * batch_size else True) as bar:
                 for chunk in _chunks(iter_lines(source), chunk_size):
                     result = encoder.encode_with_exits(chunk, batch_size=batch_size, show_progress_bar=False)
                     f.write(np.ascontiguousarray(result.embeddings, dtype=row_dtype).tobytes())
@@ -77,12 +78,13 @@ def _chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
 
 
 @contextlib.contextmanager
-def _readable_twice(path: Path, spool_dir: Path) -> Iterator[Path]:
-    """``path`` itself if it is a regular file (or missing: ``iter_lines`` says so), else a temporary copy."""
+def _readable_twice(path: Path, output: Path) -> Iterator[Path]:
+    """``path`` itself if it is a regular file (or missing: ``iter_lines`` says so), else a temporary copy
+    next to ``output``."""
     if path.is_file() or not path.exists() or path.is_dir():
         yield path
         return
-    fd, tmp = tempfile.mkstemp(dir=spool_dir, prefix=".encode-input.", suffix=".txt")
+    fd, tmp = tempfile.mkstemp(dir=ensure_parent(output).parent, prefix=".encode-input.", suffix=".txt")
     try:
         with os.fdopen(fd, "wb") as dst, path.open("rb") as src:
             shutil.copyfileobj(src, dst, 1 << 20)

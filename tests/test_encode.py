@@ -59,8 +59,8 @@ def test_a_bad_line_stops_before_any_work_and_an_empty_file_gives_no_rows(tiny_a
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"fine\n" * 50 + b"caf\xe9\n")
     with pytest.raises(LeapError, match="line 51: not valid UTF-8"):
-        encode_file(tiny_artifacts["bert"], bad, tmp_path / "e.npy", chunk_size=8)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.txt"]
+        encode_file(tiny_artifacts["bert"], bad, tmp_path / "sub" / "e.npy", chunk_size=8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.txt"]  # not even the output's folder
     empty = tmp_path / "empty.txt"
     empty.write_bytes(b"")
     encode_file(tiny_artifacts["bert"], empty, tmp_path / "e.npy")
