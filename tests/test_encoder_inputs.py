@@ -44,6 +44,7 @@ def test_non_string_items_are_a_clear_error(encoder, bad):
 @pytest.mark.parametrize("kwargs, message", [
     ({"theta": 0.0}, "theta"), ({"theta": 1.5}, "theta"), ({"min_layer": 0}, "min_layer"),
     ({"min_layer": 99}, "exceeds the model's 4 layers"),
+    ({"threads": 0}, "threads"), ({"threads": -2}, "threads"), ({"threads": 1.5}, "threads"),
 ])
 def test_bad_policy_overrides(tiny_artifacts, kwargs, message):
     with pytest.raises(RuntimeInputError, match=message):

@@ -27,6 +27,8 @@ from typing import Protocol
 
 import numpy as np
 
+from trt_runtime.errors import RuntimeInputError
+
 log = logging.getLogger(__name__)
 
 _global_pool_threads: int | None = None  # threads of the process-wide ORT pool, once created
@@ -104,6 +106,8 @@ class OrtRunner:
 
     def __init__(self, path: str | os.PathLike, *, threads: int | None = None, providers: list[str] | None = None,
                  shared_pool: bool = True) -> None:
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise RuntimeInputError(f"threads must be an integer >= 1 (or None: all cores), got {threads!r}")
         self.path = Path(path)
         self.threads = threads
         self.providers = providers or ["CPUExecutionProvider"]
