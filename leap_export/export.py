@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import functools
+import json
 import logging
 import os
 import shutil
@@ -243,6 +244,16 @@ def _tool_versions() -> dict[str, str]:
     return versions
 
 
+def _replaceable(out: Path) -> bool:
+    """What ``--force`` may replace: an earlier build (its manifest says so) or an empty folder."""
+    if out.is_dir() and not any(out.iterdir()):
+        return True
+    try:
+        return json.loads((out / MANIFEST_NAME).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def build(
     model: str | os.PathLike | ModelSource,
     out: str | os.PathLike,
@@ -267,6 +278,9 @@ def build(
     if out.exists() and not force:
         raise LeapError(f"{out} already exists; pass --force to replace it (the old folder is kept until "
                         "the new one is complete)")
+    if out.exists() and not _replaceable(out):
+        raise LeapError(f"{out} is not a leap-export build (no leap-export manifest.json in it); --force only "
+                        "replaces a build or an empty folder: pick another --out, or move that folder yourself")
     if precision != "fp32":
         raise LeapError(f"precision '{precision}' is added to an existing fp32 build: run `leap-export build` "
                         f"first, then again with --precision {precision}")

@@ -164,6 +164,19 @@ def test_build_refuses_to_overwrite_and_is_atomic(tiny_bert, tmp_path):
         build(tiny_bert, out, boundaries=[9], force=True, progress=False)
     assert (out / "manifest.json").read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["a"]
+    build(tiny_bert, out, min_layer=2, force=True, progress=False)  # a build is replaced
+
+
+def test_force_never_replaces_a_folder_that_is_not_a_build(tiny_bert, tmp_path):
+    """`build ./my-model --out ./my-model --force` must not delete the user's model."""
+    model = shutil.copytree(tiny_bert, tmp_path / "my-model")
+    files = sorted(p.name for p in model.iterdir())
+    with pytest.raises(LeapError, match="not a leap-export build"):
+        build(model, model, min_layer=2, force=True, progress=False)
+    assert sorted(p.name for p in model.iterdir()) == files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my-model"]
+    (tmp_path / "empty").mkdir()
+    build(tiny_bert, tmp_path / "empty", min_layer=2, force=True, progress=False)  # an empty folder is fine
 
 
 def test_corrupt_missing_and_mismatched_artifacts_are_refused(tiny_artifacts, tmp_path):

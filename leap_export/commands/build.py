@@ -16,7 +16,8 @@ from leap_export.commands._options import _csv_ints, _positive, _unit_interval, 
 @click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
               help="fp32 builds the folder; int8 adds a quantised variant to an existing fp32 build.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (12..20).")
-@click.option("--force", is_flag=True, help="Replace an existing folder (kept until the new one is complete).")
+@click.option("--force", is_flag=True, help="Replace an earlier build or an empty folder at --out (kept until the "
+              "new one is complete); a folder that is not a build is never replaced.")
 def command(model, out, boundaries, theta, patience, min_layer, precision, opset, force):
     """Export MODEL (a short name such as minilm-l6, or a model folder) into per-layer-segment ONNX graphs."""
     from leap_export.export import build
