@@ -551,11 +551,15 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / CORPUS_MANIFEST).exists():
+        raise LeapError(f"{out_dir} exists and is not a corpus folder; choose another --out or empty it")
+
+
 def _publish(tmp: Path, out_dir: Path) -> None:
     """Move the finished folder into place; an existing corpus folder is replaced, anything else refused."""
     if out_dir.exists():
-        if any(out_dir.iterdir()) and not (out_dir / CORPUS_MANIFEST).exists():
-            raise LeapError(f"{out_dir} exists and is not a corpus folder; choose another --out or empty it")
+        _check_out_dir(out_dir)
         old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
         os.replace(out_dir, old / out_dir.name)
         os.replace(tmp, out_dir)
@@ -586,6 +590,7 @@ def build_corpus(
     from leap_export import __version__
 
     out_dir = Path(out_dir)
+    _check_out_dir(out_dir)  # before the slow part; checked again when the folder is replaced
     files = [Path(p) for p in user_files]
     for path in files:
         if not path.is_file():
