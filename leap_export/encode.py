@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from leap_export.errors import LeapError
 from leap_export.textio import iter_lines
 from trt_runtime.fileio import atomic_write, ensure_parent, write_json_atomic
 
@@ -34,6 +35,9 @@ def encode_file(artifacts, input_path, output, *, theta=None, min_layer=None, ba
 
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    for name, target in (("--output", output), ("--exit-layers", exit_layers_path)):
+        if target is not None and Path(input_path).resolve() == Path(target).resolve():
+            raise LeapError(f"{name} {target} is the input file; writing it would replace your sentences")
     output = Path(output)
     with _readable_twice(Path(input_path), output) as source:
         count = sum(1 for _ in iter_lines(source))  # every line checked before any work

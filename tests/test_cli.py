@@ -57,6 +57,8 @@ def test_verify_exits_1_and_lists_failures(tiny_bert, tiny_mpnet, tmp_path):
         (["encode", "{art}", "--input", "{tmp}/latin1.txt", "--output", "{tmp}/o.npy"], "line 2: not valid UTF-8"),
         (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--theta", "0"], "(0, 1]"),
         (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.txt"], "name it *.npy"),
+        (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--exit-layers", "{tmp}/in.txt"],
+         "is the input file"),
         (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--batch-size", "0"], ">= 1"),
         (["build", "{model}", "--out", "{tmp}/b", "--boundaries", "3,x"], "comma-separated"),
         (["build", "{model}", "--out", "{tmp}/b", "--opset", "11"], "outside 12..20"),
