@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 from leap_export.arch import get_architecture
 from leap_export.errors import LeapError
 from leap_export.sources import ModelSource, resolve_model
-from trt_runtime.fileio import ensure_parent, umask, write_json_atomic
+from trt_runtime.fileio import ensure_parent, temp_folder, write_json_atomic
 from trt_runtime.manifest import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, sha256_file
 from trt_runtime.policy import ExitPolicy
 
@@ -309,8 +308,7 @@ def build(
     pad_id = arch.pad_token_default if pad_id is None else int(pad_id)
 
     ensure_parent(out, folder=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    os.chmod(tmp, 0o777 & ~umask())
+    tmp = temp_folder(out.parent, f".{out.name}.tmp-")
     try:
         segments, files = [], []
         steps = tqdm(plans, desc=f"export {source.name}", unit="segment", disable=not progress)
@@ -406,8 +404,7 @@ def add_variant(out: Path, precision: str, *, force: bool = False, progress: boo
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     fp32 = manifest.variant("fp32")
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{precision}.tmp-"))
-    os.chmod(tmp, 0o777 & ~umask())
+    tmp = temp_folder(out, f".{precision}.tmp-")
     try:
         files = []
         graphs = [*fp32["segments"], fp32["full"]]

@@ -24,6 +24,24 @@ def umask() -> int:
     return mask
 
 
+def ordinary_mode(path: str | os.PathLike) -> None:
+    """Give ``path`` the mode ``open()`` / ``mkdir`` would: mkstemp, mkdtemp and some writers create it private."""
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~umask())
+
+
+def ordinary_modes(folder: str | os.PathLike) -> None:
+    """``ordinary_mode`` for ``folder`` and everything in it (a folder about to be published)."""
+    for path in [Path(folder), *Path(folder).rglob("*")]:
+        ordinary_mode(path)
+
+
+def temp_folder(parent: str | os.PathLike, prefix: str) -> Path:
+    """A temporary folder in ``parent`` (where its contents will be renamed to), with an ordinary mode."""
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    ordinary_mode(tmp)
+    return tmp
+
+
 def output_problem(path: str | os.PathLike, *, folder: bool = False) -> str | None:
     """Why ``path`` cannot be written as an output file (or, with ``folder``, created as a folder); None if it can.
 
@@ -66,7 +84,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> P
     path = ensure_parent(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o666 & ~umask())  # mkstemp creates 0600: give the file the mode open() would
+        ordinary_mode(tmp)  # mkstemp creates 0600
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.replace(tmp, path)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from leap_export.errors import LeapError
-from trt_runtime.fileio import ensure_parent
+from trt_runtime.fileio import ensure_parent, temp_folder
 
 MIN_CHARS = 20  # a sentence must be longer than this (paper, Appendix G: "> 20 characters")
 MAX_CHARS = 200
@@ -614,9 +614,8 @@ def build_corpus(
         counts[collected.origin[sentence]][split] += 1
 
     ensure_parent(out_dir, folder=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = temp_folder(out_dir.parent, f".{out_dir.name}.tmp-")
     try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the published corpus is an ordinary folder
         split_files = {}
         for split, sentences in by_split.items():
             path = tmp / f"{split}.txt"

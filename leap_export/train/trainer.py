@@ -35,7 +35,7 @@ from leap_export.sources import ModelSource, resolve_model
 from leap_export.train.config import LeapConfig
 from leap_export.train.losses import TERMS, LeapLoss
 from leap_export.train.teacher import sentences_sha256, teacher_targets
-from trt_runtime.fileio import umask
+from trt_runtime.fileio import ordinary_modes
 
 CHECKPOINT = "checkpoint/last.pt"
 LOSS_LOG = "loss_log.jsonl"
@@ -517,7 +517,7 @@ def _export(
         "versions": {"torch": torch.__version__, "transformers": _version("transformers")},
     }
     (staging / "leap_config.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    _publishable(staging)
+    ordinary_modes(staging)  # save_pretrained writes model.safetensors 0600
     for item in sorted(staging.iterdir()):  # leap_config.json last: its presence marks a finished folder
         if item.name != "leap_config.json":
             _replace(item, out / item.name)
@@ -540,13 +540,6 @@ def _check_output_folder(out: Path, checkpoint_path: Path) -> None:
             f"--out {out} already holds {what} ({shown}) and no checkpoint to resume; training writes a model "
             "folder there and would replace files of the same name: pick a new or empty --out"
         )
-
-
-def _publishable(folder: Path) -> None:
-    """Give what the trainer publishes the modes ``open()`` / ``mkdir`` would (some writers create 0600)."""
-    mask = umask()
-    for path in [folder, *folder.rglob("*")]:
-        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _replace(src: Path, dst: Path) -> None:
