@@ -40,7 +40,7 @@ class Bert(Architecture):
         return model.embeddings(input_ids=input_ids)
 
     def run_layer(self, model, index, hidden, additive_mask, extras):
-        out = model.encoder.layer[index](hidden, additive_mask)
+        out = model.encoder.layer[index](hidden, attention_mask=additive_mask)
         return out[0] if isinstance(out, tuple) else out
 
 
@@ -53,7 +53,8 @@ class MPNet(Architecture):
         return {"position_bias": model.encoder.compute_position_bias(hidden)}
 
     def run_layer(self, model, index, hidden, additive_mask, extras):
-        out = model.encoder.layer[index](hidden, additive_mask, extras["position_bias"])
+        # by keyword: transformers 4.x has head_mask where 5.x has position_bias (third positional)
+        out = model.encoder.layer[index](hidden, attention_mask=additive_mask, position_bias=extras["position_bias"])
         return out[0] if isinstance(out, tuple) else out
 
 
