@@ -8,7 +8,10 @@ from trt_runtime.errors import ArtifactError, RuntimeInputError
 from trt_runtime.manifest import Manifest, load_manifest
 from trt_runtime.policy import ExitPolicy
 
-__all__ = ["ArtifactError", "RuntimeInputError", "Manifest", "load_manifest", "ExitPolicy", "EarlyExitEncoder"]
+__all__ = [
+    "ArtifactError", "RuntimeInputError", "Manifest", "load_manifest", "ExitPolicy", "EarlyExitEncoder",
+    "ort_session_options",
+]
 __version__ = "0.1.0"
 
 
@@ -17,4 +20,8 @@ def __getattr__(name):  # the encoder pulls in onnxruntime: import it only when 
         from trt_runtime.encoder import EarlyExitEncoder
 
         return EarlyExitEncoder
+    if name == "ort_session_options":  # for other ONNX Runtime sessions in a process that runs the encoder
+        from trt_runtime.runners import ort_session_options
+
+        return ort_session_options
     raise AttributeError(name)

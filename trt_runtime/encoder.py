@@ -98,6 +98,14 @@ class EarlyExitEncoder:
 
     ``policy`` defaults to the manifest's; ``theta`` / ``min_layer`` override it; ``exits=False`` runs
     every sample to full depth through the same segments (the comparison setting).
+
+    ``shared_pool=True`` (the default) runs every segment on ONE process-wide ONNX Runtime thread pool
+    and CPU arena (``trt_runtime.runners``). ONNX Runtime then requires every later session in the
+    process to opt into that pool: a library that creates its own session with default options fails
+    with "use_per_session_threads must be false when using a global thread pool". Give such sessions
+    ``trt_runtime.ort_session_options()``, or pass ``shared_pool=False`` here: per-session pools
+    without spinning, which leave the process's ONNX Runtime environment as other libraries expect it
+    (slower at small batches).
     """
 
     def __init__(
@@ -113,12 +121,14 @@ class EarlyExitEncoder:
         threads: int | None = None,
         providers: list[str] | None = None,
         check_files: bool = True,
+        shared_pool: bool = True,
     ) -> None:
         self.manifest: Manifest = load_manifest(artifacts, check_files=check_files, variant=variant)
         self.policy = self._policy(policy, theta, min_layer, patience, exits)
         self.segments = self.manifest.segments
         self.runners = [
-            OrtRunner(p, threads=threads, providers=providers) for p in self.manifest.segment_paths(variant)
+            OrtRunner(p, threads=threads, providers=providers, shared_pool=shared_pool)
+            for p in self.manifest.segment_paths(variant)
         ]
         for runner in self.runners:
             runner.activate()

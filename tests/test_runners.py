@@ -1,0 +1,52 @@
+"""The process-wide ONNX Runtime thread pool, and other ONNX Runtime sessions in the same process.
+
+Each case runs in a fresh interpreter: the pool and the arena belong to the process, and this test
+process has created both long before.
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+
+SCRIPT = """
+import sys
+import numpy as np
+import onnxruntime as ort
+from trt_runtime import EarlyExitEncoder, ort_session_options
+
+art, full, shared, out = sys.argv[1], sys.argv[2], sys.argv[3] == "shared", sys.argv[4]
+encoder = EarlyExitEncoder(art, shared_pool=shared)
+np.save(out, encoder.encode(["a first sentence", "and a somewhat longer second sentence", ""]))
+try:
+    ort.InferenceSession(full)  # another library's session, default options
+    print("default session: ok")
+except Exception as e:
+    print("default session: failed:", e)
+ort.InferenceSession(full, sess_options=ort_session_options())
+print("session with ort_session_options(): ok")
+"""
+
+
+def _run(tiny_artifacts, tmp_path, mode):
+    art = tiny_artifacts["bert"]
+    out = tmp_path / f"{mode}.npy"
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(art), str(art / "full.onnx"), mode, str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout, np.load(out)
+
+
+def test_the_shared_pool_needs_other_sessions_to_join_it(tiny_artifacts, tmp_path):
+    # what the encoder's docstring and the README say: a default session after the encoder fails with
+    # ONNX Runtime's own message, and ort_session_options() is the remedy
+    stdout, _ = _run(tiny_artifacts, tmp_path, "shared")
+    assert "default session: failed:" in stdout and "use_per_session_threads must be false" in stdout
+    assert "session with ort_session_options(): ok" in stdout
+
+
+def test_private_pools_leave_other_sessions_alone_and_embed_the_same(tiny_artifacts, tmp_path):
+    stdout, private = _run(tiny_artifacts, tmp_path, "private")
+    assert "default session: ok" in stdout and "session with ort_session_options(): ok" in stdout
+    _, shared = _run(tiny_artifacts, tmp_path, "shared")
+    np.testing.assert_allclose(private, shared, atol=1e-6)
