@@ -4,10 +4,11 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 DEMO    ?= demo-out
 EXTRAS  ?= train,models,dev
+ST_VENV ?= .venv-st-onnx
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install data mpnet demo test test-fast lint bench clean
+.PHONY: install data mpnet demo test test-fast st-onnx test-st-onnx lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -33,8 +34,18 @@ demo: install
 	    --output $(DEMO)/embeddings.npy --exit-layers $(DEMO)/exit_layers.json
 	$(BIN)/python scripts/demo_report.py $(DEMO)
 
+# the suite twice: in .venv (transformers 5), then in the second environment below (transformers 4.x,
+# where bench also times sentence-transformers' ONNX backend)
 test: install data mpnet
 	$(BIN)/pytest -q
+	$(MAKE) --no-print-directory test-st-onnx
+
+# sentence-transformers' ONNX backend needs optimum-onnx, which pins transformers < 4.58: its own venv
+st-onnx:
+	$(MAKE) --no-print-directory install mpnet VENV=$(ST_VENV) EXTRAS=$(EXTRAS),st-onnx
+
+test-st-onnx: data st-onnx
+	$(ST_VENV)/bin/pytest -q
 
 test-fast: install
 	$(BIN)/pytest -q -m "not slow"

@@ -9,8 +9,12 @@ Configurations (same sentences, same batches, same ONNX Runtime session settings
   head and cannot exit (``leap_export.merge``). It splits the monitoring overhead into the cost of the
   monitoring ops (one graph / monolithic) and the cost of the graph breaks (segmented / one graph);
 - ``sentence-transformers``: ``SentenceTransformer.encode`` on PyTorch (end to end, tokenisation
-  included), next to ``early exit (encode)``, our ``encode`` end to end, for a like-for-like comparison.
-  These two are timed in alternating blocks rather than round-robin (see ``_time_blocks``).
+  included), next to ``early exit (encode)``, our ``encode`` end to end, for a like-for-like comparison;
+- ``sentence-transformers (ONNX)``: the same with ``backend="onnx"``, where optimum is installed
+  (``sentence-transformers[onnx]``, which needs transformers < 4.58). Its ONNX Runtime session gets
+  this tool's session settings (``ort_session_options``: the shared thread pool and arena), as ONNX
+  Runtime requires of every session in a process that runs the shared pool.
+  These are timed in alternating blocks rather than round-robin (see ``_time_blocks``).
 
 Every iteration runs each configuration once (A B C A B C ...), so machine noise hits all of them alike.
 Each configuration then starts with caches its rivals have just filled with their own weights. A
@@ -38,6 +42,7 @@ import numpy as np
 from trt_runtime.fileio import atomic_write, write_json_atomic
 
 SCHEDULES = ("round-robin", "blocks")
+ST, ST_ONNX = "sentence-transformers", "sentence-transformers (ONNX)"
 PAPER = {  # LEAP paper, Table 7 and §5.3 (NVIDIA L4, fp16)
     "speedup": {1: 1.61, 8: 1.32, 32: 1.24},
     "realised_efficiency_b1": 0.806,
@@ -160,7 +165,10 @@ def bench(
         mono_v.activate()
         extra[v] = (ee_v, mono_v)
     merged = _merged_runner(artifacts, variant, threads) if breakdown else None
-    st_model, st_error = _load_st(ee.manifest) if baselines else (None, "disabled (--no-baselines)")
+    if baselines:
+        st_models, baseline_errors = _load_st(ee.manifest, threads)
+    else:
+        st_models, baseline_errors = {}, {ST: "disabled (--no-baselines)", ST_ONNX: "disabled (--no-baselines)"}
 
     token_ids = ee.tokenizer.encode(sentences)
     # E[layers] over the whole sentence set (independent of batching: compaction is exact per sample)
@@ -185,12 +193,12 @@ def bench(
             v: {"expected_layers": float(e.encode_with_exits(sentences, batch_size=32).exit_layers.mean())}
             for v, (e, _) in extra.items()
         },
-        "baseline_errors": {} if st_model is not None else {"sentence-transformers": st_error},
+        "baseline_errors": baseline_errors,
         "machine": _machine(),
         "results": {},
         "paper": PAPER,
     }
-    rounds = len(batch_sizes) * iters * (2 if st_model is not None else 1)  # interleaved + ST blocks
+    rounds = len(batch_sizes) * iters * (2 if st_models else 1)  # interleaved + ST blocks
     bar = tqdm(total=rounds, desc="bench", unit="round", disable=not progress)
     for b in batch_sizes:
         n_batches = max(1, min(64, (len(sentences) + b - 1) // b))
@@ -213,13 +221,10 @@ def bench(
             times = _time_blocks(configs, inputs, warmup, iters, progress=bar)
         else:
             times = _time_interleaved(configs, inputs, warmup, iters, bar)
-        if st_model is not None:  # end to end, tokenisation included, on both sides
-            times.update(_time_blocks(
-                {"sentence-transformers": lambda t: st_model.encode(t, batch_size=len(t)),
-                 "early exit (encode)": lambda t: ee.encode(t, batch_size=len(t))},
-                {"sentence-transformers": text_batches, "early exit (encode)": text_batches},
-                warmup, iters, progress=bar,
-            ))
+        if st_models:  # end to end, tokenisation included, on every side
+            encoders = {name: (lambda t, m=m: m.encode(t, batch_size=len(t))) for name, m in st_models.items()}
+            encoders["early exit (encode)"] = lambda t: ee.encode(t, batch_size=len(t))
+            times.update(_time_blocks(encoders, dict.fromkeys(encoders, text_batches), warmup, iters, progress=bar))
         row = {name: _stats(t) for name, t in times.items()}
         m, s, e = (row[k]["mean_ms"] for k in ("monolithic", "segmented", "early exit"))
         row["speedup"] = m / e
@@ -240,17 +245,19 @@ def bench(
             }
             for v in extra
         }
-        if st_model is not None:
-            row["speedup_vs_sentence_transformers"] = (
-                row["sentence-transformers"]["mean_ms"] / row["early exit (encode)"]["mean_ms"]
-            )
+        ours = row["early exit (encode)"]["mean_ms"] if st_models else None
+        if ST in st_models:
+            row["speedup_vs_sentence_transformers"] = row[ST]["mean_ms"] / ours
+        if ST_ONNX in st_models:
+            row["speedup_vs_sentence_transformers_onnx"] = row[ST_ONNX]["mean_ms"] / ours
         report["results"][str(b)] = row
     bar.close()
     return report
 
 
 # per-row figures that are ratios of one run's timings: over several processes, their median and range
-RATIOS = ("speedup", "realised_efficiency", "monitoring_overhead", "speedup_vs_sentence_transformers")
+RATIOS = ("speedup", "realised_efficiency", "monitoring_overhead", "speedup_vs_sentence_transformers",
+          "speedup_vs_sentence_transformers_onnx")
 
 
 def bench_processes(artifacts: str | os.PathLike, sentences: list[str] | None = None, *, processes: int = 1,
@@ -335,16 +342,67 @@ def _merged_runner(artifacts, variant, threads):
     return runner
 
 
-def _load_st(manifest):
+def _load_st(manifest, threads: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """The sentence-transformers baselines that can run here, and why each other one cannot."""
     try:
         import torch  # noqa: F401
         from sentence_transformers import SentenceTransformer
     except ImportError as e:
-        return None, f"not installed ({e.name}); pip install 'leap-export[train]'"
+        why = f"not installed ({e.name}); pip install 'leap-export[train]'"
+        return {}, {ST: why, ST_ONNX: why}
     path = manifest.data["source"]["path"]
     if not Path(path).is_dir():
-        return None, f"source model folder {path} is not on this machine"
-    return SentenceTransformer(path, device="cpu"), None
+        why = f"source model folder {path} is not on this machine"
+        return {}, {ST: why, ST_ONNX: why}
+    models: dict[str, Any] = {ST: SentenceTransformer(path, device="cpu")}
+    errors: dict[str, str] = {}
+    try:
+        import optimum.onnxruntime  # noqa: F401
+    except ImportError:
+        errors[ST_ONNX] = (
+            "not installed (optimum); its ONNX backend needs `pip install 'sentence-transformers[onnx]'`, which "
+            "resolves transformers to < 4.58: `make st-onnx` builds an environment with it (README)"
+        )
+    else:
+        try:
+            models[ST_ONNX] = _load_st_onnx(path, threads)
+        except Exception as e:  # noqa: BLE001 - a baseline that fails is reported, not fatal
+            errors[ST_ONNX] = f"could not load: {type(e).__name__}: {e}"
+    return models, errors
+
+
+def _load_st_onnx(path: str, threads: int):
+    """sentence-transformers with ``backend="onnx"``, exported in a child process.
+
+    optimum's export opens ONNX Runtime sessions with default options, which ONNX Runtime refuses in a
+    process that runs the shared thread pool. The child saves the exported model; this process loads it
+    with this tool's session settings.
+    """
+    import multiprocessing as mp
+    import tempfile
+    from concurrent.futures import ProcessPoolExecutor
+
+    from sentence_transformers import SentenceTransformer
+
+    from trt_runtime.runners import ort_session_options
+
+    with tempfile.TemporaryDirectory(prefix="leap-st-onnx-", ignore_cleanup_errors=True) as tmp:
+        with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+            pool.submit(_export_st_onnx, path, tmp).result()
+        model = SentenceTransformer(tmp, device="cpu", backend="onnx", model_kwargs={
+            "provider": "CPUExecutionProvider", "session_options": ort_session_options(threads)})
+    return model  # the session holds its own copy of the graph; the folder may go
+
+
+def _export_st_onnx(path: str, folder: str) -> None:
+    import logging
+    import warnings
+
+    logging.getLogger("sentence_transformers").setLevel(logging.ERROR)  # "saving is recommended": we do
+    warnings.filterwarnings("ignore")
+    from sentence_transformers import SentenceTransformer
+
+    SentenceTransformer(path, device="cpu", backend="onnx").save(folder)
 
 
 def _machine() -> dict[str, Any]:
@@ -376,7 +434,8 @@ def _machine() -> dict[str, Any]:
 def markdown(report: dict[str, Any]) -> str:
     """The Table-7-style markdown table of a bench report."""
     cols = ["monolithic", "segmented", "early exit"]
-    has_st = any("sentence-transformers" in r for r in report["results"].values())
+    has_st = any(ST in r for r in report["results"].values())
+    has_onnx = any(ST_ONNX in r for r in report["results"].values())
     lines = [
         f"Model `{report['model']}` ({report['variant']}), theta {report['policy']['theta']}, "
         f"min_layer {report['policy']['min_layer']}, {report['sentences']} sentences, {report['threads']} threads, "
@@ -386,8 +445,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['theoretical_speedup']:.2f}x.",
         "",
         "| batch | monolithic ms (p50/p99) | segmented, exits off ms | early exit ms | speedup | realised efficiency "
-        "| monitoring overhead |" + (" ST PyTorch encode ms | our encode ms | vs ST |" if has_st else ""),
-        "|---|---|---|---|---|---|---|" + ("---|---|---|" if has_st else ""),
+        "| monitoring overhead |" + (" ST PyTorch encode ms | our encode ms | vs ST |" if has_st else "")
+        + (" ST ONNX encode ms | vs ST ONNX |" if has_onnx else ""),
+        "|---|---|---|---|---|---|---|" + ("---|---|---|" if has_st else "") + ("---|---|" if has_onnx else ""),
     ]
     if report.get("processes", 1) > 1:
         lines[0] += (
@@ -408,10 +468,16 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {b} | {' | '.join(cells)} | {ratio(r, 'speedup', '.2f', 'x')} | {ratio(r, 'realised_efficiency', '.1%')} | "
             f"{ratio(r, 'monitoring_overhead', '+.1%')} |"
         )
-        if has_st and "sentence-transformers" in r:
+        if has_st:
             line += (
-                f" {r['sentence-transformers']['mean_ms']:.2f} | {r['early exit (encode)']['mean_ms']:.2f} | "
+                f" {r[ST]['mean_ms']:.2f} | {r['early exit (encode)']['mean_ms']:.2f} | "
                 f"{ratio(r, 'speedup_vs_sentence_transformers', '.2f', 'x')} |"
+                if ST in r else " – | – | – |"
+            )
+        if has_onnx:
+            line += (
+                f" {r[ST_ONNX]['mean_ms']:.2f} | {ratio(r, 'speedup_vs_sentence_transformers_onnx', '.2f', 'x')} |"
+                if ST_ONNX in r else " – | – |"
             )
         lines.append(line)
     if any("breakdown" in r for r in report["results"].values()):
@@ -457,7 +523,7 @@ def plot(report: dict[str, Any], path: str | os.PathLike) -> None:
     batches = list(report["results"])
     configs = [
         c
-        for c in ("monolithic", "segmented", "early exit", "sentence-transformers", "early exit (encode)")
+        for c in ("monolithic", "segmented", "early exit", ST, ST_ONNX, "early exit (encode)")
         if c in report["results"][batches[0]]
     ]
     fig, ax = plt.subplots(figsize=(8, 4.5))

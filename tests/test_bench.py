@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from leap_export.bench import bench, markdown, save
+from leap_export.bench import ST, ST_ONNX, bench, markdown, save
 from leap_export.export import build
 
 
@@ -84,3 +84,22 @@ def test_bench_in_fresh_processes_reports_medians_and_ranges(tiny_artifacts, sen
     assert json.loads(save(report, tmp_path / "out")["json"].read_text())["processes"] == 2
     with pytest.raises(ValueError, match="processes"):
         bench_processes(tiny_artifacts["bert"], sentences, processes=0)
+
+
+def test_bench_times_sentence_transformers_next_to_our_encode(tiny_artifacts, sentences):
+    """PyTorch always (the [train] extra); the ONNX backend where optimum is installed (`make st-onnx`)."""
+    report = bench(tiny_artifacts["bert"], sentences, batch_sizes=(2,), warmup=1, iters=3, theta=0.5,
+                   progress=False)
+    row = report["results"]["2"]
+    ours = row["early exit (encode)"]["mean_ms"]
+    assert ST not in report["baseline_errors"]
+    assert row["speedup_vs_sentence_transformers"] == pytest.approx(row[ST]["mean_ms"] / ours)
+    try:
+        import optimum.onnxruntime  # noqa: F401
+    except ImportError:
+        assert "optimum" in report["baseline_errors"][ST_ONNX] and ST_ONNX not in row
+    else:
+        assert ST_ONNX not in report["baseline_errors"], report["baseline_errors"]
+        assert row["speedup_vs_sentence_transformers_onnx"] == pytest.approx(row[ST_ONNX]["mean_ms"] / ours)
+    table = markdown(report)
+    assert "| vs ST |" in table and ("vs ST ONNX" in table) == (ST_ONNX in row)

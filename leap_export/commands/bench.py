@@ -33,7 +33,8 @@ from leap_export.commands._options import (
     "--baselines/--no-baselines",
     default=True,
     show_default=True,
-    help="Also time sentence-transformers on PyTorch (needs the [train] extra).",
+    help="Also time sentence-transformers' encode on PyTorch (needs the [train] extra), and with its ONNX "
+    "backend where optimum is installed (`make st-onnx`).",
 )
 @click.option(
     "--also-variant",
