@@ -398,7 +398,8 @@ def _export_st_onnx(path: str, folder: str) -> None:
     import logging
     import warnings
 
-    logging.getLogger("sentence_transformers").setLevel(logging.ERROR)  # "saving is recommended": we do
+    for name in ("sentence_transformers", "transformers", "optimum"):  # "saving is recommended": we do
+        logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     from sentence_transformers import SentenceTransformer
 
