@@ -275,17 +275,23 @@ def bench_processes(artifacts: str | os.PathLike, sentences: list[str] | None = 
         raise ValueError(f"processes must be an integer >= 1, got {processes!r}")
     if processes == 1:
         return bench(artifacts, sentences, progress=progress, **kwargs)
+    from tqdm.auto import tqdm
+
+    reports = [
+        _in_fresh_process(bench, str(artifacts), sentences, progress=False, **kwargs)
+        for _ in tqdm(range(processes), desc="bench processes", unit="process", disable=not progress)
+    ]
+    return summarise(reports)
+
+
+def _in_fresh_process(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in a fresh interpreter (spawned): its own ONNX Runtime environment,
+    thread pool and allocations."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    from tqdm.auto import tqdm
-
-    reports = []
-    ctx = mp.get_context("spawn")  # a fresh interpreter: its own ONNX Runtime environment and allocations
-    for _ in tqdm(range(processes), desc="bench processes", unit="process", disable=not progress):
-        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-            reports.append(pool.submit(bench, str(artifacts), sentences, progress=False, **kwargs).result())
-    return summarise(reports)
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(fn, *args, **kwargs).result()
 
 
 def summarise(reports: list[dict[str, Any]]) -> dict[str, Any]:
@@ -378,17 +384,14 @@ def _load_st_onnx(path: str, threads: int):
     process that runs the shared thread pool. The child saves the exported model; this process loads it
     with this tool's session settings.
     """
-    import multiprocessing as mp
     import tempfile
-    from concurrent.futures import ProcessPoolExecutor
 
     from sentence_transformers import SentenceTransformer
 
     from trt_runtime.runners import ort_session_options
 
     with tempfile.TemporaryDirectory(prefix="leap-st-onnx-", ignore_cleanup_errors=True) as tmp:
-        with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-            pool.submit(_export_st_onnx, path, tmp).result()
+        _in_fresh_process(_export_st_onnx, path, tmp)
         model = SentenceTransformer(tmp, device="cpu", backend="onnx", model_kwargs={
             "provider": "CPUExecutionProvider", "session_options": ort_session_options(threads)})
     return model  # the session holds its own copy of the graph; the folder may go
