@@ -28,5 +28,5 @@ i, j = np.unravel_index(np.argmax(sims), sims.shape)
 print(f"closest pair   {sims[i, j]:.3f}: {sentences[i]!r} ~ {sentences[j]!r}")
 if stats["expected_layers"] >= exits["policy"]["min_layer"] and all(
         v == 0 for k, v in stats["exit_counts"].items() if int(k) < 6):
-    print("note           the stock all-MiniLM-L6-v2 never exits early (as the LEAP paper predicts);\n"
+    print("note           the stock all-MiniLM-L6-v2 exited no sentence early (as the LEAP paper predicts);\n"
           "               train it with `leap-export train` (LEAP) to make early exit pay off.")
