@@ -90,8 +90,11 @@ def trace_boundaries(
     batch_size: int = 32,
     variant: str | None = None,
     check_files: bool = True,
+    progress: bool = True,
 ) -> BoundaryTrace:
     """Run ``texts`` once through the segments with exits off, batched as ``encode`` batches them."""
+    from tqdm.auto import tqdm
+
     from trt_runtime.encoder import EarlyExitEncoder
 
     enc = EarlyExitEncoder(artifacts, exits=False, variant=variant, check_files=check_files)
@@ -101,14 +104,16 @@ def trace_boundaries(
     scores = np.zeros((len(boundaries), n), dtype=np.float32)
     ids = enc.tokenizer.encode(list(texts))
     order = np.argsort([-len(x) for x in ids], kind="stable")  # the order encode_with_exits batches in
-    for start in range(0, n, batch_size):
-        rows = order[start : start + batch_size]
-        trace: list = []
-        enc._run_batch([ids[i] for i in rows], trace=trace)
-        for layer, active, p, sc in trace:
-            s = boundaries.index(layer)
-            pooled[s, rows[active]] = p
-            scores[s, rows[active]] = sc
+    with tqdm(total=n, desc="trace", unit="sentence", disable=None if progress else True) as bar:
+        for start in range(0, n, batch_size):
+            rows = order[start : start + batch_size]
+            trace: list = []
+            enc._run_batch([ids[i] for i in rows], trace=trace)
+            for layer, active, p, sc in trace:
+                s = boundaries.index(layer)
+                pooled[s, rows[active]] = p
+                scores[s, rows[active]] = sc
+            bar.update(len(rows))
     return BoundaryTrace(boundaries, pooled, scores)
 
 

@@ -56,11 +56,11 @@ def encode_file(artifacts, input_path, output, *, theta=None, min_layer=None, ba
             # a bar on a terminal (disable=None), for more than a few batches
             with tqdm(total=count, desc="encode", unit="sentence", disable=None if count > 4 * batch_size else True) as bar:
                 for chunk in _chunks(iter_lines(source), chunk_size):
-                    result = encoder.encode_with_exits(chunk, batch_size=batch_size, show_progress_bar=False)
+                    result = encoder.encode_with_exits(chunk, batch_size=batch_size, show_progress_bar=False,
+                                                       on_batch=bar.update)
                     f.write(np.ascontiguousarray(result.embeddings, dtype=row_dtype).tobytes())
                     exit_layers[done : done + len(chunk)] = result.exit_layers
                     done += len(chunk)
-                    bar.update(len(chunk))
             if done != count:
                 raise RuntimeError(f"{input_path} changed while it was read ({count} lines, then {done})")
 

@@ -242,8 +242,9 @@ def save_report(report: dict, path: str | os.PathLike) -> Path:
 # --- evaluate an artifact folder --------------------------------------------------------------------------
 
 
-def _encode_all(encoder, texts: list[str], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    result = encoder.encode_with_exits(texts, batch_size=batch_size, show_progress_bar=False)
+def _encode_all(encoder, texts: list[str], batch_size: int, bar) -> tuple[np.ndarray, np.ndarray]:
+    result = encoder.encode_with_exits(texts, batch_size=batch_size, show_progress_bar=False,
+                                       on_batch=bar.update)
     return result.embeddings, result.exit_layers
 
 
@@ -272,6 +273,7 @@ def evaluate_artifacts(
     reference_artifacts: str | os.PathLike | None = None,
     batch_size: int = 32,
     report_path: str | os.PathLike | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Quality of the exited embeddings (the runtime with its policy; ``theta`` / ``min_layer`` override
     the manifest's) and of full-depth embeddings (exits off) of one artifact folder.
@@ -279,6 +281,8 @@ def evaluate_artifacts(
     ``reference_artifacts``: another artifact folder (e.g. the stock model's) whose full-depth quality the
     exited embeddings are also compared with (target: at most :data:`REFERENCE_TARGET_DROP` relative loss).
     """
+    from tqdm.auto import tqdm
+
     from trt_runtime.encoder import EarlyExitEncoder
     from trt_runtime.manifest import load_manifest
 
@@ -294,15 +298,15 @@ def evaluate_artifacts(
     )
     full_enc = EarlyExitEncoder(artifacts, exits=False, variant=variant, check_files=False)
     policy = exited_enc.policy
-    exited_emb, exit_layers = _encode_all(exited_enc, texts, batch_size)
-    full_emb, _ = _encode_all(full_enc, texts, batch_size)
+    ref_enc = EarlyExitEncoder(reference_artifacts, exits=False) if reference_artifacts is not None else None
+    passes = 2 if ref_enc is None else 3
+    # one bar over every pass, on a terminal (disable=None)
+    with tqdm(total=passes * len(texts), desc="evaluate", unit="sentence", disable=None if progress else True) as bar:
+        exited_emb, exit_layers = _encode_all(exited_enc, texts, batch_size, bar)
+        full_emb, _ = _encode_all(full_enc, texts, batch_size, bar)
+        t1 = time.perf_counter()
+        reference = None if ref_enc is None else Lookup(texts, _encode_all(ref_enc, texts, batch_size, bar)[0])
     exited, full = Lookup(texts, exited_emb), Lookup(texts, full_emb)
-    t1 = time.perf_counter()
-
-    reference = None
-    if reference_artifacts is not None:
-        ref_enc = EarlyExitEncoder(reference_artifacts, exits=False)
-        reference = Lookup(texts, _encode_all(ref_enc, texts, batch_size)[0])
 
     metrics, set_info = [], {}
     for s in sets:

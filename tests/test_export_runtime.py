@@ -103,6 +103,14 @@ def test_results_in_input_order_across_batches(tiny_artifacts, sentences):
     assert enc.encode(sentences[2]).shape == (32,)
 
 
+def test_on_batch_reports_each_batch(tiny_artifacts, sentences):
+    enc = EarlyExitEncoder(tiny_artifacts["bert"])
+    done: list[int] = []
+    enc.encode_with_exits(sentences, batch_size=3, on_batch=done.append)
+    assert len(done) == -(-len(sentences) // 3) and sum(done) == len(sentences)
+    assert set(done[:-1]) == {3}
+
+
 def test_one_encoder_serves_concurrent_threads(tiny_artifacts, sentences):
     """A service calls one encoder from a thread pool: results and statistics match sequential calls."""
     import threading

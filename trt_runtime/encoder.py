@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,7 +201,14 @@ class EarlyExitEncoder:
         batch_size: int = 32,
         show_progress_bar: bool | None = None,
         normalize_embeddings: bool = True,
+        *,
+        on_batch: Callable[[int], object] | None = None,
     ) -> EncodeResult:
+        """``encode`` that also returns each sentence's exit layer.
+
+        ``on_batch``: called after every batch with the number of sentences it held, to drive a caller's
+        own progress bar across several calls (``on_batch=bar.update``).
+        """
         texts = _check_sentences(sentences)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise RuntimeInputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -222,6 +229,8 @@ class EarlyExitEncoder:
             pooled, layers = self._run_batch([ids[i] for i in rows])
             embeddings[rows] = pooled
             exit_layers[rows] = layers
+            if on_batch is not None:
+                on_batch(len(rows))
         if normalize_embeddings or self.manifest.normalize:
             norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
             embeddings /= np.maximum(norms, 1e-12)
