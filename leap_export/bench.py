@@ -43,6 +43,7 @@ from trt_runtime.fileio import atomic_write, write_json_atomic
 
 SCHEDULES = ("round-robin", "blocks")
 ST, ST_ONNX = "sentence-transformers", "sentence-transformers (ONNX)"
+OURS_ENCODE = "early exit (encode)"  # our encode end to end, timed next to the ST baselines
 PAPER = {  # LEAP paper, Table 7 and §5.3 (NVIDIA L4, fp16)
     "speedup": {1: 1.61, 8: 1.32, 32: 1.24},
     "realised_efficiency_b1": 0.806,
@@ -223,7 +224,7 @@ def bench(
             times = _time_interleaved(configs, inputs, warmup, iters, bar)
         if st_models:  # end to end, tokenisation included, on every side
             encoders = {name: (lambda t, m=m: m.encode(t, batch_size=len(t))) for name, m in st_models.items()}
-            encoders["early exit (encode)"] = lambda t: ee.encode(t, batch_size=len(t))
+            encoders[OURS_ENCODE] = lambda t: ee.encode(t, batch_size=len(t))
             times.update(_time_blocks(encoders, dict.fromkeys(encoders, text_batches), warmup, iters, progress=bar))
         row = {name: _stats(t) for name, t in times.items()}
         m, s, e = (row[k]["mean_ms"] for k in ("monolithic", "segmented", "early exit"))
@@ -245,7 +246,7 @@ def bench(
             }
             for v in extra
         }
-        ours = row["early exit (encode)"]["mean_ms"] if st_models else None
+        ours = row[OURS_ENCODE]["mean_ms"] if st_models else None
         if ST in st_models:
             row["speedup_vs_sentence_transformers"] = row[ST]["mean_ms"] / ours
         if ST_ONNX in st_models:
@@ -474,7 +475,7 @@ def markdown(report: dict[str, Any]) -> str:
         )
         if has_st:
             line += (
-                f" {r[ST]['mean_ms']:.2f} | {r['early exit (encode)']['mean_ms']:.2f} | "
+                f" {r[ST]['mean_ms']:.2f} | {r[OURS_ENCODE]['mean_ms']:.2f} | "
                 f"{ratio(r, 'speedup_vs_sentence_transformers', '.2f', 'x')} |"
                 if ST in r else " – | – | – |"
             )
@@ -527,7 +528,7 @@ def plot(report: dict[str, Any], path: str | os.PathLike) -> None:
     batches = list(report["results"])
     configs = [
         c
-        for c in ("monolithic", "segmented", "early exit", ST, ST_ONNX, "early exit (encode)")
+        for c in ("monolithic", "segmented", "early exit", ST, ST_ONNX, OURS_ENCODE)
         if c in report["results"][batches[0]]
     ]
     fig, ax = plt.subplots(figsize=(8, 4.5))
