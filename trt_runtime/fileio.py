@@ -80,7 +80,17 @@ def ensure_parent(path: str | os.PathLike, *, folder: bool = False) -> Path:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
-    """``write(f)`` into a temporary file next to ``path``, then rename it to ``path`` (mode 0666 & ~umask)."""
+    """``write(f)`` into a temporary file next to ``path``, then rename it to ``path`` (mode 0666 & ~umask).
+
+    A symlink is followed (the file it points to is replaced, the link stays). A stream or device
+    (``/dev/stdout``, a named pipe) is written directly: renaming over it would replace the device itself.
+    """
+    if os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):
+        with open(path, "wb") as f:
+            write(f)
+        return Path(path)
+    if os.path.islink(path):
+        path = os.path.realpath(path)
     path = ensure_parent(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
