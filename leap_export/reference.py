@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from leap_export.errors import LeapError
 from leap_export.sources import ModelSource, resolve_model
 
 
@@ -24,9 +25,21 @@ def load_reference(source: ModelSource | str | os.PathLike, *, eager: bool = Tru
     if not isinstance(source, ModelSource):
         source = resolve_model(source)
     kwargs = {"attn_implementation": "eager"} if eager else {}
-    model = AutoModel.from_pretrained(str(source.path), **kwargs).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(source.path))
+    model = from_pretrained(AutoModel, source.path, "weights", **kwargs).eval()
+    tokenizer = from_pretrained(AutoTokenizer, source.path, "tokenizer")
     return model, tokenizer
+
+
+def from_pretrained(cls, folder: Path, what: str, **kwargs):
+    """``cls.from_pretrained(folder)``, with a damaged or incomplete folder reported as a :class:`LeapError`."""
+    try:
+        return cls.from_pretrained(str(folder), **kwargs)
+    except Exception as e:  # transformers, safetensors and torch raise many types for a damaged folder
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise LeapError(
+            f"could not load the model's {what} from {folder}: {type(e).__name__}: {first[:300]}. "
+            "The folder looks damaged or incomplete; restore it from the model's original files."
+        ) from e
 
 
 def tokenize(tokenizer, sentences: Sequence[str], max_length: int):

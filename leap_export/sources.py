@@ -93,7 +93,7 @@ def describe_folder(folder: Path, *, spec: str | None = None, recipe: dict | Non
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise LeapError(f"{folder} is not a model folder: it has no config.json")
-    config = json.loads(config_path.read_text())
+    config = _read_json(config_path, what="the model's config")
     arch = config.get("model_type", "")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise LeapError(
@@ -103,17 +103,36 @@ def describe_folder(folder: Path, *, spec: str | None = None, recipe: dict | Non
     weights = next((folder / w for w in WEIGHT_FILES if (folder / w).is_file()), None)
     if weights is None:
         raise LeapError(f"{folder} has no weights ({' or '.join(WEIGHT_FILES)})")
+    num_layers, hidden_size = (_positive_int(config, key, config_path) for key in ("num_hidden_layers", "hidden_size"))
     return ModelSource(
         spec=spec or str(folder),
         path=folder,
         architecture=arch,
-        num_layers=int(config["num_hidden_layers"]),
-        hidden_size=int(config["hidden_size"]),
+        num_layers=num_layers,
+        hidden_size=hidden_size,
         max_seq_length=_max_seq_length(folder, config),
         normalize=_has_normalize(folder),
         weights_sha256=sha256_file(weights),
         recipe=dict(recipe or {}),
     )
+
+
+def _read_json(path: Path, *, what: str) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LeapError(f"{path} ({what}) is not valid JSON: {e}. Restore it from the model's original files.") from e
+    if not isinstance(value, dict):
+        raise LeapError(f"{path} ({what}) must hold a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _positive_int(config: dict, key: str, path: Path) -> int:
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LeapError(f"{path}: '{key}' must be a positive integer, got {value!r}. Is this a complete "
+                        "Hugging Face config.json?")
+    return value
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -128,7 +147,7 @@ def _max_seq_length(folder: Path, config: dict) -> int:
     # sentence-transformers truncates at sentence_bert_config.json's max_seq_length; so do we.
     st_config = folder / "sentence_bert_config.json"
     if st_config.is_file():
-        value = json.loads(st_config.read_text()).get("max_seq_length")
+        value = _read_json(st_config, what="sentence-transformers' config").get("max_seq_length")
         if value:
             return int(value)
     limit = int(config.get("max_position_embeddings", 512))
@@ -139,7 +158,15 @@ def _max_seq_length(folder: Path, config: dict) -> int:
 
 def _modules(folder: Path) -> list[dict]:
     path = folder / "modules.json"
-    return json.loads(path.read_text()) if path.is_file() else []
+    if not path.is_file():
+        return []
+    try:
+        modules = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LeapError(f"{path} is not valid JSON: {e}. Restore it from the model's original files.") from e
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise LeapError(f"{path} must hold a list of module objects (sentence-transformers' modules.json)")
+    return modules
 
 
 def _has_normalize(folder: Path) -> bool:
@@ -151,7 +178,7 @@ def _check_pooling(folder: Path) -> None:
         if module.get("type", "").endswith("Pooling"):
             cfg_path = folder / module.get("path", "") / "config.json"
             if cfg_path.is_file():
-                cfg = json.loads(cfg_path.read_text())
+                cfg = _read_json(cfg_path, what="the pooling module's config")
                 modes = [k for k, v in cfg.items() if k.startswith("pooling_mode") and v]
                 if modes and modes != ["pooling_mode_mean_tokens"]:
                     raise LeapError(

@@ -158,6 +158,14 @@ def verify(
                higher_is_better=True,
                detail="" if source.weights_sha256 == built_from else
                f"{source.path} has other weights than the artifacts were built from; pass --model")
+    shape = {"architecture": (source.architecture, manifest.data["architecture"]),
+             "layers": (source.num_layers, manifest.num_layers),
+             "hidden size": (source.hidden_size, manifest.hidden_size)}
+    differ = [f"{what} {theirs} (the build: {ours})" for what, (theirs, ours) in shape.items() if theirs != ours]
+    if differ:  # nothing below can be compared
+        report.fail("source model", f"{source.path} is another model: {', '.join(differ)}; pass the model the "
+                    "artifacts were built from with --model, or verify the build of this one")
+        return report
     ref = layer_embeddings(source, sentences, batch_size=batch_size, show_progress_bar=progress)
     k = manifest.patience
     ref_layers = {seg.end: seg.ref_layer for seg in manifest.segments}

@@ -47,6 +47,29 @@ def test_verify_exits_1_and_lists_failures(tiny_bert, tiny_mpnet, tmp_path):
     proc = run("verify", art, "--model", tiny_mpnet, ok=False)  # the wrong reference model
     assert proc.returncode == 1
     assert "FAILED" in proc.stdout and "source weights" in proc.stdout
+    # another architecture: said once, instead of a shape error from comparing 32- with 48-wide vectors
+    assert "is another model: architecture mpnet (the build: bert)" in " ".join(proc.stdout.split())
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: (d / "config.json").write_text("notjson"), "config.json (the model's config) is not valid JSON"),
+        (lambda d: (d / "config.json").write_text('{"model_type": "bert"}'), "'num_hidden_layers' must be a positive"),
+        (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:1000]),
+         "could not load the model's weights"),
+        (lambda d: (d / "tokenizer.json").unlink(), "has no tokenizer.json"),
+    ],
+)
+def test_a_damaged_model_folder_gives_a_clear_error(damage, message, tiny_bert, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(tiny_bert, tmp_path / "model")
+    damage(folder)
+    proc = run("build", folder, "--out", tmp_path / "art", ok=False)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "art").exists()
 
 
 @pytest.mark.parametrize(
@@ -58,7 +81,15 @@ def test_verify_exits_1_and_lists_failures(tiny_bert, tiny_mpnet, tmp_path):
         (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--theta", "0"], "(0, 1]"),
         (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.txt"], "name it *.npy"),
         (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--exit-layers", "{tmp}/in.txt"],
-         "is the input file"),
+         "same file as the input --input"),
+        (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--exit-layers", "{tmp}/o.npy"],
+         "same file as the output --output"),
+        (["verify", "{art}", "--sentences", "{tmp}/in.txt", "--report", "{tmp}/in.txt"], "same file as the input"),
+        (["diagnose", "{model}", "--sentences", "{tmp}/in.txt", "--report", "{tmp}/in.txt"], "same file as the input"),
+        (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--full-depth", "--theta", "0.5"],
+         "--theta and --min-layer would be ignored"),
+        (["build", "{model}", "--out", "{art}", "--precision", "int8", "--boundaries", "2,3"],
+         "--boundaries would be ignored"),
         (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--batch-size", "0"], ">= 1"),
         (["build", "{model}", "--out", "{tmp}/b", "--boundaries", "3,x"], "comma-separated"),
         (["build", "{model}", "--out", "{tmp}/b", "--opset", "11"], "outside 12..20"),

@@ -12,7 +12,7 @@ from leap_export.errors import LeapError
 from leap_export.export import MAX_OPSET, MIN_OPSET, build
 from leap_export.reference import layer_embeddings
 from leap_export.verify import split_theta, verify
-from trt_runtime import ArtifactError, EarlyExitEncoder, ExitPolicy, load_manifest
+from trt_runtime import ArtifactError, EarlyExitEncoder, ExitPolicy, RuntimeInputError, load_manifest
 from trt_runtime.policy import convergence_scores
 
 
@@ -76,6 +76,28 @@ def test_patience_two_with_reference_input(tiny_bert, tmp_path, sentences):
     assert [(s.ref_from, s.ref_output) for s in m.segments] == [(None, None), (0, "pooled_l1"), (1, "pooled")]
     assert "ref_pooled" in m.segments[1].inputs and "pooled_l1" in m.segments[0].outputs
     assert verify(out, sentences, progress=False)
+
+
+def test_a_lower_min_layer_never_acts_on_a_score_the_rule_does_not_define(tmp_path, sentences, caplog):
+    """k = 2, built with min_layer 5: the one-layer segment 3..4 scores cos(p4, p3), not the rule's cos(p4, p2)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from tests.conftest import TINY, _minilm_path, write_st_folder
+
+    torch.manual_seed(2)
+    six = BertModel(BertConfig(vocab_size=30522, max_position_embeddings=128, **{**TINY, "num_hidden_layers": 6}),
+                    add_pooling_layer=False)
+    folder = write_st_folder(six.eval(), tmp_path / "six", _minilm_path())
+    with caplog.at_level(logging.WARNING):
+        out = build(folder, tmp_path / "art", boundaries=[3, 4, 5], patience=2, min_layer=5, progress=False)
+    assert "no sample can exit after layer 3, 4" in caplog.text  # hand-offs the policy never uses are named
+    seg = load_manifest(out).segments[1]
+    assert (seg.start, seg.end, seg.ref_layer) == (3, 4, 3)
+    with pytest.raises(RuntimeInputError, match="exits after layer 4, .*min_layer above 4, or rebuild"):
+        EarlyExitEncoder(out, min_layer=4)
+    enc = EarlyExitEncoder(out, min_layer=5, theta=0.5)  # the built policy, and above it, work
+    assert set(enc.encode_with_exits(sentences).exit_layers.tolist()) <= {5, 6}
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
@@ -206,6 +228,17 @@ def test_corrupt_missing_and_mismatched_artifacts_are_refused(tiny_artifacts, tm
     with pytest.raises(ArtifactError, match="not a folder"):
         load_manifest(tmp_path / "nope")
     data = json.loads((broken / "manifest.json").read_text())
+    for edit, where in [
+        (lambda d: d["segments"][1].pop("inputs"), r"segments\[1\]\.inputs is missing"),
+        (lambda d: d.update(num_layers="six"), "num_layers must be a positive integer, got 'six'"),
+        (lambda d: d["variants"]["fp32"].update(full="full.onnx"), "variants.fp32.full must be an object"),
+        (lambda d: d["exit_policy"].update(theta=1.7), r"exit_policy: theta must be in \(0, 1\], got 1.7"),
+    ]:  # a hand-edited manifest: the key's path, never a KeyError or ValueError from deep inside
+        edited = json.loads(json.dumps(data))
+        edit(edited)
+        (broken / "manifest.json").write_text(json.dumps(edited))
+        with pytest.raises(ArtifactError, match=where):
+            load_manifest(broken, check_files=False)
     data["schema_version"] = 99
     (broken / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ArtifactError, match="newer"):
@@ -246,7 +279,7 @@ def test_verify_detects_a_wrong_graph(tiny_artifacts, tiny_bert, tmp_path, sente
     assert verify(other, sentences, progress=False)
 
 
-def test_int8_variant_is_added_verified_and_selectable(tiny_bert, tmp_path, sentences, caplog):
+def test_int8_variant_is_added_verified_and_selectable(tiny_bert, tiny_mpnet, tmp_path, sentences, caplog):
     out = build(tiny_bert, tmp_path / "q", min_layer=2, progress=False)
     with caplog.at_level(logging.WARNING):
         build(tiny_bert, out, precision="int8", progress=False)
@@ -268,6 +301,11 @@ def test_int8_variant_is_added_verified_and_selectable(tiny_bert, tmp_path, sent
     assert float(np.abs(fp32 - int8).max()) > 1e-5  # ... yet really quantised
     with pytest.raises(ArtifactError, match="no 'fp16' build .*pass one of those"):
         EarlyExitEncoder(out, variant="fp16")
+    # a variant quantises the graphs already there: options it would ignore, or another model, are refused
+    with pytest.raises(LeapError, match="--theta, --min-layer would be ignored"):
+        build(tiny_bert, out, precision="int8", theta=0.9, min_layer=3, force=True, progress=False)
+    with pytest.raises(LeapError, match="not from .*its weights differ"):
+        build(tiny_mpnet, out, precision="int8", force=True, progress=False)
 
 
 def test_exit_test_decides_in_float32_like_numpy(tiny_artifacts, sentences):

@@ -172,6 +172,16 @@ class EarlyExitEncoder:
                 f"these artifacts compute convergence scores with patience k={self.manifest.patience} inside "
                 f"the graphs; k={policy.patience} needs a rebuild: `leap-export build ... --patience {policy.patience}`"
             )
+        # a segment built as one no sample could exit after scores cos(p_b, p_a) when b - k < a (k > 1):
+        # a lower min_layer at run time must not act on a score that is not the rule's
+        wrong = [s.end for s in self.manifest.segments
+                 if policy.may_exit_at(s.end) and s.end < self.manifest.num_layers and s.ref_layer != s.end - policy.patience]
+        if wrong:
+            raise RuntimeInputError(
+                f"min_layer {policy.min_layer} allows exits after layer {', '.join(map(str, wrong))}, where these "
+                f"artifacts' graphs compare with another layer than l - {policy.patience} (the build planned no "
+                f"exit there); pass a min_layer above {max(wrong)}, or rebuild with --min-layer {policy.min_layer}"
+            )
         return policy
 
     # -- public API -----------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trt_runtime.errors import ArtifactError
+from trt_runtime.errors import ArtifactError, RuntimeInputError
 from trt_runtime.fileio import write_json_atomic
 from trt_runtime.policy import ExitPolicy
 
@@ -189,11 +189,78 @@ def load_manifest(root: str | os.PathLike, *, check_files: bool = True, variant:
             f"graphs take other inputs; rebuild: `leap-export build {data.get('source', {}).get('spec', 'MODEL')} "
             f"--out {root} --force`"
         )
+    _check_structure(data, path)
     manifest = Manifest(root=root, data=data)
     _check_geometry(manifest)
     if check_files:
         manifest.check_files(variant)
     return manifest
+
+
+def _check_structure(data: dict[str, Any], path: Path) -> None:
+    """Types of everything the runtime reads, so a hand-edited manifest fails here with its key path."""
+
+    def fail(where: str, expected: str | None, value: Any = None) -> None:
+        problem = "is missing" if expected is None else f"must be {expected}, got {value!r}"
+        raise ArtifactError(f"{path}: {where} {problem}; undo the edit or rebuild the artifacts "
+                            "(`leap-export build MODEL --out DIR --force`)")
+
+    def integer(where: str, value: Any, least: int = 1) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            fail(where, "a positive integer" if least == 1 else f"an integer >= {least}", value)
+
+    def named_list(where: str, value: Any) -> None:
+        if not isinstance(value, list) or not all(isinstance(v, dict) and isinstance(v.get("name"), str)
+                                                  for v in value):
+            fail(where, 'a list of {"name": ...} objects', value)
+
+    def file_entry(where: str, value: Any) -> None:
+        if not (isinstance(value, dict) and isinstance(value.get("file"), str) and isinstance(value.get("sha256"), str)):
+            fail(where, 'an object with "file" and "sha256" strings', value)
+
+    for key in ("num_layers", "hidden_size", "max_seq_length"):
+        integer(key, data[key])
+    if not isinstance(data["normalize"], bool):
+        fail("normalize", "true or false", data["normalize"])
+    if data["pooling"] != "mean":
+        fail("pooling", '"mean" (LEAP exits on masked mean pooling)', data["pooling"])
+    if not isinstance(data["segments"], list) or not data["segments"]:
+        fail("segments", "a non-empty list", data["segments"])
+    for i, seg in enumerate(data["segments"]):
+        where = f"segments[{i}]"
+        if not isinstance(seg, dict):
+            fail(where, "an object", seg)
+        for key in ("index", "layers", "inputs", "outputs", "ref_layer"):
+            if key not in seg:
+                fail(f"{where}.{key}", None)
+        integer(f"{where}.index", seg["index"], least=0)
+        layers = seg["layers"]
+        if not (isinstance(layers, list) and len(layers) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in layers)):
+            fail(f"{where}.layers", "[first layer - 1, last layer]", layers)
+        named_list(f"{where}.inputs", seg["inputs"])
+        named_list(f"{where}.outputs", seg["outputs"])
+        integer(f"{where}.ref_layer", seg["ref_layer"], least=0)
+        if seg.get("ref_from") is not None and (isinstance(seg["ref_from"], bool) or not isinstance(seg["ref_from"], int)):
+            fail(f"{where}.ref_from", "a segment index or null", seg["ref_from"])
+        if seg.get("ref_output") is not None and not isinstance(seg["ref_output"], str):
+            fail(f"{where}.ref_output", "an output name or null", seg["ref_output"])
+    if not isinstance(data["variants"], dict) or not data["variants"]:
+        fail("variants", "a non-empty object (precision -> files)", data["variants"])
+    for name, variant in data["variants"].items():
+        if not isinstance(variant, dict) or not isinstance(variant.get("segments"), list):
+            fail(f"variants.{name}", 'an object with a "segments" list', variant)
+        for i, entry in enumerate(variant["segments"]):
+            file_entry(f"variants.{name}.segments[{i}]", entry)
+        file_entry(f"variants.{name}.full", variant.get("full"))
+    file_entry("tokenizer", data["tokenizer"])
+    if not isinstance(data["exit_policy"], dict):
+        fail("exit_policy", "an object", data["exit_policy"])
+    try:
+        ExitPolicy.from_dict(data["exit_policy"])
+    except RuntimeInputError as e:
+        raise ArtifactError(f"{path}: exit_policy: {e}; fix the value, or set the default with "
+                            "`leap-export calibrate`") from None
 
 
 def _check_geometry(m: Manifest) -> None:

@@ -56,6 +56,59 @@ def output_image(ctx, param, value):
     return value
 
 
+def distinct_files(f):
+    """Refuse a command line that names one file twice where one of the two would be written.
+
+    Outputs are the options checked by the output callbacks above; every other path option is an input.
+    Without this, ``--report sentences.txt`` replaced the sentences with the report, and ``--output e.npy
+    --exit-layers e.npy`` kept only the second file written.
+    """
+    import functools
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        ctx = click.get_current_context()
+        outputs, inputs = [], []
+        for param in ctx.command.params:
+            value = ctx.params.get(param.name)
+            if value is None or not isinstance(param.type, click.Path):
+                continue
+            is_output = param.callback in (output_file, output_folder, output_npy, output_image)
+            name = param.opts[0] if param.opts else param.name
+            for item in value if isinstance(value, list | tuple) else [value]:  # multiple=True gives a tuple
+                (outputs if is_output else inputs).append((name, item))
+        for i, (name, path) in enumerate(outputs):
+            for other, other_path in outputs[:i] + inputs:
+                if _same_file(path, other_path):
+                    role = "output" if (other, other_path) in outputs else "input"
+                    raise click.UsageError(
+                        f"{name} {path} is the same file as the {role} {other} {other_path}: writing it would "
+                        "destroy the other; give it another name"
+                    )
+        return f(*args, **kwargs)
+
+    return wrapper
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Same regular file (or the same not-yet-existing path); pipes and devices such as /dev/stdin never match."""
+    import os
+    import stat
+
+    def kind(path):
+        try:
+            return stat.S_IFMT(os.stat(path).st_mode)
+        except OSError:
+            return None
+
+    ka, kb = kind(a), kind(b)
+    if ka is not None and kb is not None:
+        return ka == kb == stat.S_IFREG and os.path.samefile(a, b)
+    if ka is None and kb is None:
+        return os.path.realpath(a) == os.path.realpath(b)
+    return False
+
+
 def _csv_ints(ctx, param, value):
     if value is None:
         return None

@@ -3,6 +3,7 @@ import click
 from leap_export.commands._options import (
     _csv_sizes,
     artifacts_argument,
+    distinct_files,
     min_layer_option,
     output_folder,
     theta_option,
@@ -72,6 +73,7 @@ from leap_export.commands._options import (
     callback=output_folder,
     help="Folder for bench.json, bench.md and bench.png.",
 )
+@distinct_files
 def command(
     artifacts, sentences, batch_sizes, warmup, iters, theta, min_layer, variant, threads, baselines,
     also_variants, schedule, breakdown, processes, out

@@ -14,7 +14,8 @@ from leap_export.commands._options import _csv_ints, _positive, _unit_interval, 
               help="k: compare layer l with layer l-k (1). Baked into the graphs.")
 @click.option("--min-layer", type=int, default=None, callback=_positive, help="l_min (default L/2).")
 @click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
-              help="fp32 builds the folder; int8 adds a quantised variant to an existing fp32 build.")
+              help="fp32 builds the folder; int8 adds a quantised variant to the fp32 build at --out (MODEL: the "
+              "model it was built from, or that folder itself).")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (12..20).")
 @click.option("--force", is_flag=True, help="Replace an earlier build or an empty folder at --out (kept until the "
               "new one is complete); a folder that is not a build is never replaced.")

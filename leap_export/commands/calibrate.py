@@ -11,6 +11,7 @@ from leap_export.commands._options import (
     batch_size_option,
     bible_corpus_limit_option,
     bible_limit_option,
+    distinct_files,
     eval_sets_option,
     label_free_option,
     min_layer_option,
@@ -63,6 +64,7 @@ def _csv_floats(ctx, param, value):
 @click.option("--dry-run", is_flag=True, help="Report only; leave the manifest as it is.")
 @click.option("--strict", is_flag=True, help="Exit 1 when no theta meets the budget.")
 @report_option
+@distinct_files
 def command(
     artifacts,
     eval_sets,

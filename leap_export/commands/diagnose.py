@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from leap_export.commands._options import output_image, report_option
+from leap_export.commands._options import distinct_files, output_image, report_option
 
 
 @click.command("diagnose")
@@ -49,6 +49,7 @@ from leap_export.commands._options import output_image, report_option
     callback=output_image,
     help="Write the two-panel figure here (.png, .svg or .pdf).",
 )
+@distinct_files
 def command(
     model,
     sentences_file,

@@ -3,6 +3,7 @@ import click
 from leap_export.commands._options import (
     artifacts_argument,
     batch_size_option,
+    distinct_files,
     min_layer_option,
     output_file,
     output_npy,
@@ -26,12 +27,18 @@ from leap_export.commands._options import (
               help="Write each line's exit layer and the run's exit statistics as JSON.")
 @variant_option
 @threads_option
+@distinct_files
 def command(artifacts, input_path, output, theta, min_layer, batch_size, full_depth, exit_layers, variant, threads):
     """Embed sentences with early exit and per-sample batch compaction."""
     from leap_export.encode import encode_file
 
+    if full_depth and (theta is not None or min_layer is not None):
+        raise click.UsageError("--full-depth runs every layer for every sentence: --theta and --min-layer would be "
+                               "ignored; drop them, or drop --full-depth")
     stats = encode_file(artifacts, input_path, output, theta=theta, min_layer=min_layer, batch_size=batch_size,
                         exits=not full_depth, exit_layers_path=exit_layers, variant=variant, threads=threads)
     rates = ", ".join(f"L{k}: {v:.0%}" for k, v in stats["exit_rate"].items())
-    click.echo(f"{stats['samples']} embeddings -> {output}; exits {rates}; E[layers] "
-               f"{stats['expected_layers'] or 0:.2f}")
+    if not stats["samples"]:
+        click.echo(f"0 embeddings -> {output} (the input has no lines)")
+        return
+    click.echo(f"{stats['samples']} embeddings -> {output}; exits {rates}; E[layers] {stats['expected_layers']:.2f}")

@@ -9,6 +9,7 @@ from leap_export.commands._options import (
     batch_size_option,
     bible_corpus_limit_option,
     bible_limit_option,
+    distinct_files,
     eval_sets_option,
     label_free_option,
     min_layer_option,
@@ -38,6 +39,7 @@ from leap_export.commands._options import (
 @variant_option
 @batch_size_option
 @report_option
+@distinct_files
 def command(
     artifacts,
     eval_sets,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from leap_export.commands._options import output_folder
+from leap_export.commands._options import distinct_files, output_folder
 
 
 @click.command("train")
@@ -57,6 +57,7 @@ from leap_export.commands._options import output_folder
     metavar="KEY=VALUE",
     help="Any other LeapConfig field, e.g. --set alpha_inter=0.1 --set tau=0.97 (repeatable).",
 )
+@distinct_files
 def command(
     student,
     teacher,

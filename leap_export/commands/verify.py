@@ -1,6 +1,6 @@
 import click
 
-from leap_export.commands._options import artifacts_argument, batch_size_option, output_file
+from leap_export.commands._options import artifacts_argument, batch_size_option, distinct_files, output_file
 
 
 @click.command("verify")
@@ -12,6 +12,7 @@ from leap_export.commands._options import artifacts_argument, batch_size_option,
 @click.option("--variant", default=None, help="Which build to check (fp32, int8, ...). Default: the manifest's.")
 @click.option("--model", default=None, help="Reference model (short name or folder) if not the manifest's source.")
 @batch_size_option
+@distinct_files
 def command(artifacts, sentences, report, variant, model, batch_size):
     """Prove parity: PyTorch vs ONNX Runtime, per segment and end to end. Exit code 1 on any failure."""
     from leap_export.textio import read_lines

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from leap_export.errors import LeapError
-from leap_export.reference import masked_mean, tokenize
+from leap_export.reference import from_pretrained, masked_mean, tokenize
 from leap_export.sources import ModelSource, resolve_model
 from leap_export.train.config import LeapConfig
 from leap_export.train.losses import TERMS, LeapLoss
@@ -93,12 +93,12 @@ def load_student(
     overrides = (
         {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
     )
-    transformer = AutoModel.from_pretrained(str(source.path), **overrides)
+    transformer = from_pretrained(AutoModel, source.path, "weights", **overrides)
     for name, param in transformer.named_parameters():
         if name.startswith("pooler."):  # not part of a sentence embedding; DDP needs every param used
             param.requires_grad_(False)
     torch.manual_seed(seed)  # the projection's initialisation
-    return StudentEncoder(transformer, teacher_width), AutoTokenizer.from_pretrained(str(source.path))
+    return StudentEncoder(transformer, teacher_width), from_pretrained(AutoTokenizer, source.path, "tokenizer")
 
 
 # --- data order -------------------------------------------------------------------------------------
