@@ -449,11 +449,16 @@ def markdown(report: dict[str, Any]) -> str:
         f"E[layers] = {report['expected_layers']:.2f} of {report['num_layers']} -> theoretical "
         f"{report['theoretical_speedup']:.2f}x.",
         "",
-        "| batch | monolithic ms (p50/p99) | segmented, exits off ms | early exit ms | speedup | realised efficiency "
+        "| batch | monolithic ms, mean (p50/p99) | segmented, exits off ms | early exit ms | speedup | realised efficiency "
         "| monitoring overhead |" + (" ST PyTorch encode ms | our encode ms | vs ST |" if has_st else "")
         + (" ST ONNX encode ms | vs ST ONNX |" if has_onnx else ""),
         "|---|---|---|---|---|---|---|" + ("---|---|---|" if has_st else "") + ("---|---|" if has_onnx else ""),
     ]
+    if has_st:
+        lines[0] += (
+            " The encode columns (end to end, tokenisation included) are timed in warm blocks, the graph columns "
+            f"{report.get('schedule', 'round-robin')}."
+        )
     if report.get("processes", 1) > 1:
         lines[0] += (
             f" **Median over {report['processes']} fresh processes**; ratios show their range over the processes "
