@@ -56,8 +56,14 @@ def cli() -> None:
 
 
 def main() -> None:
+    import logging
+
     from leap_export.errors import ArtifactError, LeapError, OutputPathError, RuntimeInputError
 
+    handler = logging.StreamHandler()  # the tool's own warnings, marked as such, on stderr
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    for name in ("leap_export", "trt_runtime"):
+        logging.getLogger(name).addHandler(handler)
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
