@@ -31,6 +31,7 @@ monolithic - 1.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -39,7 +40,10 @@ from typing import Any
 
 import numpy as np
 
+from leap_export.errors import LeapError
 from trt_runtime.fileio import atomic_write, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 SCHEDULES = ("round-robin", "blocks")
 ST, ST_ONNX = "sentence-transformers", "sentence-transformers (ONNX)"
@@ -151,6 +155,10 @@ def bench(
     if iters < 1 or warmup < 0:
         raise ValueError(f"need iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
     sentences = [s for s in (sentences or sample_sentences()) if s.strip()]
+    if len(sentences) < max(batch_sizes):
+        log.warning("only %d sentences: a batch of %d repeats them, so E[layers] and the speedups describe these "
+                    "few sentences; pass --sentences with at least %d lines", len(sentences), max(batch_sizes),
+                    max(batch_sizes))
     threads = threads or default_threads()
     ee = EarlyExitEncoder(artifacts, theta=theta, min_layer=min_layer, variant=variant, threads=threads)
     seg = EarlyExitEncoder(artifacts, exits=False, variant=variant, threads=threads, check_files=False)
@@ -158,8 +166,12 @@ def bench(
     mono.activate()
     # other builds (e.g. int8) timed in the same rounds: their own monolithic graph and early exit
     extra: dict[str, tuple] = {}
+    main_variant = variant or ee.manifest.data.get("default_variant", "fp32")
+    if main_variant in also_variants:
+        raise LeapError(f"--also-variant {main_variant} is the build already being timed (--variant {main_variant}); "
+                        "name another build, e.g. int8")
     for v in also_variants:
-        if v == (variant or ee.manifest.data.get("default_variant", "fp32")) or v in extra:
+        if v in extra:
             continue
         ee_v = EarlyExitEncoder(artifacts, theta=theta, min_layer=min_layer, variant=v, threads=threads)
         mono_v = OrtRunner(ee_v.manifest.full_path(v), threads=threads)

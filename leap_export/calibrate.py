@@ -46,6 +46,7 @@ from trt_runtime.policy import ExitPolicy, cosine
 
 REPORT_SCHEMA = "leap-export/calibrate-report"
 REPORT_VERSION = 1
+LITTLE_SPEEDUP = 1.1  # a chosen theta below this theoretical speedup gets a note: the model hardly exits
 DEFAULT_THETAS = tuple(float(t) for t in np.round(np.arange(0.90, 0.991, 0.01), 2))
 DEFAULT_MIN_NN10 = 0.80  # §5.2 checklist: NN@10 >= 0.80
 DEFAULT_MAX_QUALITY_DROP = 0.02  # relative; the paper's LEAP vs baseline gap is 2.2 % (§4.5)
@@ -252,7 +253,7 @@ def calibrate(
     written = False
     if write and changed:
         _write_policy(
-            manifest, current, new_policy, message, chosen, sets, lf_origin, min_nn10, budget_drop
+            manifest, current, new_policy, message, chosen, sets, lf_origin, min_nn10, budget_drop, variant
         )
         written = True
 
@@ -335,6 +336,9 @@ def _message(chosen, rows, current, new_policy, changed, min_nn10, max_drop, num
     )
     drops = [f"{k} drop {100 * v:.2f}%" for k, v in chosen["drop"].items() if v is not None]
     what += "".join(f", {d}" for d in drops)
+    if chosen["speedup"] < LITTLE_SPEEDUP:
+        what += (f". Within this budget early exit saves little ({chosen['speedup']:.2f}x): train the model with "
+                 "LEAP (`leap-export train`), or loosen the budget (--max-drop, --min-nn10)")
     if not changed:
         return f"the current policy is already the cheapest within the budget ({budget}): {what}"
     return (
@@ -345,7 +349,7 @@ def _message(chosen, rows, current, new_policy, changed, min_nn10, max_drop, num
 
 
 def _write_policy(
-    manifest, current, new_policy, message, chosen, sets, lf_origin, min_nn10, max_drop: float | None
+    manifest, current, new_policy, message, chosen, sets, lf_origin, min_nn10, max_drop: float | None, variant
 ) -> None:
     entry = {
         **current.to_dict(),
@@ -354,6 +358,7 @@ def _write_policy(
         "reason": message,
         "calibration": jsonable(
             {
+                "variant": variant or manifest.data.get("default_variant", "fp32"),  # measured on; the policy is shared
                 "eval_sets": [s.name for s in sets],
                 "label_free": lf_origin,
                 "budget": {"min_nn10": min_nn10, "max_quality_drop": max_drop},

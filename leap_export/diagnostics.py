@@ -44,6 +44,7 @@ CHECKLIST_NN = 0.80  # checklist 2: NN@10 at the target exit layer
 CHECKLIST_EXIT_RATE = 0.50  # checklist 3: exit rate (strictly greater)
 PAPER_THETA = 0.95  # the checklist's exit rate is defined at this threshold
 NN_FAIL_THRESHOLDS = (0.5, 0.3)  # Table 13 columns
+SWEEP_THETAS = (0.90, 0.91, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)  # the paper's deployment range
 _NORM_EPS = 1e-12
 _GAMMA_EPS = 1e-6  # a step shorter than this (on the unit sphere) leaves gamma undefined
 
@@ -163,6 +164,7 @@ def diagnose(
     *,
     overhead: float | None = None,
     nn_k: int = 10,
+    sweep_thetas: tuple[float, ...] = SWEEP_THETAS,
 ) -> dict[str, Any]:
     """The full diagnostic report for pooled layer embeddings ``[L + 1, N, H]`` (JSON-serialisable).
 
@@ -177,7 +179,7 @@ def diagnose(
     if min_layer is None:
         min_layer = max(1, num_layers // 2)
     policy = ExitPolicy(theta=theta, patience=patience, min_layer=min_layer)
-    _check_layers(num_layers, min_layer, target_layer)
+    _check_layers(num_layers, min_layer, target_layer, patience)
     if overhead is not None and not (np.isfinite(overhead) and overhead >= 0):
         raise LeapError(f"overhead is a fraction of full-depth latency (e.g. 0.222), got {overhead!r}")
     warnings: list[str] = []
@@ -254,6 +256,7 @@ def diagnose(
         ],
         "similarity_monotonic": bool(all(b >= a - 1e-6 for a, b in zip(sims, sims[1:], strict=False))),
     }
+    sweep = threshold_sweep(pooled, sweep_thetas, patience, min_layer, k, nn_final)
     diagnostics = _diagnostics(layers, min_layer, num_layers, exit_rate, overhead)
     checklist = _checklist(
         layers, theta, exit_rate, median_exit_layer, num_layers, target_layer, k, exited_block
@@ -278,6 +281,7 @@ def diagnose(
         "exit": exit_block,
         "exited": exited_block,
         "contraction": contraction,
+        "sweep": sweep,
         "diagnostics": diagnostics,
         "checklist": checklist,
         "verdict": verdict,
@@ -286,9 +290,40 @@ def diagnose(
     }
 
 
-def _check_layers(num_layers: int, min_layer: int, target_layer: int | None) -> None:
+def threshold_sweep(pooled: np.ndarray, thetas, patience: int, min_layer: int, k: int,
+                    nn_final: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """What each theta would give on these embeddings, exit checked after every layer (the paper's Table 3
+    columns): E[layers], layer reduction, exit rate by l_min + 1, and the exited embeddings against full depth."""
+    num_layers, n = pooled.shape[0] - 1, pooled.shape[1]
+    final = pooled[num_layers]
+    if nn_final is None:
+        nn_final = nearest_neighbours(final, k)
+    rows = []
+    for theta in thetas:
+        exit_layer = ExitPolicy(theta=float(theta), patience=patience, min_layer=min_layer).simulate(pooled)
+        exited = pooled[exit_layer, np.arange(n)]
+        nn = neighbour_overlap(nearest_neighbours(exited, k), nn_final)
+        expected = float(exit_layer.mean())
+        rows.append({
+            "theta": float(theta),
+            "expected_layers": expected,
+            "layer_reduction": num_layers / expected,
+            "exit_rate_by_min_layer_plus_1": _f((exit_layer <= min_layer + 1).mean() if min_layer + 1 < num_layers
+                                                else (exit_layer < num_layers).mean()),
+            "exit_rate_before_final": _f((exit_layer < num_layers).mean()),
+            "similarity_to_full": _f(cosine(exited, final).mean()),
+            "nn_at_k": _f(nn.mean()),
+            "nn_fail_lt_0.8": _f((nn < 0.8).mean()),
+        })
+    return rows
+
+
+def _check_layers(num_layers: int, min_layer: int, target_layer: int | None, patience: int = 1) -> None:
     if not 1 <= min_layer <= num_layers - 1:
         raise LeapError(f"min_layer must be between 1 and L - 1 = {num_layers - 1}, got {min_layer}")
+    if patience >= num_layers - 1:  # exits need l > patience and l < L: none is left, whatever the model
+        raise LeapError(f"patience k {patience} leaves no layer to exit after on a {num_layers}-layer model (an exit "
+                        f"needs k < l < {num_layers}); pass --patience {max(1, num_layers - 2)} or less")
     if target_layer is not None and not (
         isinstance(target_layer, int) and 1 <= target_layer <= num_layers - 1
     ):
@@ -470,7 +505,7 @@ def run_diagnose(
     if min_layer is None:
         min_layer = int(policy["min_layer"])
     ExitPolicy(theta=theta, patience=patience, min_layer=min_layer)  # fail before the slow part
-    _check_layers(source.num_layers, min_layer, target_layer)
+    _check_layers(source.num_layers, min_layer, target_layer, patience)
     t0 = time.perf_counter()
     pooled = layer_embeddings(source, sentences, batch_size=batch_size, show_progress_bar=show_progress_bar)
     t1 = time.perf_counter()

@@ -7,13 +7,14 @@ import os
 
 
 def summary(artifacts: str | os.PathLike, *, as_json: bool = False, check_files: bool = True) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from trt_runtime.manifest import load_manifest
 
     m = load_manifest(artifacts, check_files=check_files)
-    console = Console()
+    from leap_export.commands._options import console as make_console
+
+    console = make_console()
     if as_json:
         console.print_json(json.dumps(m.data))
         return

@@ -92,7 +92,7 @@ def load_eval_sets(
 
     names = parse_eval_sets(names)
     if "sts" in names and sts_file is None:
-        raise LeapError("the 'sts' evaluation needs an STS file: pass --sts-file (sts_file=...)")
+        raise LeapError("the 'sts' evaluation needs an STS file: pass --sts-file FILE (STS-B TSV or CSV)")
     sets = []
     for name in names:
         if name == "lee":
@@ -119,6 +119,9 @@ def load_eval_sets(
             )
         else:
             s1, s2, gold = load_sts_file(sts_file)
+            if len(np.unique(gold)) < 2:
+                raise LeapError(f"STS file {sts_file}: every gold score is {gold[0]:g}, so Spearman's correlation is "
+                                "undefined; an STS set needs pairs with different scores")
             sets.append(EvalSet("sts", s1 + s2, {"pairs": len(gold)}, _pair_scorer(s1, s2, gold)))
     return sets
 
@@ -159,6 +162,9 @@ def label_free_set(
 ) -> tuple[list[str], str]:
     """The label-free set and where it came from: ``sentences`` if given, else the eval texts (an evenly
     spaced, deterministic subset of at most ``limit`` when there are more)."""
+    if sentences is None and not sets:
+        raise LeapError("no evaluation set was named (--eval is empty) and no --sentences given: name a set "
+                        f"({', '.join(EVAL_SETS)}), or pass --sentences FILE for the label-free metrics alone")
     if sentences is not None:
         texts = list(dict.fromkeys(s for s in sentences if s.strip()))
         origin = "given sentences"
@@ -287,12 +293,14 @@ def evaluate_artifacts(
     from trt_runtime.manifest import load_manifest
 
     t0 = time.perf_counter()
+    manifest = load_manifest(artifacts, variant=variant)
+    if min_layer is not None and not min_layer < manifest.num_layers:  # as calibrate: no exit could happen
+        raise LeapError(f"min_layer must be below the {manifest.num_layers} layers, got {min_layer}")
     sets = load_eval_sets(
         eval_sets, sts_file=sts_file, bible_limit=bible_limit, bible_corpus_limit=bible_corpus_limit
     )
     lf_texts, lf_origin = label_free_set(sets, label_free_sentences)
     texts = union_texts(sets, lf_texts)
-    manifest = load_manifest(artifacts, variant=variant)
     exited_enc = EarlyExitEncoder(
         artifacts, theta=theta, min_layer=min_layer, variant=variant, check_files=False
     )

@@ -92,6 +92,13 @@ def describe_folder(folder: Path, *, spec: str | None = None, recipe: dict | Non
     folder = Path(folder).resolve()
     config_path = folder / "config.json"
     if not config_path.is_file():
+        if (folder / "manifest.json").is_file():
+            try:
+                built_from = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["source"]["spec"]
+            except (OSError, ValueError, KeyError, TypeError):
+                built_from = "MODEL"
+            raise LeapError(f"{folder} is a leap-export artifact folder, not a model folder; this needs the model "
+                            f"it was built from: {built_from}")
         raise LeapError(f"{folder} is not a model folder: it has no config.json")
     config = _read_json(config_path, what="the model's config")
     arch = config.get("model_type", "")

@@ -6,6 +6,7 @@ import shutil
 import pytest
 
 from leap_export.bench import ST, ST_ONNX, bench, markdown, save
+from leap_export.errors import LeapError
 from leap_export.export import build
 
 
@@ -14,9 +15,11 @@ def test_bench_reports_every_configuration_and_the_int8_build(tiny_artifacts, tm
     shutil.copytree(tiny_artifacts["bert"], art)
     build(art, art, precision="int8", progress=False)  # adds the int8 variant to the existing build
     report = bench(art, sentences * 4, batch_sizes=(1, 4), warmup=2, iters=6, theta=0.5, baselines=False,
-                   also_variants=("int8", "fp32"), breakdown=True, progress=False)
+                   also_variants=("int8",), breakdown=True, progress=False)
     assert list(report["results"]) == ["1", "4"]
-    assert list(report["also_variants"]) == ["int8"]  # the main variant is not timed twice
+    assert list(report["also_variants"]) == ["int8"]
+    with pytest.raises(LeapError, match="--also-variant fp32 is the build already being timed"):
+        bench(art, sentences, batch_sizes=(1,), iters=1, baselines=False, also_variants=("fp32",), progress=False)
     for row in report["results"].values():
         for name in ("monolithic", "segmented", "early exit", "monolithic [int8]", "early exit [int8]"):
             assert row[name]["mean_ms"] > 0 and row[name]["p50_ms"] <= row[name]["p99_ms"]

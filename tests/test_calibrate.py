@@ -120,6 +120,7 @@ def test_calibrate_rows_match_the_runtime_and_the_manifest_gets_the_choice(artif
     assert history[-1]["theta"] == old.theta and history[-1]["min_layer"] == old.min_layer
     assert history[-1]["reason"] == report["message"] and history[-1]["replaced_at"]
     assert history[-1]["calibration"]["chosen"]["theta"] == chosen["theta"]
+    assert history[-1]["calibration"]["variant"] == "fp32"  # the build it was measured on (the policy is shared)
     assert EarlyExitEncoder(artifacts).policy.theta == chosen["theta"]
     advice = report["boundary_advice"]  # read off the chosen row's exit rates
     assert advice["theta"] == chosen["theta"] and set(advice["exit_rate"]) == {"2", "3"}
@@ -143,6 +144,17 @@ def test_no_quality_budget_is_inf_and_the_manifest_stays_strict_json(artifacts, 
 
     manifest = json.loads((artifacts / "manifest.json").read_text(), parse_constant=refuse)
     assert manifest["policy_history"][-1]["calibration"]["budget"]["max_quality_drop"] is None
+
+
+def test_a_choice_that_saves_little_says_so():
+    from leap_export.calibrate import _message
+
+    row = {"theta": 0.99, "expected_layers": 5.96, "speedup": 6 / 5.96, "nn_at_10": 0.99, "drop": {}}
+    old, new = ExitPolicy(theta=0.95, min_layer=3), ExitPolicy(theta=0.99, min_layer=3)
+    text = _message(row, [row], old, new, True, 0.8, 0.02, 6)
+    assert "early exit saves little (1.01x): train the model with LEAP" in text
+    row = {**row, "expected_layers": 3.4, "speedup": 6 / 3.4}
+    assert "saves little" not in _message(row, [row], old, new, True, 0.8, 0.02, 6)
 
 
 def test_boundary_advice_drops_exit_checks_nobody_uses():

@@ -162,7 +162,22 @@ def test_converged_layers_exit_everything_at_min_layer_and_pass():
     assert [d["fired"] for d in report["diagnostics"]] == [False, False, None]
     assert report["verdict"] == "exit-compatible"
     assert all(isinstance(r, str) and r for r in report["reasons"])
+    # the threshold sweep: every theta exits everything at layer 3 here (cos 1 >= any theta)
+    assert [r["theta"] for r in report["sweep"]] == [0.9, 0.91, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99]
+    assert all(r["expected_layers"] == 3.0 and r["exit_rate_by_min_layer_plus_1"] == 1.0 and r["nn_at_k"] == 1.0
+               for r in report["sweep"])
     json.dumps(report, allow_nan=False)
+
+
+def test_the_sweep_trades_layers_for_fidelity_as_theta_rises():
+    rng = np.random.default_rng(0)
+    final = _random_unit(rng, 60, 16)
+    spread = rng.uniform(0.02, 0.3, size=(60, 1))  # each sample converges at its own pace
+    pooled = np.stack([final + rng.normal(size=final.shape) * spread * (6 - layer) / 3 for layer in range(7)])
+    sweep = diagnose(pooled.astype(np.float32), min_layer=3)["sweep"]
+    layers = [r["expected_layers"] for r in sweep]
+    assert layers == sorted(layers) and layers[0] < layers[-1]  # a stricter theta never exits earlier
+    assert all(r["layer_reduction"] == pytest.approx(6 / r["expected_layers"]) for r in sweep)
 
 
 def test_orthogonal_layers_never_exit_and_every_check_fails():
@@ -214,6 +229,7 @@ def test_given_target_layer_and_flat_curve_window():
         ({"target_layer": 6}, "target_layer must be an early-exit layer"),
         ({"target_layer": 0}, "target_layer must be an early-exit layer"),
         ({"overhead": -0.1}, "overhead is a fraction"),
+        ({"patience": 5}, "patience k 5 leaves no layer to exit after on a 6-layer model"),
     ],
 )
 def test_bad_arguments_are_clear_errors(kwargs, message):

@@ -18,6 +18,7 @@ from leap_export.quality import (
     evaluate_artifacts,
     exit_statistics,
     label_free_set,
+    load_eval_sets,
     parse_eval_sets,
     relative_drop,
 )
@@ -107,7 +108,7 @@ def test_compare_with_a_reference_model(tiny_artifacts):
     assert same["metrics"][0]["drop_vs_reference"] == 0.0 and same["reference"]["within_target"]
 
 
-def test_helpers():
+def test_helpers(tmp_path):
     assert relative_drop(0.8, 0.78) == pytest.approx(0.025)
     assert relative_drop(-0.5, -0.6) == pytest.approx(0.2)  # worse is a positive drop whatever the sign
     assert relative_drop(0.0, 0.1) is None and relative_drop(float("nan"), 0.1) is None
@@ -118,6 +119,12 @@ def test_helpers():
         parse_eval_sets("lee,stsb")
     with pytest.raises(LeapError, match="at least 11"):
         label_free_set([], ["a"] * 30)  # 30 lines, one distinct sentence
+    constant = tmp_path / "constant.tsv"
+    constant.write_text("sentence1\tsentence2\tscore\na\tb\t3\nc\td\t3\n", encoding="utf-8")
+    with pytest.raises(LeapError, match="every gold score is 3, so Spearman's correlation is undefined"):
+        load_eval_sets(("sts",), sts_file=constant)  # calibrate crashed formatting its None, before
+    with pytest.raises(LeapError, match="no evaluation set was named .* pass --sentences FILE"):
+        label_free_set([], None)  # `--eval ''` alone said "need at least 11 sentences, got 0"
     stats = exit_statistics(np.array([2, 2, 3, 4]), [2, 3, 4], num_layers=4, min_layer=2)
     assert stats["exit_rate"] == {"2": 0.5, "3": 0.25, "4": 0.25}
     assert stats["cumulative_exit_rate"] == {"2": 0.5, "3": 0.75, "4": 1.0}

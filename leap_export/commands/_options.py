@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 
@@ -59,8 +61,9 @@ def output_image(ctx, param, value):
 def distinct_files(f):
     """Refuse a command line that names one file twice where one of the two would be written.
 
-    Outputs are the options checked by the output callbacks above; every other path option is an input.
-    Without this, ``--report sentences.txt`` replaced the sentences with the report, and ``--output e.npy
+    Outputs are the options checked by the output callbacks above; every other path option is an input,
+    and any argument naming an existing folder (an artifact or model folder) is an input folder, whose own
+    files (``_owned_files``) no output may replace. Without this, ``--report sentences.txt`` replaced the sentences with the report, and ``--output e.npy
     --exit-layers e.npy`` kept only the second file written.
     """
     import functools
@@ -68,15 +71,27 @@ def distinct_files(f):
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         ctx = click.get_current_context()
-        outputs, inputs = [], []
+        outputs, inputs, folders = [], [], []
         for param in ctx.command.params:
             value = ctx.params.get(param.name)
-            if value is None or not isinstance(param.type, click.Path):
-                continue
             is_output = param.callback in (output_file, output_folder, output_npy, output_image)
             name = param.opts[0] if param.opts else param.name
             for item in value if isinstance(value, list | tuple) else [value]:  # multiple=True gives a tuple
-                (outputs if is_output else inputs).append((name, item))
+                if isinstance(item, os.PathLike):  # click.Path(path_type=Path)
+                    item = os.fspath(item)
+                if not isinstance(item, str):
+                    continue
+                if not is_output and os.path.isdir(item):  # an artifact or model folder (also MODEL arguments)
+                    folders.append((name, item))
+                elif isinstance(param.type, click.Path):
+                    (outputs if is_output else inputs).append((name, item))
+        for name, path in outputs:
+            for other, folder in folders:
+                if os.path.isfile(path) and os.path.realpath(path) in _owned_files(folder):
+                    raise click.UsageError(
+                        f"{name} {path} would overwrite a file the input folder {other} {folder} is made of; write "
+                        "it somewhere else"
+                    )
         for i, (name, path) in enumerate(outputs):
             for other, other_path in outputs[:i] + inputs:
                 if _same_file(path, other_path):
@@ -90,9 +105,45 @@ def distinct_files(f):
     return wrapper
 
 
+MODEL_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "modules.json", "sentence_bert_config.json",
+               "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config_sentence_transformers.json")
+
+
+def _owned_files(folder: str) -> set[str]:
+    """Real paths of the files an artifact folder (its manifest and every file it names) or a model folder
+    (config, weights, tokenizer, module folders) is made of; a report saved beside them is not one."""
+    import json
+    from pathlib import Path
+
+    root = Path(folder)
+    owned: list[Path] = []
+    if (root / "manifest.json").is_file():
+        owned += [root / "manifest.json", *(p for p in (root / "tokenizer").rglob("*") if p.is_file())]
+
+        def files(node):
+            if isinstance(node, dict):
+                for key, value in node.items():
+                    if key == "file" and isinstance(value, str):
+                        owned.append(root / value)
+                    else:
+                        files(value)
+            elif isinstance(node, list):
+                for value in node:
+                    files(value)
+
+        try:
+            files(json.loads((root / "manifest.json").read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            pass
+        owned += list(root.glob("*.onnx"))
+    if (root / "config.json").is_file():
+        owned += [root / name for name in MODEL_FILES]
+        owned += [p for sub in root.iterdir() if sub.is_dir() for p in sub.rglob("*") if p.is_file()]
+    return {os.path.realpath(p) for p in owned}
+
+
 def _same_file(a: str, b: str) -> bool:
     """Same regular file (or the same not-yet-existing path); pipes and devices such as /dev/stdin never match."""
-    import os
     import stat
 
     def kind(path):
@@ -120,7 +171,10 @@ def _csv_ints(ctx, param, value):
 
 def _csv_sizes(ctx, param, value):
     """Comma-separated sizes, each >= 1, at least one."""
-    sizes = _csv_ints(ctx, param, value)
+    try:
+        sizes = _csv_ints(ctx, param, value)
+    except click.BadParameter:
+        sizes = []
     if sizes is not None and (not sizes or min(sizes) < 1):
         raise click.BadParameter(f"expected comma-separated integers >= 1 like 1,8,32, got {value!r}")
     return sizes
@@ -197,3 +251,16 @@ report_option = click.option(
 variant_option = click.option(
     "--variant", default=None, help="Which build to run (fp32, int8). Default: the manifest's."
 )
+
+
+def console():
+    """A rich console for the commands' tables. Piped into a log it is not 80 columns wide (rich's default
+    there, which clipped the calibrate table's columns to "E[l…"), but as wide as the tables need."""
+    import sys
+
+    from rich.console import Console
+
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=200)
+

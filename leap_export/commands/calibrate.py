@@ -114,11 +114,12 @@ def command(
 
 
 def print_report(report: dict, *, dry_run: bool = False) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
+    from leap_export.commands._options import console as make_console
+
+    console = make_console()
     budget = report["budget"]
     table = Table(
         title=escape(
@@ -167,7 +168,11 @@ def print_report(report: dict, *, dry_run: bool = False) -> None:
         "[dim]< chosen; ~ dominated (another theta is as cheap and as good); drop = (full - exited) "
         "/ |full|, negative = a gain[/dim]"
     )
-    full = ", ".join(f"{m} {report['full_quality'][m.split('/')[0]][m.split('/')[1]]:.4f}" for m in metrics)
+    def quality(m: str) -> str:
+        value = report["full_quality"][m.split("/")[0]][m.split("/")[1]]
+        return "undefined" if value is None else f"{value:.4f}"
+
+    full = ", ".join(f"{m} {quality(m)}" for m in metrics)
     if full:
         console.print(escape(f"full depth: {full}"), highlight=False)
     cur = report["current_row"]

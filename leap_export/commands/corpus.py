@@ -79,7 +79,6 @@ def command(
 
 
 def _print_counts(manifest: dict, out_dir: Path) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"corpus: {out_dir}")
@@ -101,4 +100,6 @@ def _print_counts(manifest: dict, out_dir: Path) -> None:
         *(f"{totals[s]:,}" for s in ("train", "val", "test")),
         style="bold",
     )
-    Console().print(table)
+    from leap_export.commands._options import console
+
+    console().print(table)

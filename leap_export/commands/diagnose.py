@@ -91,11 +91,12 @@ def command(
 
 
 def print_report(report: dict) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
+    from leap_export.commands._options import console as make_console
+
+    console = make_console()
     policy, ex = report["policy"], report["exit"]
     k = report["nn_k"]
     model = report.get("model", {}).get("name", "")
@@ -144,6 +145,19 @@ def print_report(report: dict) -> None:
         f"{exited['mean_similarity_to_full']:.3f}, NN@{k} {exited['nn_at_k']:.3f}"
     )
     console.print(escape(summary), highlight=False)
+    if report.get("sweep"):
+        sweep = Table(title=f"threshold sweep (k {policy['patience']}, min layer {policy['min_layer']}, exit checked "
+                      "after every layer)", title_justify="left")
+        by = min(policy["min_layer"] + 1, report["num_layers"] - 1)
+        for name in ("theta", escape("E[layers]"), "reduction", f"exit by L{by} %", "cos exited vs full", f"NN@{k}",
+                     "NN<0.8 %"):
+            sweep.add_column(name, justify="right")
+        for r in report["sweep"]:
+            sweep.add_row(f"{r['theta']:.2f}{' *' if abs(r['theta'] - policy['theta']) < 1e-9 else ''}",
+                          f"{r['expected_layers']:.2f}", f"{r['layer_reduction']:.2f}x",
+                          f"{100 * r['exit_rate_by_min_layer_plus_1']:.1f}", f"{r['similarity_to_full']:.3f}",
+                          f"{r['nn_at_k']:.3f}", f"{100 * r['nn_fail_lt_0.8']:.1f}")
+        console.print(sweep)
     for d in report["diagnostics"]:
         style = "red" if d["fired"] else ("yellow" if d["fired"] is None else "green")
         console.print(f"  [{style}]{escape(d['detail'])}[/{style}]", highlight=False)

@@ -86,11 +86,12 @@ def _pct(x) -> str:
 
 
 def print_report(report: dict) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
+    from leap_export.commands._options import console as make_console
+
+    console = make_console()
     p, lf, ref = report["policy"], report["label_free"], report["reference"]
     table = Table(
         title=escape(

@@ -95,7 +95,13 @@ def command(
         checkpoint_every=checkpoint_every,
         seed=seed,
     )
-    config = LeapConfig(**{**options, **parse_settings(settings)})  # --set wins over the named options
+    overrides = parse_settings(settings)
+    ctx = click.get_current_context()
+    both = [k for k in overrides if k in options and ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE]
+    if both:
+        names = ", ".join("--" + k.replace("_", "-") for k in both)
+        raise click.UsageError(f"{names} given twice, as an option and with --set; keep one")
+    config = LeapConfig(**{**options, **overrides})  # --set also sets the named options (when not given as such)
     if baseline:
         config = config.as_baseline()
     path = run_training(

@@ -32,7 +32,6 @@ def command(artifacts, sentences, report, variant, model, batch_size):
 
 
 def _print(result) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"verify {result.artifacts} [{result.variant}] on {result.sentences} sentences")
@@ -42,7 +41,9 @@ def _print(result) -> None:
         value, threshold = ("-", "-") if c.metric == "error" else (f"{c.value:.6g}", f"{c.threshold:.6g}")
         table.add_row(c.name, c.metric, value, threshold,
                       "[green]pass[/green]" if c.passed else f"[red]FAIL[/red] {c.detail}")
-    console = Console()
+    from leap_export.commands._options import console as make_console
+
+    console = make_console()
     console.print(table)
     if result:
         console.print(f"[green bold]PASSED[/green bold]: {len(result.checks)} checks")

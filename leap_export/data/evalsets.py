@@ -12,6 +12,7 @@ import csv
 import hashlib
 import importlib.metadata
 import io
+import math
 import os
 from pathlib import Path
 
@@ -106,9 +107,12 @@ def load_bible_paraphrase(
 
 def _score(value: str, path: Path, number: int) -> float:
     try:
-        return float(value)
+        score = float(value)
     except ValueError as e:
         raise LeapError(f"{path}:{number}: score {value!r} is not a number") from e
+    if not math.isfinite(score):  # nan would be ranked somewhere by Spearman and skew it silently
+        raise LeapError(f"{path}:{number}: score {value!r} is not a finite number; fix or drop that pair")
+    return score
 
 
 def _sts_with_header(

@@ -66,6 +66,11 @@ class LeapConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        wrong = [f"{f.name} must be {f.type}{' (finite)' if 'float' in f.type else ''}, got {getattr(self, f.name)!r}"
+                 for f in fields(self)
+                 if not _has_type(getattr(self, f.name), f.type)]
+        if wrong:  # e.g. --set tau=abc: say so, before a comparison of str with float fails inside
+            raise LeapError("invalid training configuration: " + "; ".join(wrong))
         problems = []
         for name in (
             "alpha_inter",
@@ -98,6 +103,8 @@ class LeapConfig:
             problems.append("epochs must be > 0")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             problems.append("dropout must be in [0, 1)")
+        if self.seed < 0:
+            problems.append("seed must be >= 0")
         if self.checkpoint_every < 1:
             problems.append("checkpoint_every must be >= 1")
         if self.schedule not in ("cosine", "linear", "constant"):
@@ -147,6 +154,21 @@ class LeapConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _has_type(value: Any, annotation: str) -> bool:
+    """``value`` fits a field annotated ``float``, ``int | None``, ``bool`` or ``str``; floats must be finite
+    (an lr of nan or inf trains a model of NaNs)."""
+    allowed = {part.strip() for part in annotation.split("|")}
+    if value is None:
+        return "None" in allowed
+    if isinstance(value, bool):
+        return "bool" in allowed
+    if isinstance(value, int):
+        return "int" in allowed or "float" in allowed
+    if isinstance(value, float):
+        return "float" in allowed and math.isfinite(value)
+    return isinstance(value, str) and "str" in allowed
 
 
 def parse_settings(items: list[str] | tuple[str, ...]) -> dict[str, Any]:

@@ -285,6 +285,12 @@ def _train(
             f"{out} already holds a training checkpoint: pass --resume to continue it, or pick a new --out"
         )
     _check_output_folder(out, checkpoint_path)
+    if resume and not checkpoint_path.is_file() and not (out / LOSS_LOG).is_file():
+        raise LeapError(f"--resume: {out} holds no training run (no checkpoint, no {LOSS_LOG}); check the path, or "
+                        "drop --resume to start a new run there")
+    if config.max_length > student_src.max_seq_length:
+        raise LeapError(f"--max-length {config.max_length} exceeds the student's maximum sequence length "
+                        f"{student_src.max_seq_length}; pass at most that")
     out.mkdir(parents=True, exist_ok=True)
     if d.main and d.device.type == "cpu" and config.batch_size >= 64 and config.max_length >= 128:
         print(
@@ -330,8 +336,10 @@ def _train(
         if len(rng) == d.world:
             _set_rng_state(rng[d.rank])
         start, elapsed_before = int(state["step"]), float(state["elapsed_s"])
-    elif resume and d.main:
-        print(f"note: no checkpoint in {out}; starting from step 0", file=sys.stderr)
+    elif resume and d.main:  # the run stopped before its first checkpoint
+        print(f"note: the run in {out} stopped before its first checkpoint; starting from step 0", file=sys.stderr)
+    if start and d.main:
+        print(f"resuming {out} at step {start} of {total}", file=sys.stderr)
     if d.main:
         _truncate_log(out / LOSS_LOG, start)
 
@@ -370,6 +378,12 @@ def _train(
             scheduler.step()
             values = _mean_over_ranks(result.as_floats(), d)
             done = step + 1
+            if not math.isfinite(values["total"]):  # the same on every rank: all stop together
+                raise LeapError(
+                    f"training diverged: the loss is {values['total']} at step {done} (learning rate "
+                    f"{scheduler.get_last_lr()[0]:.3g}). Lower --lr; nothing was exported, and the last good "
+                    f"checkpoint, if any, is still in {out}"
+                )
             elapsed = elapsed_before + time.perf_counter() - t0
             if d.main:
                 record = {

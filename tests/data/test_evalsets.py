@@ -101,6 +101,9 @@ def test_sts_errors_name_file_and_line(tmp_path: Path) -> None:
     bad_score.write_text("sentence1,sentence2,score\nA.,B.,1\nC.,D.,high\n", encoding="utf-8")
     with pytest.raises(LeapError, match=r"bad\.csv:3: score 'high' is not a number"):
         load_sts_file(bad_score)
+    bad_score.write_text("sentence1,sentence2,score\nA.,B.,1\nC.,D.,nan\n", encoding="utf-8")
+    with pytest.raises(LeapError, match=r"bad\.csv:3: score 'nan' is not a finite number"):
+        load_sts_file(bad_score)  # nan was ranked by Spearman somewhere, silently
     no_header = tmp_path / "nohead.csv"
     no_header.write_text("A.,B.,1\n", encoding="utf-8")
     with pytest.raises(LeapError, match=r"nohead\.csv:1: a CSV STS file needs a header"):

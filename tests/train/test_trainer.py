@@ -302,6 +302,27 @@ def test_cli_help_and_option_errors():
     assert result.exit_code == 0 and "--baseline" in result.output and "--resume" in result.output
     result = runner.invoke(command, ["--out", "x", "--steps", "2", "--epochs", "1"])
     assert isinstance(result.exception, LeapError) and "steps or epochs" in str(result.exception)
+    for args, message in [
+        (["--lr", "nan"], "lr must be float (finite), got nan"),  # a model of NaNs, trained silently, before
+        (["--set", "tau=abc"], "tau must be float (finite), got 'abc'"),  # a TypeError traceback, before
+        (["--seed", "-1"], "seed must be >= 0"),  # a numpy traceback, before
+    ]:
+        result = runner.invoke(command, ["--out", "x", *args])
+        assert isinstance(result.exception, LeapError) and message in str(result.exception), result.output
+    result = runner.invoke(command, ["--out", "x", "--lr", "0.1", "--set", "lr=0.2"])
+    assert result.exit_code == 2 and "--lr given twice" in result.output
+    assert not Path("x").exists()
+
+
+def test_divergence_and_a_mistyped_resume_stop_with_a_clear_error(models, sentences, tmp_path):
+    out = tmp_path / "diverged"
+    with pytest.raises(LeapError, match="training diverged: the loss is nan at step"):
+        train(models["student"], sentences, out, config=small(lr=1e30, checkpoint_every=100), show_progress_bar=False)
+    assert not (out / "model.safetensors").exists()  # nothing exported
+    with pytest.raises(LeapError, match="holds no training run"):
+        train(models["student"], sentences, tmp_path / "typo", config=small(), resume=True, show_progress_bar=False)
+    with pytest.raises(LeapError, match="exceeds the student's maximum sequence length 64"):
+        train(models["student"], sentences, tmp_path / "long", config=small(max_length=100), show_progress_bar=False)
 
 
 def test_teacher_cache_matches_reference_and_gpu_wrapper_keeps_results(models, sentences, tmp_path):
