@@ -598,6 +598,10 @@ def build_corpus(
     user_texts = [
         read_user_file(path, text_field) for path in files
     ]  # fail on a bad file before the slow part
+    for path, texts in zip(files, user_texts, strict=True):
+        if not texts:
+            raise LeapError(f"corpus file {path} holds no sentences (it is empty, or its lines are blank or too "
+                            "short to keep); pass a file with one sentence per line")
     streams = _resolve_sources(sources, have_files=bool(files))
     for path, texts in zip(files, user_texts, strict=True):
         streams[f"file:{path.name}"] = functools.partial(iter, texts)

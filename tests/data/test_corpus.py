@@ -182,6 +182,14 @@ def test_non_utf8_file_names_file_and_line(tmp_path: Path) -> None:
         _build(tmp_path / "c", [path])
 
 
+def test_an_empty_user_file_is_an_error(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n   \n", encoding="utf-8")
+    with pytest.raises(LeapError, match=r"empty\.txt holds no sentences"):  # it added 0 sentences, silently
+        _build(tmp_path / "c", [empty])
+    assert not (tmp_path / "c").exists()
+
+
 def test_missing_source_is_skipped_with_apt_hint(tmp_path: Path, user_txt: Path, monkeypatch) -> None:
     # Point every Debian source at an empty folder: what a machine without the packages looks like.
     empty = tmp_path / "empty"
