@@ -22,7 +22,7 @@ import numpy as np
 
 from leap_export.errors import LeapError
 from leap_export.textio import iter_lines
-from trt_runtime.fileio import atomic_write, ensure_parent, write_json_atomic
+from trt_runtime.fileio import atomic_write, ensure_parent, same_file, write_json_atomic
 
 CHUNK_SIZE = 1 << 16  # sentences per chunk: ~100 MB of MiniLM embeddings, batches as well packed as a sort of all
 
@@ -36,7 +36,7 @@ def encode_file(artifacts, input_path, output, *, theta=None, min_layer=None, ba
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     for name, target in (("--output", output), ("--exit-layers", exit_layers_path)):
-        if target is not None and Path(input_path).resolve() == Path(target).resolve():
+        if target is not None and same_file(input_path, target):
             raise LeapError(f"{name} {target} is the input file; writing it would replace your sentences")
     output = Path(output)
     with _readable_twice(Path(input_path), output) as source:

@@ -30,7 +30,7 @@ from typing import Any
 
 from leap_export.arch import get_architecture
 from leap_export.errors import LeapError
-from leap_export.sources import ModelSource, resolve_model
+from leap_export.sources import TOKENIZER_FILES, ModelSource, resolve_model
 from trt_runtime.fileio import ensure_parent, temp_folder, write_json_atomic
 from trt_runtime.manifest import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, sha256_file
 from trt_runtime.policy import ExitPolicy
@@ -505,7 +505,7 @@ def _copy_tokenizer(model_dir: Path, dest: Path) -> str:
     if not src.is_file():
         raise LeapError(f"{model_dir} has no tokenizer.json (a fast tokenizer is required by the runtime)")
     (dest / "tokenizer").mkdir()
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+    for name in TOKENIZER_FILES:
         if (model_dir / name).is_file():
             shutil.copy2(model_dir / name, dest / "tokenizer" / name)
     return "tokenizer/tokenizer.json"

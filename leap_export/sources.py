@@ -24,6 +24,10 @@ from leap_export.errors import LeapError
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "models"
 SUPPORTED_ARCHITECTURES = ("bert", "mpnet")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+# what a model folder is made of at its top level (its module folders hold the rest)
+MODEL_FILES = ("config.json", *WEIGHT_FILES, *TOKENIZER_FILES, "modules.json", "sentence_bert_config.json",
+               "config_sentence_transformers.json")
 
 
 @dataclass(frozen=True)
@@ -124,13 +128,14 @@ def describe_folder(folder: Path, *, spec: str | None = None, recipe: dict | Non
     )
 
 
-def _read_json(path: Path, *, what: str) -> dict:
+def _read_json(path: Path, *, what: str, kind: type = dict):
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise LeapError(f"{path} ({what}) is not valid JSON: {e}. Restore it from the model's original files.") from e
-    if not isinstance(value, dict):
-        raise LeapError(f"{path} ({what}) must hold a JSON object, got {type(value).__name__}")
+    if not isinstance(value, kind):
+        raise LeapError(f"{path} ({what}) must hold a JSON {'object' if kind is dict else 'list'}, "
+                        f"got {type(value).__name__}")
     return value
 
 
@@ -167,11 +172,8 @@ def _modules(folder: Path) -> list[dict]:
     path = folder / "modules.json"
     if not path.is_file():
         return []
-    try:
-        modules = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LeapError(f"{path} is not valid JSON: {e}. Restore it from the model's original files.") from e
-    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+    modules = _read_json(path, what="sentence-transformers' modules", kind=list)
+    if not all(isinstance(m, dict) for m in modules):
         raise LeapError(f"{path} must hold a list of module objects (sentence-transformers' modules.json)")
     return modules
 

@@ -63,6 +63,24 @@ def output_problem(path: str | os.PathLike, *, folder: bool = False) -> str | No
     return None
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Same regular file (or the same not-yet-existing path); pipes and devices such as /dev/stdin never match."""
+    import stat
+
+    def kind(path):
+        try:
+            return stat.S_IFMT(os.stat(path).st_mode)
+        except OSError:
+            return None
+
+    ka, kb = kind(a), kind(b)
+    if ka is not None and kb is not None:
+        return ka == kb == stat.S_IFREG and os.path.samefile(a, b)
+    if ka is None and kb is None:
+        return os.path.realpath(a) == os.path.realpath(b)
+    return False
+
+
 def ensure_parent(path: str | os.PathLike, *, folder: bool = False) -> Path:
     """Create ``path``'s parent folders; a clear ``OutputPathError`` where that is impossible.
 

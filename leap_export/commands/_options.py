@@ -63,10 +63,12 @@ def distinct_files(f):
 
     Outputs are the options checked by the output callbacks above; every other path option is an input,
     and any argument naming an existing folder (an artifact or model folder) is an input folder, whose own
-    files (``_owned_files``) no output may replace. Without this, ``--report sentences.txt`` replaced the sentences with the report, and ``--output e.npy
-    --exit-layers e.npy`` kept only the second file written.
+    files (``_owned_files``) no output may replace. Without this, ``--report sentences.txt`` replaced the
+    sentences with the report, and ``--output e.npy --exit-layers e.npy`` kept only the second file written.
     """
     import functools
+
+    from trt_runtime.fileio import same_file
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
@@ -94,7 +96,7 @@ def distinct_files(f):
                     )
         for i, (name, path) in enumerate(outputs):
             for other, other_path in outputs[:i] + inputs:
-                if _same_file(path, other_path):
+                if same_file(path, other_path):
                     role = "output" if (other, other_path) in outputs else "input"
                     raise click.UsageError(
                         f"{name} {path} is the same file as the {role} {other} {other_path}: writing it would "
@@ -105,59 +107,27 @@ def distinct_files(f):
     return wrapper
 
 
-MODEL_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "modules.json", "sentence_bert_config.json",
-               "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config_sentence_transformers.json")
-
-
 def _owned_files(folder: str) -> set[str]:
     """Real paths of the files an artifact folder (its manifest and every file it names) or a model folder
     (config, weights, tokenizer, module folders) is made of; a report saved beside them is not one."""
-    import json
     from pathlib import Path
+
+    from leap_export.sources import MODEL_FILES
+    from trt_runtime.errors import ArtifactError
+    from trt_runtime.manifest import MANIFEST_NAME, load_manifest
 
     root = Path(folder)
     owned: list[Path] = []
-    if (root / "manifest.json").is_file():
-        owned += [root / "manifest.json", *(p for p in (root / "tokenizer").rglob("*") if p.is_file())]
-
-        def files(node):
-            if isinstance(node, dict):
-                for key, value in node.items():
-                    if key == "file" and isinstance(value, str):
-                        owned.append(root / value)
-                    else:
-                        files(value)
-            elif isinstance(node, list):
-                for value in node:
-                    files(value)
-
+    if (root / MANIFEST_NAME).is_file():
+        owned += [root / MANIFEST_NAME, *root.glob("*.onnx")]
         try:
-            files(json.loads((root / "manifest.json").read_text(encoding="utf-8")))
-        except (OSError, ValueError):
+            owned += [root / entry["file"] for entry in load_manifest(root, check_files=False).file_entries()]
+        except ArtifactError:  # a damaged manifest: still protect it and the graphs beside it
             pass
-        owned += list(root.glob("*.onnx"))
     if (root / "config.json").is_file():
         owned += [root / name for name in MODEL_FILES]
         owned += [p for sub in root.iterdir() if sub.is_dir() for p in sub.rglob("*") if p.is_file()]
     return {os.path.realpath(p) for p in owned}
-
-
-def _same_file(a: str, b: str) -> bool:
-    """Same regular file (or the same not-yet-existing path); pipes and devices such as /dev/stdin never match."""
-    import stat
-
-    def kind(path):
-        try:
-            return stat.S_IFMT(os.stat(path).st_mode)
-        except OSError:
-            return None
-
-    ka, kb = kind(a), kind(b)
-    if ka is not None and kb is not None:
-        return ka == kb == stat.S_IFREG and os.path.samefile(a, b)
-    if ka is None and kb is None:
-        return os.path.realpath(a) == os.path.realpath(b)
-    return False
 
 
 def _csv_ints(ctx, param, value):
