@@ -28,6 +28,11 @@ SOURCE_NAMES = ("fortunes", "wordnet", "bible-kjv", "bible-web", "gcide", "pytho
     help="A Debian text source (repeatable). Default: every installed one.",
 )
 @click.option(
+    "--no-debian",
+    is_flag=True,
+    help="Use only your --file sentences, no Debian text source.",
+)
+@click.option(
     "--file",
     "files",
     multiple=True,
@@ -53,6 +58,7 @@ SOURCE_NAMES = ("fortunes", "wordnet", "bible-kjv", "bible-web", "gcide", "pytho
 def command(
     out_dir: Path,
     sources: tuple[str, ...],
+    no_debian: bool,
     files: tuple[Path, ...],
     field: str | None,
     max_sentences: int | None,
@@ -64,9 +70,13 @@ def command(
     """Build the offline training corpus (deduplicated English sentences, split train/val/test)."""
     from leap_export.data.corpus import build_corpus
 
+    if no_debian and sources:
+        raise click.UsageError("--no-debian and --source contradict each other: pass one of them")
+    if no_debian and not files:
+        raise click.UsageError("--no-debian needs your own sentences: pass them with --file")
     manifest = build_corpus(
         out_dir,
-        sources=list(sources) or None,
+        sources=[] if no_debian else (list(sources) or None),
         user_files=files,
         val_fraction=val_fraction,
         test_fraction=test_fraction,

@@ -277,6 +277,24 @@ def test_cli_command_builds_and_prints_counts(tmp_path: Path, user_txt: Path) ->
     assert "fortunes" in result.output and "file:mine.txt" in result.output and "1,000" in result.output
 
 
+def test_cli_no_debian_uses_only_the_users_files(tmp_path: Path, user_txt: Path) -> None:
+    out = tmp_path / "c"
+    args = ["--out", str(out), "--file", str(user_txt), "--no-debian", "--no-progress"]
+    result = CliRunner().invoke(corpus_command, args)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "corpus.json").read_text())
+    assert list(manifest["sources"]) == ["file:mine.txt"]
+    assert manifest["total"] == manifest["sources"]["file:mine.txt"]["unique"] > 0
+
+    for extra, message in (([], "needs your own sentences"), (["--source", "fortunes"], "contradict")):
+        bad = ["--out", str(tmp_path / "d"), "--no-debian", *extra]
+        if "--source" in extra:
+            bad += ["--file", str(user_txt)]
+        result = CliRunner().invoke(corpus_command, bad)
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert not (tmp_path / "d").exists()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The Debian sources (installed in CI by scripts/install_data_sources.sh)
 
