@@ -36,11 +36,20 @@ class TeacherTargets:
     embeddings: np.ndarray  # float16 memmap [Lt + 1, N, Ht], unit rows
     num_layers: int
     hidden_size: int
+    # The corpus indices of the cached rows, sorted, when the cache holds only the sentences a run draws
+    # (None: row i is sentence i).
+    corpus_rows: np.ndarray | None = None
 
     def batch(self, indices: np.ndarray):
-        """float32 torch tensor ``[Lt + 1, B, Ht]`` for the given sentence indices."""
+        """float32 torch tensor ``[Lt + 1, B, Ht]`` for the given sentence (corpus) indices."""
         import torch
 
+        indices = np.asarray(indices)
+        if self.corpus_rows is not None:
+            rows = np.minimum(np.searchsorted(self.corpus_rows, indices), len(self.corpus_rows) - 1)
+            if np.any(self.corpus_rows[rows] != indices):
+                raise LeapError("a batch drew a sentence the teacher cache does not hold (the schedule changed)")
+            indices = rows
         return torch.from_numpy(np.asarray(self.embeddings[:, indices], dtype=np.float32))
 
 

@@ -11,6 +11,7 @@ logs, checkpoints and the output folder.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import math
@@ -110,6 +111,19 @@ def batch_indices(step: int, num_sentences: int, batch_size: int, seed: int) -> 
     epoch, position = divmod(step, per_epoch)
     order = np.random.default_rng([seed, epoch]).permutation(num_sentences)
     return order[position * batch_size : (position + 1) * batch_size]
+
+
+def drawn_indices(total_steps: int, num_sentences: int, batch_size: int, seed: int) -> np.ndarray:
+    """Sorted corpus indices that ``total_steps`` steps of :func:`batch_indices` draw (the teacher needs only
+    these: a 5-step run on a 400k-sentence corpus embeds 5 batches, not the corpus)."""
+    per_epoch = num_sentences // batch_size
+    seen = np.zeros(num_sentences, dtype=bool)
+    for epoch in range(-(-total_steps // per_epoch)):
+        steps = min(per_epoch, total_steps - epoch * per_epoch)
+        seen[np.random.default_rng([seed, epoch]).permutation(num_sentences)[: steps * batch_size]] = True
+        if seen.all():
+            break
+    return np.flatnonzero(seen)
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -299,13 +313,20 @@ def _train(
             file=sys.stderr,
         )
 
-    # Teacher targets: rank 0 computes the cache, the others wait and read it.
+    # Teacher targets, for the sentences the run draws: rank 0 computes the cache, the others wait and read it.
+    total = config.total_steps(len(sentences))
+    drawn = drawn_indices(total, len(sentences), config.batch_size, config.seed)
+    corpus_rows = None if len(drawn) == len(sentences) else drawn
+    taught = sentences if corpus_rows is None else [sentences[i] for i in drawn]
+    if corpus_rows is not None and d.main:
+        print(f"note: {total} steps x {config.batch_size} draw {len(drawn):,} of the corpus's {len(sentences):,} "
+              "sentences; the teacher embeds only those", file=sys.stderr)
     cache_folder = Path(teacher_cache) if teacher_cache is not None else None
     targets = None
     if d.main:
         targets = teacher_targets(
             teacher_src,
-            sentences,
+            taught,
             max_length=config.max_length,
             folder=cache_folder,
             show_progress_bar=show_progress_bar,
@@ -314,13 +335,13 @@ def _train(
     d.barrier()
     if targets is None:
         targets = teacher_targets(
-            teacher_src, sentences, max_length=config.max_length, folder=cache_folder, compute=False
+            teacher_src, taught, max_length=config.max_length, folder=cache_folder, compute=False
         )
+    targets = dataclasses.replace(targets, corpus_rows=corpus_rows)
 
     encoder, tokenizer = load_student(student_src, teacher_src.hidden_size, config.seed, config.dropout)
     encoder.to(d.device).train()
     loss_fn = LeapLoss(config, student_src.num_layers, teacher_src.num_layers).to(d.device)
-    total = config.total_steps(len(sentences))
     params = [p for p in encoder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = _scheduler(optimizer, config, total)

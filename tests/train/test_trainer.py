@@ -342,3 +342,27 @@ def test_teacher_cache_matches_reference_and_gpu_wrapper_keeps_results(models, s
         src, sentences[:8], max_length=32, model=_OnDevice(model, "cpu"), tokenizer=tok
     )
     np.testing.assert_allclose(wrapped, layer_embeddings(src, sentences[:8], max_length=32), atol=1e-5)
+
+
+@pytest.mark.parametrize(("steps", "n", "batch"), [(2, 96, 16), (7, 100, 16), (13, 50, 8), (1, 33, 32)])
+def test_drawn_indices_are_exactly_what_the_batches_draw(steps, n, batch):
+    from leap_export.train.trainer import batch_indices, drawn_indices
+
+    want = np.unique(np.concatenate([batch_indices(s, n, batch, 5) for s in range(steps)]))
+    np.testing.assert_array_equal(drawn_indices(steps, n, batch, 5), want)
+
+
+def test_a_short_run_embeds_only_the_sentences_it_draws(models, sentences, tmp_path, monkeypatch):
+    # 2 steps x 16 of 96 sentences: the teacher embeds those 32, not the corpus, and trains as with all 96.
+    from leap_export.train import trainer
+
+    kwargs = dict(teacher=models["teacher"], config=small(steps=2), show_progress_bar=False)
+    short = train(models["student"], sentences, tmp_path / "short", **kwargs)
+    caches = sorted((tmp_path / "cache" / "teacher").glob("*.npy"))
+    assert [np.load(p, mmap_mode="r").shape for p in caches] == [(5, 32, 48)]
+    monkeypatch.setattr(trainer, "drawn_indices", lambda total, n, batch, seed: np.arange(n))
+    whole = train(models["student"], sentences, tmp_path / "whole", **kwargs)
+    assert len(list((tmp_path / "cache" / "teacher").glob("*.npy"))) == 2  # the whole corpus this time
+    a, b = weights(short), weights(whole)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-5, msg=name)
