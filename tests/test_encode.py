@@ -65,3 +65,19 @@ def test_a_bad_line_stops_before_any_work_and_an_empty_file_gives_no_rows(tiny_a
     empty.write_bytes(b"")
     encode_file(tiny_artifacts["bert"], empty, tmp_path / "e.npy")
     assert np.load(tmp_path / "e.npy").shape == (0, 32)
+
+
+def test_exit_layers_on_stdout_is_json_alone(tiny_artifacts, lines, tmp_path):
+    # The summary line goes to stderr, so `--exit-layers /dev/stdout | jq` reads one JSON document.
+    import subprocess
+    import sys
+
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    run = subprocess.run(
+        [sys.executable, "-m", "leap_export.cli", "encode", str(tiny_artifacts["bert"]), "--input", str(src),
+         "--output", str(tmp_path / "e.npy"), "--theta", "0.5", "--exit-layers", "/dev/stdout"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert len(json.loads(run.stdout)["exit_layers"]) == len(lines)
+    assert f"{len(lines)} embeddings ->" in run.stderr

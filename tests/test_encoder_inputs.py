@@ -67,3 +67,16 @@ def test_bad_batch_size(encoder, batch_size):
 def test_theta_one_is_allowed_and_means_exact_convergence_only(tiny_artifacts, sentences):
     result = EarlyExitEncoder(tiny_artifacts["bert"], theta=1.0).encode_with_exits(sentences)
     assert (result.exit_layers == 4).all()
+
+
+@pytest.mark.parametrize("min_layer, acts_as", [(1, "acts as min_layer 2"), (4, "acts as full depth")])
+def test_a_min_layer_without_its_own_check_warns_what_it_acts_as(tiny_artifacts, caplog, min_layer, acts_as):
+    # checks after layers 2 and 3 (segments 1-2, 3, 4)
+    with caplog.at_level("WARNING", logger="trt_runtime"):
+        EarlyExitEncoder(tiny_artifacts["bert"], min_layer=min_layer)
+    assert f"min_layer {min_layer}: these artifacts check for exits only after layer 2, 3, so it {acts_as}" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="trt_runtime"):
+        EarlyExitEncoder(tiny_artifacts["bert"], min_layer=3)  # has its check
+        EarlyExitEncoder(tiny_artifacts["bert"], min_layer=1, exits=False)  # no exits: nothing to act on
+    assert caplog.text == ""

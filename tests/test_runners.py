@@ -50,3 +50,29 @@ def test_private_pools_leave_other_sessions_alone_and_embed_the_same(tiny_artifa
     assert "default session: ok" in stdout and "session with ort_session_options(): ok" in stdout
     _, shared = _run(tiny_artifacts, tmp_path, "shared")
     np.testing.assert_allclose(private, shared, atol=1e-6)
+
+
+LATER = """
+import os
+import sys
+import numpy as np
+from trt_runtime import EarlyExitEncoder
+
+art = sys.argv[1]
+other = len(os.sched_getaffinity(0)) + 1  # not the pool's size
+texts = ["a first sentence", "and a somewhat longer second sentence", ""]
+first = EarlyExitEncoder(art).encode(texts)  # creates the process-wide pool (2 threads here or more)
+for kwargs in ({"threads": other}, {"shared_pool": False}):
+    later = EarlyExitEncoder(art, **kwargs).encode(texts)  # ONNX Runtime refused both before: they now join
+    assert np.abs(later - first).max() < 1e-6, kwargs
+print("ok")
+"""
+
+
+def test_a_later_encoder_with_other_pool_settings_joins_the_pool_with_a_warning(tiny_artifacts):
+    proc = subprocess.run([sys.executable, "-c", LATER, str(tiny_artifacts["bert"])], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr
+    assert " threads requested, but this process already has ONNX Runtime's shared thread pool" in proc.stderr
+    assert "shared_pool=False requested, but" in proc.stderr
+    assert "EP Error" not in proc.stderr

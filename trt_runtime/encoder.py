@@ -16,6 +16,7 @@ not dominate, and results are returned in input order.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -29,6 +30,8 @@ from trt_runtime.manifest import Manifest, load_manifest
 from trt_runtime.policy import ExitPolicy
 from trt_runtime.runners import OrtRunner
 from trt_runtime.tokenize import TokenBatcher
+
+log = logging.getLogger(__name__)
 
 # outputs of the first segment that every later segment takes as inputs (segment contract, schema 2)
 CARRIED = ("mask_bias", "pool_weights")
@@ -105,7 +108,8 @@ class EarlyExitEncoder:
     with "use_per_session_threads must be false when using a global thread pool". Give such sessions
     ``trt_runtime.ort_session_options()``, or pass ``shared_pool=False`` here: per-session pools
     without spinning, which leave the process's ONNX Runtime environment as other libraries expect it
-    (slower at small batches).
+    (slower at small batches). That choice belongs to the first encoder of the process: once the shared
+    pool exists, a later ``shared_pool=False`` or other ``threads`` joins it, with a warning.
     """
 
     def __init__(
@@ -181,6 +185,14 @@ class EarlyExitEncoder:
                 f"min_layer {policy.min_layer} allows exits after layer {', '.join(map(str, wrong))}, where these "
                 f"artifacts' graphs compare with another layer than l - {policy.patience} (the build planned no "
                 f"exit there); pass a min_layer above {max(wrong)}, or rebuild with --min-layer {policy.min_layer}"
+            )
+        checks = [s.end for s in self.manifest.segments[:-1]]
+        if min_layer is not None and policy.enabled and min_layer not in checks:
+            later = [b for b in checks if b > min_layer]
+            log.warning(
+                "min_layer %d: these artifacts check for exits only after layer %s, so it acts as %s; a check "
+                "after layer %d needs a rebuild with --boundaries", min_layer, ", ".join(map(str, checks)) or "-",
+                f"min_layer {later[0]}" if later else "full depth (no exit)", min_layer,
             )
         return policy
 

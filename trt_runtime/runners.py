@@ -7,8 +7,10 @@ after each run. With one session per segment, the idle pools spin against the bu
 six-segment pipeline runs several times slower than one graph (DATA.md: 19.6–22 ms vs 3.2 ms). All
 segment sessions here therefore share ONE process-wide thread pool
 (``set_global_thread_pool_sizes`` + ``use_per_session_threads = False``): spinning stays on, and only
-one pool exists. That pool is sized once per process; a later request for another size falls back to
-per-session pools with spinning disabled, which is the next best setting, and says so.
+one pool exists. That pool is sized once per process, and ONNX Runtime then allows no session a pool of
+its own: a later request for another size, or for ``shared_pool=False``, joins the pool and says so.
+Where ONNX Runtime was set up before the first encoder (the pool cannot be created), every session gets
+a per-session pool with spinning disabled, the next best setting.
 
 Memory goes the same way: every session allocates its per-run activation block from ONE process-wide
 CPU arena (``create_and_register_allocator`` + ``session.use_env_allocators``) instead of an arena of its
@@ -71,14 +73,19 @@ def ort_session_options(threads: int | None = None, *, shared_pool: bool = True)
             log.warning("could not create a shared ONNX Runtime thread pool (%s); using per-session pools", e)
     if shared_pool and _register_shared_arena():
         so.add_session_config_entry("session.use_env_allocators", "1")
-    if shared_pool and _global_pool_threads == threads:
+    if _global_pool_threads is not None:
+        # Once the process-wide pool exists, ONNX Runtime refuses sessions with pools of their own
+        # ("use_per_session_threads must be false when using a global thread pool"): join it.
+        if not shared_pool or threads != _global_pool_threads:
+            log.warning(
+                "%s, but this process already has ONNX Runtime's shared thread pool (%d threads, sized by the "
+                "first encoder), and ONNX Runtime allows no other pool after it: using the shared pool. Create "
+                "every encoder with the same settings, the first with shared_pool=False for private pools",
+                "shared_pool=False requested" if not shared_pool else f"{threads} threads requested",
+                _global_pool_threads,
+            )
         so.use_per_session_threads = False
     else:
-        if shared_pool and _global_pool_threads is not None:
-            log.warning(
-                "the shared ONNX Runtime pool has %d threads; %d requested: per-session pools without spinning",
-                _global_pool_threads, threads,
-            )
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -39,6 +39,7 @@ def command(artifacts, input_path, output, theta, min_layer, batch_size, full_de
                         exits=not full_depth, exit_layers_path=exit_layers, variant=variant, threads=threads)
     rates = ", ".join(f"L{k}: {v:.0%}" for k, v in stats["exit_rate"].items())
     if not stats["samples"]:
-        click.echo(f"0 embeddings -> {output} (the input has no lines)")
+        click.echo(f"0 embeddings -> {output} (the input has no lines)", err=True)  # stdout may be an output
         return
-    click.echo(f"{stats['samples']} embeddings -> {output}; exits {rates}; E[layers] {stats['expected_layers']:.2f}")
+    click.echo(f"{stats['samples']} embeddings -> {output}; exits {rates}; E[layers] {stats['expected_layers']:.2f}",
+               err=True)
