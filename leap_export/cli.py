@@ -75,7 +75,7 @@ def main() -> None:
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except (LeapError, ArtifactError, OutputPathError, RuntimeInputError) as e:
-        click.secho(f"error: {e}", fg="red", err=True)
+        click.secho(f"Error: {e}", fg="red", err=True)  # click's own prefix, for one style
         sys.exit(2)
 
 

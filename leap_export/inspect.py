@@ -7,17 +7,31 @@ import os
 
 
 def summary(artifacts: str | os.PathLike, *, as_json: bool = False, check_files: bool = True) -> None:
-    from rich.table import Table
-
+    """Print the manifest (a table, or ``as_json``); with ``check_files`` hash every variant's files, and
+    after printing raise :class:`ArtifactError` naming each broken one."""
+    from trt_runtime.errors import ArtifactError
     from trt_runtime.manifest import load_manifest
 
-    m = load_manifest(artifacts, check_files=check_files)
+    m = load_manifest(artifacts, check_files=False)  # a broken file is reported below, after the summary
+    problems = {name: m.file_problems(name) for name in m.variants()} if check_files else {}
     from leap_export.commands._options import console as make_console
 
     console = make_console()
     if as_json:
         console.print_json(json.dumps(m.data))
-        return
+    else:
+        _print_summary(console, m, problems, check_files)
+    broken = {name: p for name, p in problems.items() if p}
+    if broken:
+        raise ArtifactError(
+            f"artifact folder {m.root} is not intact: "
+            + "; ".join(f"{name}: {', '.join(p)} (rebuild: {m.rebuild_hint(name, p)})" for name, p in broken.items())
+        )
+
+
+def _print_summary(console, m, problems: dict[str, list[str]], check_files: bool) -> None:
+    from rich.table import Table
+
     d = m.data
     policy = d["exit_policy"]
     console.print(f"[bold]{m.root}[/bold]  (schema v{d['schema_version']}, created {d.get('created', '?')})")
@@ -41,10 +55,16 @@ def summary(artifacts: str | os.PathLike, *, as_json: bool = False, check_files:
     console.print(table)
     for name in m.variants():
         v = m.variant(name)
+        if not check_files:
+            state = "files not hashed"
+        elif problems[name]:
+            state = "[bold red]files NOT INTACT[/bold red]"
+        else:
+            state = "files verified"
         console.print(f"variant [bold]{name}[/bold]: backend {v.get('backend')}, precision {v.get('precision')}, "
-                      f"full graph {v['full']['file']} ({_size(m.root / v['full']['file'])})")
+                      f"full graph {v['full']['file']} ({_size(m.root / v['full']['file'])}); {state}")
     console.print(f"tokenizer {d['tokenizer']['file']} (pad id {d['tokenizer']['pad_id']}, "
-                  f"max length {d['tokenizer']['max_length']}); files {'verified' if check_files else 'not hashed'}")
+                  f"max length {d['tokenizer']['max_length']})")
     console.print("tools: " + ", ".join(f"{k} {v}" for k, v in d.get("tools", {}).items()))
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,23 +139,39 @@ class Manifest:
             entries += variant["segments"] + [variant["full"]]
         return entries
 
-    def check_files(self, variant: str | None = None) -> None:
-        """Every file the manifest names exists and has its recorded sha256; one error lists all faults."""
+    def file_problems(self, variant: str | None = None) -> list[str]:
+        """What is wrong with the files ``variant`` runs on (its graphs and the tokenizer); [] if intact."""
         v = self.variant(variant)
         wanted = {self.data["tokenizer"]["file"], v["full"]["file"]} | {f["file"] for f in v["segments"]}
-        problems = []
+        problems, seen = [], set()
         for entry in self.file_entries():
-            if entry["file"] not in wanted:
+            if entry["file"] not in wanted or entry["file"] in seen:
                 continue
+            seen.add(entry["file"])
             path = self.root / entry["file"]
             if not path.is_file():
                 problems.append(f"missing file {entry['file']}")
             elif sha256_file(path) != entry["sha256"]:
                 problems.append(f"{entry['file']} does not match its sha256 in the manifest (corrupt or replaced)")
+        return problems
+
+    def rebuild_hint(self, variant: str | None = None, problems: Sequence[str] = ()) -> str:
+        """The command that rewrites ``variant``'s files (a quantised variant alone, unless the tokenizer broke)."""
+        name = variant or self.data.get("default_variant") or next(iter(self.data["variants"]))
+        default = self.data.get("default_variant") or next(iter(self.data["variants"]))
+        tokenizer = self.data["tokenizer"]["file"]
+        if name != default and not any(tokenizer in p for p in problems):
+            return f"`leap-export build {self.root} --out {self.root} --precision {name} --force`"
+        spec = self.data.get("source", {}).get("spec") or "MODEL"
+        return f"`leap-export build {spec} --out {self.root} --force`"
+
+    def check_files(self, variant: str | None = None) -> None:
+        """Every file the manifest names exists and has its recorded sha256; one error lists all faults."""
+        problems = self.file_problems(variant)
         if problems:
             raise ArtifactError(
                 f"artifact folder {self.root} is not intact: " + "; ".join(problems)
-                + ". Rebuild it with `leap-export build`."
+                + f". Rebuild it with {self.rebuild_hint(variant, problems)}"
             )
 
     def save(self) -> None:
