@@ -67,7 +67,11 @@ def command(
     seed: int,
     no_progress: bool,
 ) -> None:
-    """Build the offline training corpus (deduplicated English sentences, split train/val/test)."""
+    """Build the offline training corpus (deduplicated English sentences, split train/val/test).
+
+    A sentence is kept at 21 to 200 characters after whitespace is collapsed (the paper's "> 20
+    characters"), once across all sources; the table counts what each source lost to length and to
+    duplicates."""
     from leap_export.data.corpus import build_corpus
 
     if no_debian and sources:
@@ -92,19 +96,23 @@ def _print_counts(manifest: dict, out_dir: Path) -> None:
     from rich.table import Table
 
     table = Table(title=f"corpus: {out_dir}")
-    for column in ("source", "yielded", "unique", "train", "val", "test"):
+    for column in ("source", "yielded", "length-filtered", "duplicates", "kept", "train", "val", "test"):
         table.add_column(column, justify="left" if column == "source" else "right")
     for name, info in manifest["sources"].items():
         splits = info["splits"]
         table.add_row(
             name,
             f"{info['yielded']:,}",
+            f"{info['length_filtered']:,}",
+            f"{info['duplicates']:,}",
             f"{info['unique']:,}",
             *(f"{splits[s]:,}" for s in ("train", "val", "test")),
         )
     totals = {s: manifest["splits"][s]["sentences"] for s in ("train", "val", "test")}
     table.add_row(
         "total",
+        "",
+        "",
         "",
         f"{manifest['total']:,}",
         *(f"{totals[s]:,}" for s in ("train", "val", "test")),
@@ -113,3 +121,10 @@ def _print_counts(manifest: dict, out_dir: Path) -> None:
     from leap_export.commands._options import console
 
     console().print(table)
+    click.echo(f"kept: {manifest['min_chars_exclusive'] + 1}-{manifest['max_chars']} characters after whitespace is "
+               "collapsed, first occurrence across sources", err=True)
+    for split in ("val", "test"):
+        if manifest[f"{split}_fraction"] > 0 and not totals[split]:
+            click.echo(f"WARNING: the {split} split is empty ({manifest['total']:,} sentences at fraction "
+                       f"{manifest[f'{split}_fraction']}); pass more sentences or a larger --{split}-fraction",
+                       err=True)

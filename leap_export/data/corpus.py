@@ -497,14 +497,17 @@ def _collect(streams: dict[str, Callable[[], Iterable[str]]], progress: bool) ->
     origin: dict[str, str] = {}
     stats: dict[str, dict[str, int]] = {}
     for name, stream in streams.items():
-        yielded = kept = 0
+        yielded = kept = length_filtered = 0
         for raw in tqdm(stream(), desc=f"corpus: {name}", unit=" sent", disable=not progress, leave=False):
             yielded += 1
             sentence = normalize(raw)
-            if keep_length(sentence) and sentence not in origin:
+            if not keep_length(sentence):
+                length_filtered += 1
+            elif sentence not in origin:
                 origin[sentence] = name
                 kept += 1
-        stats[name] = {"yielded": yielded, "unique": kept}
+        stats[name] = {"yielded": yielded, "unique": kept, "length_filtered": length_filtered,
+                       "duplicates": yielded - kept - length_filtered}
     return _Collected(origin, stats)
 
 

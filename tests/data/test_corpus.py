@@ -295,6 +295,20 @@ def test_cli_no_debian_uses_only_the_users_files(tmp_path: Path, user_txt: Path)
         assert not (tmp_path / "d").exists()
 
 
+def test_cli_counts_what_length_and_duplicates_removed_and_warns_of_an_empty_split(tmp_path: Path) -> None:
+    lines = [*SENTENCES[:30], "Too short.", "x" * 201, SENTENCES[0], SENTENCES[1], SENTENCES[1]]
+    src = _write_txt(tmp_path / "few.txt", lines)
+    out = tmp_path / "c"
+    result = CliRunner().invoke(corpus_command, ["--out", str(out), "--file", str(src), "--no-debian",
+                                                 "--no-progress", "--val-fraction", "0.5", "--test-fraction", "0.001"])
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "corpus.json").read_text())["sources"]["file:few.txt"]
+    assert (info["yielded"], info["length_filtered"], info["duplicates"], info["unique"]) == (35, 2, 3, 30)
+    assert "length-filtered" in result.output and "duplicates" in result.output
+    assert "kept: 21-200 characters" in result.output
+    assert "WARNING: the test split is empty" in result.output and "the val split" not in result.output
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The Debian sources (installed in CI by scripts/install_data_sources.sh)
 
