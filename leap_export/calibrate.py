@@ -144,6 +144,7 @@ def calibrate(
     batch_size: int = 32,
     write: bool = True,
     report_path: str | os.PathLike | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Sweep ``thetas`` and pick the cheapest that meets the budget; see the module docstring.
 
@@ -183,7 +184,8 @@ def calibrate(
     lf_texts, lf_origin = label_free_set(sets, sentences)
     texts = union_texts(sets, lf_texts)
 
-    trace = trace_boundaries(artifacts, texts, batch_size=batch_size, variant=variant, check_files=False)
+    trace = trace_boundaries(artifacts, texts, batch_size=batch_size, variant=variant, check_files=False,
+                             progress=progress)
     t1 = time.perf_counter()
     full_emb = trace.full()
     full = Lookup(texts, full_emb)

@@ -161,3 +161,33 @@ def test_bench_command_writes_its_tables(tiny_artifacts, tmp_path, sentences):
     assert "Median over 2 fresh processes" in two.stdout
     bad = run("bench", tiny_artifacts["bert"], "--processes", 0, ok=False)
     assert bad.returncode == 2 and "--processes" in bad.stderr
+
+
+def test_inspect_hashes_every_variant_and_names_the_broken_one(tiny_artifacts, tmp_path):
+    import shutil
+
+    from leap_export.export import build
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifacts["bert"], art)
+    build(art, art, precision="int8", progress=False)
+    assert run("inspect", art).stdout.count("files verified") == 2
+    with open(art / "int8" / "seg_01.onnx", "r+b") as f:  # corrupt the int8 build only
+        f.seek(200)
+        f.write(b"\0\0\0\0")
+    proc = run("inspect", art, ok=False)
+    assert proc.returncode == 2
+    assert "segments" in proc.stdout and "files verified" in proc.stdout and "files NOT INTACT" in proc.stdout
+    assert "int8: int8/seg_01.onnx does not match its sha256" in proc.stderr
+    assert f"--out {art} --precision int8 --force" in proc.stderr
+    assert json.loads(run("inspect", art, "--json", ok=False).stdout)["num_layers"] == 4  # printed all the same
+    assert run("inspect", art, "--no-hash-check").returncode == 0
+
+
+def test_no_progress_hides_the_bars(tiny_bert, tmp_path):
+    shown = run("build", tiny_bert, "--out", tmp_path / "a", "--min-layer", "2")
+    hidden = run("build", tiny_bert, "--out", tmp_path / "b", "--min-layer", "2", "--no-progress")
+    assert "export" in shown.stderr and "segment" in shown.stderr and "%|" in shown.stderr
+    assert "%|" not in hidden.stderr
+    for command in ("train", "bench", "evaluate", "diagnose", "calibrate", "corpus"):
+        assert "--no-progress" in run(command, "--help").stdout

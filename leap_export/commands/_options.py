@@ -234,3 +234,21 @@ def console():
         return Console()
     return Console(width=200)
 
+
+def _no_progress(ctx, param, value):
+    """Also silence the bars of the libraries a command loads (transformers' "Loading weights")."""
+    if value:
+        import sys
+
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when huggingface_hub / transformers load
+        if "transformers" in sys.modules:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+    return value
+
+
+no_progress_option = click.option(
+    "--no-progress", is_flag=True, callback=_no_progress, expose_value=True,
+    help="Hide progress bars (for logs: tqdm redraws fill a file).",
+)

@@ -5,6 +5,7 @@ from leap_export.commands._options import (
     artifacts_argument,
     distinct_files,
     min_layer_option,
+    no_progress_option,
     output_folder,
     theta_option,
     threads_option,
@@ -13,6 +14,7 @@ from leap_export.commands._options import (
 
 
 @click.command("bench")
+@no_progress_option
 @artifacts_argument
 @click.option(
     "--sentences",
@@ -76,7 +78,7 @@ from leap_export.commands._options import (
 @distinct_files
 def command(
     artifacts, sentences, batch_sizes, warmup, iters, theta, min_layer, variant, threads, baselines,
-    also_variants, schedule, breakdown, processes, out
+    also_variants, schedule, breakdown, processes, out, no_progress
 ):
     """Latency: monolithic vs segmented (exits off) vs early exit, and sentence-transformers, side by side."""
     from leap_export.bench import bench_processes, markdown, save
@@ -102,6 +104,7 @@ def command(
         also_variants=tuple(also_variants),
         breakdown=breakdown,
         schedule=schedule,
+        progress=not no_progress,
     )
     click.echo(markdown(report))
     for name, err in report["baseline_errors"].items():

@@ -1,9 +1,16 @@
 import click
 
-from leap_export.commands._options import _csv_ints, _positive, _unit_interval, output_folder
+from leap_export.commands._options import (
+    _csv_ints,
+    _positive,
+    _unit_interval,
+    no_progress_option,
+    output_folder,
+)
 
 
 @click.command("build")
+@no_progress_option
 @click.argument("model")
 @click.option("--out", required=True, type=click.Path(path_type=str), callback=output_folder,
               help="Artifact folder to create.")
@@ -19,11 +26,11 @@ from leap_export.commands._options import _csv_ints, _positive, _unit_interval, 
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (12..20).")
 @click.option("--force", is_flag=True, help="Replace an earlier build or an empty folder at --out (kept until the "
               "new one is complete); a folder that is not a build is never replaced.")
-def command(model, out, boundaries, theta, patience, min_layer, precision, opset, force):
+def command(model, out, boundaries, theta, patience, min_layer, precision, opset, force, no_progress):
     """Export MODEL (a short name such as minilm-l6, or a model folder) into per-layer-segment ONNX graphs."""
     from leap_export.export import build
     from leap_export.inspect import summary
 
     path = build(model, out, boundaries=boundaries, theta=theta, patience=patience, min_layer=min_layer,
-                 precision=precision, opset=opset, force=force)
+                 precision=precision, opset=opset, force=force, progress=not no_progress)
     summary(path)

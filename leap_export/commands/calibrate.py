@@ -15,6 +15,7 @@ from leap_export.commands._options import (
     eval_sets_option,
     label_free_option,
     min_layer_option,
+    no_progress_option,
     report_option,
     sts_file_option,
     variant_option,
@@ -33,6 +34,7 @@ def _csv_floats(ctx, param, value):
 
 
 @click.command("calibrate")
+@no_progress_option
 @artifacts_argument
 @eval_sets_option
 @sts_file_option
@@ -81,6 +83,7 @@ def command(
     dry_run,
     strict,
     report_path,
+    no_progress,
 ):
     """Sweep theta on ARTIFACTS and write the cheapest policy that meets the quality budget."""
     from leap_export.calibrate import calibrate
@@ -104,6 +107,7 @@ def command(
         batch_size=batch_size,
         write=not dry_run,
         report_path=report_path,
+        progress=not no_progress,
         **options,
     )
     print_report(report, dry_run=dry_run)

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import click
 
-from leap_export.commands._options import distinct_files, output_image, report_option
+from leap_export.commands._options import distinct_files, no_progress_option, output_image, report_option
 
 
 @click.command("diagnose")
+@no_progress_option
 @click.argument("model")
 @click.option(
     "--sentences",
@@ -62,6 +63,7 @@ def command(
     overhead,
     report_path,
     plot_path,
+    no_progress,
 ):
     """Diagnose MODEL (a short name such as minilm-l6, or a local model folder) for early exit.
 
@@ -82,7 +84,7 @@ def command(
         overhead=overhead,
         report_path=report_path,
         plot_path=plot_path,
-        show_progress_bar=True,
+        show_progress_bar=not no_progress,
     )
     print_report(report)
     for label, path in (("report", report_path), ("plot", plot_path)):

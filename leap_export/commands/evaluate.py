@@ -13,6 +13,7 @@ from leap_export.commands._options import (
     eval_sets_option,
     label_free_option,
     min_layer_option,
+    no_progress_option,
     report_option,
     sts_file_option,
     theta_option,
@@ -21,6 +22,7 @@ from leap_export.commands._options import (
 
 
 @click.command("evaluate")
+@no_progress_option
 @artifacts_argument
 @eval_sets_option
 @sts_file_option
@@ -53,6 +55,7 @@ def command(
     variant,
     batch_size,
     report_path,
+    no_progress,
 ):
     """Quality of ARTIFACTS' exited embeddings vs full depth: labelled sets and label-free agreement."""
     from leap_export.quality import evaluate_artifacts, parse_eval_sets
@@ -71,6 +74,7 @@ def command(
         reference_artifacts=reference,
         batch_size=batch_size,
         report_path=report_path,
+        progress=not no_progress,
     )
     print_report(report)
     if report_path:

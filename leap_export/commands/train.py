@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from leap_export.commands._options import distinct_files, output_folder
+from leap_export.commands._options import distinct_files, no_progress_option, output_folder
 
 
 @click.command("train")
+@no_progress_option
 @click.option(
     "--student", default="minilm-l6", show_default=True, help="Short name or model folder to fine-tune."
 )
@@ -42,7 +43,9 @@ from leap_export.commands._options import distinct_files, output_folder
 @click.option(
     "--checkpoint-every", type=int, default=200, show_default=True, help="Steps between checkpoints."
 )
-@click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from the checkpoint in --out, with the same settings "
+              "(--steps included: the learning-rate schedule depends on them, so a finished run cannot be "
+              "extended; start a new run from its output folder instead).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--dropout",
@@ -76,6 +79,7 @@ def command(
     seed,
     dropout,
     settings,
+    no_progress,
 ) -> None:
     """Distil a teacher into an exit-ready student; writes a SentenceTransformer folder.
 
@@ -113,5 +117,6 @@ def command(
         max_sentences=max_sentences,
         config=config,
         resume=resume,
+        show_progress_bar=not no_progress,
     )
     click.echo(f"wrote {path} ({config.mode})")

@@ -682,7 +682,9 @@ def run_training(
     max_sentences: int | None = None,
     config: LeapConfig | None = None,
     resume: bool = False,
+    show_progress_bar: bool = True,
 ) -> Path:
     """What ``leap-export train`` does: load the sentences, then :func:`train`."""
     sentences, origin = load_sentences(corpus, sentences_file, max_sentences)
-    return train(student, sentences, out, teacher=teacher, config=config, resume=resume, corpus_origin=origin)
+    return train(student, sentences, out, teacher=teacher, config=config, resume=resume, corpus_origin=origin,
+                 show_progress_bar=show_progress_bar)
