@@ -278,12 +278,6 @@ def build(
         _check_variant_request(model, out, precision, boundaries=boundaries, theta=theta, patience=patience,
                                min_layer=min_layer, opset=opset)
         return add_variant(out, precision, force=force, progress=progress)
-    if out.exists() and not force:
-        raise LeapError(f"{out} already exists; pass --force to replace it (the old folder is kept until "
-                        "the new one is complete)")
-    if out.exists() and not _replaceable(out):
-        raise LeapError(f"{out} is not a leap-export build (no leap-export manifest.json in it); --force only "
-                        "replaces a build or an empty folder: pick another --out, or move that folder yourself")
     if precision != "fp32":
         raise LeapError(f"precision '{precision}' is added to an existing fp32 build: run `leap-export build` "
                         f"first, then again with --precision {precision}")
@@ -313,6 +307,13 @@ def build(
             f"comes after a layer l > patience {policy.patience} (segments end after layers "
             f"{', '.join(str(p.end) for p in plans)}); lower --min-layer or --patience, or pass --boundaries"
         )
+    # the settings first (a user fixes those in one go), then the folder
+    if out.exists() and not force:
+        raise LeapError(f"{out} already exists; pass --force to replace it (the old folder is kept until "
+                        "the new one is complete)")
+    if out.exists() and not _replaceable(out):
+        raise LeapError(f"{out} is not a leap-export build (no leap-export manifest.json in it); --force only "
+                        "replaces a build or an empty folder: pick another --out, or move that folder yourself")
     idle = [p.end for p in plans[:-1] if not policy.may_exit_at(p.end)]
     if idle:
         log.warning(

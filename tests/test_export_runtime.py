@@ -189,6 +189,8 @@ def test_build_refuses_to_overwrite_and_is_atomic(tiny_bert, tmp_path):
     out = build(tiny_bert, tmp_path / "a", min_layer=2, progress=False)
     with pytest.raises(LeapError, match="--force"):
         build(tiny_bert, out, progress=False)
+    with pytest.raises(LeapError, match="boundaries must lie in 1..4"):  # bad settings first, then the folder
+        build(tiny_bert, out, boundaries=[9], progress=False)
     before = (out / "manifest.json").read_text()
     with pytest.raises(LeapError):  # a failing rebuild leaves the old folder untouched and no temp dirs
         build(tiny_bert, out, boundaries=[9], force=True, progress=False)
