@@ -41,6 +41,10 @@ DELTA_CONTRAST=${DELTA_CONTRAST:-1.0}
 # (target 0.80); with 2.0: 63 % at layer 3, 99.8 % by layer 4, NN@10 0.82 (README "LEAP training").
 ZETA_CONTRAST_EXIT=${ZETA_CONTRAST_EXIT:-2.0}
 export HF_HUB_OFFLINE=1
+# Run again to continue an interrupted run (or to redo the steps after it on a finished one): --resume
+# only where OUT already holds a run, since train refuses --resume on a folder with none.
+RESUME=()
+if [[ -f "$OUT/checkpoint/last.pt" || -f "$OUT/loss_log.jsonl" ]]; then RESUME=(--resume); fi
 
 start=$(date +%s)
 if [[ ! -f "$CORPUS/corpus.json" ]]; then
@@ -53,7 +57,7 @@ fi
   --lr "$LR" --dropout 0 --set alpha_inter="$ALPHA_INTER" --set beta_exit="$BETA_EXIT" \
   --set epsilon_late="$EPSILON_LATE" --set late_layers="$LATE_LAYERS" --set delta_contrast="$DELTA_CONTRAST" \
   --set zeta_contrast_exit="$ZETA_CONTRAST_EXIT" \
-  --checkpoint-every 100 --resume "${EXTRA[@]}"
+  --checkpoint-every 100 "${RESUME[@]}" "${EXTRA[@]}"
 train_end=$(date +%s)
 
 "$PY" - "$OUT" "$CORPUS" <<'PYEOF'

@@ -24,6 +24,10 @@ BATCH=${BATCH:-32}
 LR=${LR:-1e-4}
 ZETA_CONTRAST_EXIT=${ZETA_CONTRAST_EXIT:-2.0}
 export HF_HUB_OFFLINE=1
+# Run again to continue an interrupted run (or to redo the steps after it on a finished one): --resume
+# only where OUT already holds a run, since train refuses --resume on a folder with none.
+RESUME=()
+if [[ -f "$OUT/checkpoint/last.pt" || -f "$OUT/loss_log.jsonl" ]]; then RESUME=(--resume); fi
 
 if [[ ! -f "$CORPUS/corpus.json" ]]; then
   "$PY" -m leap_export.cli corpus --out "$CORPUS" --source fortunes --source wordnet --no-progress
@@ -33,7 +37,7 @@ $LAUNCH leap_export.cli train --student mpnet-base --out "$OUT" --corpus "$CORPU
   --max-sentences $((STEPS * BATCH)) --steps "$STEPS" --batch-size "$BATCH" --max-length 48 --lr "$LR" \
   --dropout 0 --set alpha_inter=0 --set beta_exit=4 --set epsilon_late=3 --set late_layers=7 \
   --set delta_contrast=1.0 --set zeta_contrast_exit="$ZETA_CONTRAST_EXIT" --set min_layer=6 \
-  --checkpoint-every 100 --resume "${EXTRA[@]}"
+  --checkpoint-every 100 "${RESUME[@]}" "${EXTRA[@]}"
 "$PY" -m leap_export.cli build "$OUT" --out "$OUT-artifacts" --min-layer 6 --force
 "$PY" -m leap_export.cli verify "$OUT-artifacts" --report "$OUT-artifacts/verify.json"
 "$PY" -m leap_export.cli diagnose "$OUT" --min-layer 6 ${HELDOUT:+--sentences "$HELDOUT"} \

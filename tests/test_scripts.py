@@ -81,3 +81,23 @@ def test_handoff_cost_on_the_int8_variant(tiny_artifacts, tmp_path):
     res = subprocess.run([sys.executable, "scripts/handoff_cost.py", str(art), "--variant", "int4", "--rows", "1"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "int4" in res.stderr
+
+
+def test_train_minilm_recipe_runs_fresh_and_again(tmp_path):
+    # The recipe at toy size: a fresh OUT (train refuses --resume there), then again on the finished run.
+    import os
+
+    lines = [f"Sentence number {i} says something plain about topic {i % 7} in English." for i in range(200)]
+    (tmp_path / "mine.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    corpus = tmp_path / "corpus"
+    _run("-m", "leap_export.cli", "corpus", "--out", str(corpus), "--file", str(tmp_path / "mine.txt"),
+         "--no-debian", "--test-fraction", "0.2", "--no-progress")
+    env = {**os.environ, "PY": sys.executable, "STEPS": "2", "BATCH": "4", "SENTENCES": "8",
+           "CORPUS": str(corpus), "OUT": str(tmp_path / "run"), "LEAP_EXPORT_CACHE": str(tmp_path / "cache")}
+    for _ in range(2):
+        res = subprocess.run(["bash", "scripts/train_minilm.sh"], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=600)
+        assert res.returncode == 0, res.stdout + res.stderr
+        result = json.loads((tmp_path / "run" / "exit_eval.json").read_text())
+        assert result["heldout_sentences"] > 0 and 3 <= result["mean_layers"] <= 6
+    assert "at step 2 of 2" in res.stderr  # the second run resumed the finished one
