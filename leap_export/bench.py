@@ -31,6 +31,7 @@ monolithic - 1.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -41,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from leap_export.errors import LeapError
-from trt_runtime.fileio import atomic_write, write_json_atomic
+from trt_runtime.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -290,6 +291,10 @@ def bench_processes(artifacts: str | os.PathLike, sentences: list[str] | None = 
         return bench(artifacts, sentences, progress=progress, **kwargs)
     from tqdm.auto import tqdm
 
+    from trt_runtime.manifest import load_manifest
+
+    load_manifest(artifacts, check_files=False)  # a wrong folder fails here, not in the first worker
+
     reports = [
         _in_fresh_process(bench, str(artifacts), sentences, progress=False, **kwargs)
         for _ in tqdm(range(processes), desc="bench processes", unit="process", disable=not progress)
@@ -536,7 +541,10 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(report: dict[str, Any], path: str | os.PathLike) -> None:
+def plot_png(report: dict[str, Any]) -> bytes:
+    """The latency bar chart as PNG bytes."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -562,17 +570,21 @@ def plot(report: dict[str, Any], path: str | os.PathLike) -> None:
     )
     ax.legend(fontsize=8)
     fig.tight_layout()
+    buffer = io.BytesIO()
     try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+        fig.savefig(buffer, format="png", dpi=110)
     finally:
         plt.close(fig)
+    return buffer.getvalue()
 
 
 def save(report: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
     out = Path(out_dir)
     paths = {"json": out / "bench.json", "markdown": out / "bench.md", "plot": out / "bench.png"}
-    write_json_atomic(paths["json"], report)
-    text = markdown(report)
-    atomic_write(paths["markdown"], lambda f: f.write(text.encode()))
-    plot(report, paths["plot"])
+    # Everything rendered first (the plot takes a while), then written back to back, so an interrupt
+    # cannot leave this run's JSON beside an older run's plot.
+    contents = {"json": (json.dumps(report, indent=2) + "\n").encode(), "markdown": markdown(report).encode(),
+                "plot": plot_png(report)}
+    for key, data in contents.items():
+        atomic_write(paths[key], lambda f, data=data: f.write(data))
     return paths

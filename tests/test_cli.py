@@ -189,5 +189,5 @@ def test_no_progress_hides_the_bars(tiny_bert, tmp_path):
     hidden = run("build", tiny_bert, "--out", tmp_path / "b", "--min-layer", "2", "--no-progress")
     assert "export" in shown.stderr and "segment" in shown.stderr and "%|" in shown.stderr
     assert "%|" not in hidden.stderr
-    for command in ("train", "bench", "evaluate", "diagnose", "calibrate", "corpus"):
+    for command in ("train", "bench", "evaluate", "diagnose", "calibrate", "corpus", "verify"):
         assert "--no-progress" in run(command, "--help").stdout

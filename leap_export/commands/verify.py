@@ -1,9 +1,16 @@
 import click
 
-from leap_export.commands._options import artifacts_argument, batch_size_option, distinct_files, output_file
+from leap_export.commands._options import (
+    artifacts_argument,
+    batch_size_option,
+    distinct_files,
+    no_progress_option,
+    output_file,
+)
 
 
 @click.command("verify")
+@no_progress_option
 @artifacts_argument
 @click.option("--sentences", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="UTF-8 file, one sentence per line. Default: the built-in sample set.")
@@ -13,7 +20,7 @@ from leap_export.commands._options import artifacts_argument, batch_size_option,
 @click.option("--model", default=None, help="Reference model (short name or folder) if not the manifest's source.")
 @batch_size_option
 @distinct_files
-def command(artifacts, sentences, report, variant, model, batch_size):
+def command(artifacts, sentences, report, variant, model, batch_size, no_progress):
     """Prove parity: PyTorch vs ONNX Runtime, per segment and end to end. Exit code 1 on any failure."""
     from leap_export.textio import read_lines
     from leap_export.verify import verify
@@ -22,7 +29,7 @@ def command(artifacts, sentences, report, variant, model, batch_size):
     if texts == []:
         raise click.BadParameter(f"{sentences} is empty; pass a file with one sentence per line, or leave "
                                  "--sentences out to check the built-in sample set", param_hint="--sentences")
-    result = verify(artifacts, texts, variant=variant, model=model, batch_size=batch_size)
+    result = verify(artifacts, texts, variant=variant, model=model, batch_size=batch_size, progress=not no_progress)
     _print(result)
     if report:
         result.save(report)
