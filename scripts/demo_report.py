@@ -7,10 +7,16 @@ from pathlib import Path
 import numpy as np
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "demo-out")
+missing = [name for name in ("verify.json", "exit_layers.json", "embeddings.npy") if not (out / name).is_file()]
+if missing:
+    sys.exit(f"{out} lacks {', '.join(missing)}: pass the folder `make demo` wrote (default demo-out)")
 verify = json.loads((out / "verify.json").read_text())
 exits = json.loads((out / "exit_layers.json").read_text())
 emb = np.load(out / "embeddings.npy")
-sentences = [s for s in (Path("leap_export/resources/sample_sentences.txt").read_text().splitlines())]
+import leap_export  # noqa: E402
+from leap_export.textio import read_lines  # noqa: E402
+
+sentences = read_lines(Path(leap_export.__file__).parent / "resources" / "sample_sentences.txt")  # what make demo encoded
 stats = exits["stats"]
 print("\n== leap-export demo ==")
 print(f"artifacts      {out / 'minilm-l6'} (inspect with: leap-export inspect {out / 'minilm-l6'})")

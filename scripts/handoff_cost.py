@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _checks import check_inputs, positive_int  # scripts/, on sys.path when run as a script
 from host_loop_cost import segment_chain  # scripts/, on sys.path when run as a script
 
 from trt_runtime.encoder import EarlyExitEncoder
@@ -65,18 +66,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("artifacts")
     ap.add_argument("--sentences", help="UTF-8 file, one sentence per line (default: the built-in sample set)")
-    ap.add_argument("--rows", type=int, default=300, help="sentences per round")
+    ap.add_argument("--rows", type=positive_int, default=300, help="sentences per round")
     ap.add_argument("--rounds", type=int, default=3, help="passes over the sentences (the first is warm-up)")
     ap.add_argument("--flush-mb", type=float, default=8.0, help="memory read before each flushed run (MB)")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=positive_int, default=None)
     ap.add_argument("--variant", default=None, help="a build variant of the folder, e.g. int8 (default: fp32)")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     if args.rounds < 2 or args.rows < 1 or args.flush_mb <= 0:
         ap.error("need --rounds >= 2, --rows >= 1 and --flush-mb > 0")
-    from leap_export.textio import read_lines, sample_sentences
-
-    texts = read_lines(args.sentences, skip_empty=True) if args.sentences else sample_sentences()
+    texts = check_inputs(ap, args.artifacts, sentences=args.sentences, json_out=args.json, variant=args.variant)
     try:
         enc = EarlyExitEncoder(args.artifacts, exits=False, threads=args.threads, variant=args.variant)
     except ArtifactError as e:

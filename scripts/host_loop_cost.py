@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _checks import check_inputs, positive_int, positive_ints  # scripts/, on sys.path when run as a script
 
 from trt_runtime.encoder import CARRIED, EarlyExitEncoder
 
@@ -61,12 +62,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("artifacts")
     ap.add_argument("--sentences", help="UTF-8 file, one sentence per line (default: the built-in sample set)")
-    ap.add_argument("--batch-sizes", default="1,8,32")
-    ap.add_argument("--rounds", type=int, default=6, help="passes over the batches (the first is warm-up)")
+    ap.add_argument("--batch-sizes", type=positive_ints, default="1,8,32")
+    ap.add_argument("--rounds", type=positive_int, default=6, help="passes over the batches (the first is warm-up)")
     args = ap.parse_args()
-    from leap_export.textio import read_lines, sample_sentences
-
-    sentences = read_lines(args.sentences, skip_empty=True) if args.sentences else sample_sentences()
+    if args.rounds < 2:
+        ap.error("--rounds must be at least 2: the first pass is warm-up and not timed")
+    sentences = check_inputs(ap, args.artifacts, sentences=args.sentences)
+    if max(args.batch_sizes) > len(sentences):
+        ap.error(f"batch size {max(args.batch_sizes)} is larger than the {len(sentences)} sentences; pass more "
+                 "--sentences or smaller --batch-sizes")
     enc = EarlyExitEncoder(args.artifacts, exits=False)
     chain = bare_chain(enc)
     ids = enc.tokenizer.encode(sentences)
@@ -74,7 +78,7 @@ def main() -> None:
     print(f"{Path(args.artifacts).name}: {len(enc.segments)} segments, {len(sentences)} sentences, exits off")
     print("| batch | bare chain p50 us | host loop p50 us | host loop - bare chain, p50 of pairs |")
     print("|---|---|---|---|")
-    for bs in (int(b) for b in args.batch_sizes.split(",")):
+    for bs in args.batch_sizes:
         batches = [enc.tokenizer.pad(ids[i : i + bs]) for i in range(0, len(ids) - bs + 1, bs)][:256]
         a, b = [], []
         for r in range(args.rounds):

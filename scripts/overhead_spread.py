@@ -1,6 +1,7 @@
 """Batch-1 segment overhead (exits off vs monolithic) across fresh processes: its spread, not one draw.
 
     python scripts/overhead_spread.py ARTIFACTS [--sentences FILE] [--processes 8] [--blocks 5] [--rows 400]
+        [--threads N] [--json OUT.json]
 
 ``leap-export bench`` measures the overhead in one process. At batch 1 that figure moves by a few
 points from one process to the next, while it is stable within a process (blocks of the same run agree
@@ -19,6 +20,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from _checks import check_inputs, positive_int  # scripts/, on sys.path when run as a script
 
 from trt_runtime.fileio import write_json_atomic
 
@@ -64,16 +67,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("artifacts")
     ap.add_argument("--sentences", help="UTF-8 file, one sentence per line (default: the built-in sample set)")
-    ap.add_argument("--processes", type=int, default=8)
-    ap.add_argument("--blocks", type=int, default=5)
-    ap.add_argument("--rows", type=int, default=400, help="sentences per block (batch 1)")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--processes", type=positive_int, default=8)
+    ap.add_argument("--blocks", type=positive_int, default=5)
+    ap.add_argument("--rows", type=positive_int, default=400, help="sentences per block (batch 1)")
+    ap.add_argument("--threads", type=positive_int, default=None)
     ap.add_argument("--json", help="also write the per-process results here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(args.artifacts, args.sentences, args.blocks, args.rows, args.threads)))
         return
+    check_inputs(ap, args.artifacts, sentences=args.sentences, json_out=args.json)
     cmd = [sys.executable, __file__, args.artifacts, "--worker", "--blocks", str(args.blocks), "--rows", str(args.rows)]
     if args.sentences:
         cmd += ["--sentences", args.sentences]

@@ -65,6 +65,32 @@ def test_handoff_cost_rejects_bad_settings(tiny_artifacts):
     assert res.returncode == 2 and "--rounds >= 2" in res.stderr
 
 
+def test_scripts_refuse_bad_input_before_timing(tiny_artifacts, tmp_path):
+    # one argparse line (exit 2), no traceback, no table of nan, nothing measured first
+    art = str(tiny_artifacts["bert"])
+    cases = [
+        (["scripts/host_loop_cost.py", art, "--rounds", "1"], "--rounds must be at least 2"),
+        (["scripts/host_loop_cost.py", art, "--batch-sizes", "0"], "must be at least 1"),
+        (["scripts/host_loop_cost.py", art, "--batch-sizes", "1,5000"], "larger than the"),
+        (["scripts/host_loop_cost.py", str(tmp_path / "nope")], "is not a folder"),
+        (["scripts/overhead_spread.py", art, "--processes", "0"], "must be at least 1"),
+        (["scripts/overhead_spread.py", art, "--blocks", "0"], "must be at least 1"),
+        (["scripts/overhead_spread.py", art, "--json", str(tmp_path)], "--json: "),
+        (["scripts/handoff_cost.py", art, "--json", str(tmp_path)], "--json: "),
+        (["scripts/handoff_cost.py", str(tmp_path / "nope")], "is not a folder"),
+    ]
+    for args, message in cases:
+        res = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and message in res.stderr, (args, res.stdout + res.stderr)
+        assert "Traceback" not in res.stderr and res.stdout == "", args
+
+
+def test_demo_report_runs_from_any_folder_and_names_a_wrong_one(tmp_path):
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo_report.py"), str(tmp_path)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "lacks verify.json" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_handoff_cost_on_the_int8_variant(tiny_artifacts, tmp_path):
     import shutil
 
