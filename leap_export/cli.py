@@ -66,7 +66,12 @@ def main() -> None:
         logging.getLogger(name).addHandler(handler)
     try:
         cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except ImportError as e:
+        if not isinstance(e.__context__, KeyboardInterrupt):  # Ctrl-C while a native library initialised
+            raise
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as e:
