@@ -31,7 +31,6 @@ monolithic - 1.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -42,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from leap_export.errors import LeapError
-from trt_runtime.fileio import atomic_write
+from trt_runtime.fileio import atomic_write, json_bytes
 
 log = logging.getLogger(__name__)
 
@@ -583,7 +582,7 @@ def save(report: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
     paths = {"json": out / "bench.json", "markdown": out / "bench.md", "plot": out / "bench.png"}
     # Everything rendered first (the plot takes a while), then written back to back, so an interrupt
     # cannot leave this run's JSON beside an older run's plot.
-    contents = {"json": (json.dumps(report, indent=2) + "\n").encode(), "markdown": markdown(report).encode(),
+    contents = {"json": json_bytes(report), "markdown": markdown(report).encode(),
                 "plot": plot_png(report)}
     for key, data in contents.items():
         atomic_write(paths[key], lambda f, data=data: f.write(data))

@@ -122,7 +122,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> P
     return path
 
 
+def json_bytes(data: Any, *, allow_nan: bool = True) -> bytes:
+    """``data`` as the indented JSON every tool output uses; ``allow_nan=False`` refuses NaN/Infinity."""
+    return (json.dumps(data, indent=2, sort_keys=False, allow_nan=allow_nan) + "\n").encode()
+
+
 def write_json_atomic(path: str | os.PathLike, data: Any, *, allow_nan: bool = True) -> Path:
     """``data`` as indented JSON; ``allow_nan=False`` refuses NaN/Infinity (strict JSON) instead of writing them."""
-    text = json.dumps(data, indent=2, sort_keys=False, allow_nan=allow_nan) + "\n"
-    return atomic_write(path, lambda f: f.write(text.encode()))
+    text = json_bytes(data, allow_nan=allow_nan)
+    return atomic_write(path, lambda f: f.write(text))

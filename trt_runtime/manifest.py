@@ -113,8 +113,12 @@ class Manifest:
     def variants(self) -> list[str]:
         return list(self.data["variants"])
 
+    @property
+    def default_variant(self) -> str:
+        return self.data.get("default_variant") or next(iter(self.data["variants"]))
+
     def variant(self, name: str | None = None) -> dict[str, Any]:
-        name = name or self.data.get("default_variant") or next(iter(self.data["variants"]))
+        name = name or self.default_variant
         if name not in self.data["variants"]:
             raise ArtifactError(
                 f"{self.root}: no '{name}' build in this artifact folder (it has: "
@@ -157,10 +161,8 @@ class Manifest:
 
     def rebuild_hint(self, variant: str | None = None, problems: Sequence[str] = ()) -> str:
         """The command that rewrites ``variant``'s files (a quantised variant alone, unless the tokenizer broke)."""
-        name = variant or self.data.get("default_variant") or next(iter(self.data["variants"]))
-        default = self.data.get("default_variant") or next(iter(self.data["variants"]))
-        tokenizer = self.data["tokenizer"]["file"]
-        if name != default and not any(tokenizer in p for p in problems):
+        name, tokenizer = variant or self.default_variant, self.data["tokenizer"]["file"]
+        if name != self.default_variant and not any(tokenizer in p for p in problems):
             return f"`leap-export build {self.root} --out {self.root} --precision {name} --force`"
         spec = self.data.get("source", {}).get("spec") or "MODEL"
         return f"`leap-export build {spec} --out {self.root} --force`"

@@ -249,6 +249,6 @@ def _no_progress(ctx, param, value):
 
 
 no_progress_option = click.option(
-    "--no-progress", is_flag=True, callback=_no_progress, expose_value=True,
+    "--no-progress", is_flag=True, callback=_no_progress,
     help="Hide progress bars (for logs: tqdm redraws fill a file).",
 )

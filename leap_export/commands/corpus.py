@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from leap_export.commands._options import distinct_files, output_folder
+from leap_export.commands._options import distinct_files, no_progress_option, output_folder
 
 SOURCE_NAMES = ("fortunes", "wordnet", "bible-kjv", "bible-web", "gcide", "python-docs")
 
@@ -53,7 +53,7 @@ SOURCE_NAMES = ("fortunes", "wordnet", "bible-kjv", "bible-web", "gcide", "pytho
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Changes which sentences land in which split."
 )
-@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@no_progress_option
 @distinct_files
 def command(
     out_dir: Path,
