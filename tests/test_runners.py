@@ -73,6 +73,7 @@ def test_a_later_encoder_with_other_pool_settings_joins_the_pool_with_a_warning(
     proc = subprocess.run([sys.executable, "-c", LATER, str(tiny_artifacts["bert"])], capture_output=True,
                           text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr
-    assert " threads requested, but this process already has ONNX Runtime's shared thread pool" in proc.stderr
-    assert "shared_pool=False requested, but" in proc.stderr
+    # once per setting, not once per segment session
+    assert proc.stderr.count(" threads requested, but this process already has ONNX Runtime's shared thread pool") == 1
+    assert proc.stderr.count("shared_pool=False requested, but") == 1
     assert "EP Error" not in proc.stderr

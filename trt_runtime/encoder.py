@@ -10,16 +10,17 @@ Per batch::
         active  = active without exited        # later segments see fewer rows, trimmed to their longest
     rows still active take the last segment's pooled vector (full depth)
 
-Sentences are sorted by token length before batching (as sentence-transformers does) so padding does
-not dominate, and results are returned in input order.
+Sentences are sorted by token length before batching (sentence-transformers sorts by characters) so
+padding does not dominate, and results are returned in input order.
 """
 
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +48,8 @@ class ExitStats:
     score_sum: dict[int, float] = field(default_factory=dict)
     score_count: dict[int, int] = field(default_factory=dict)
     # one encoder may serve several threads: each update is a read-modify-write of three dicts
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    # (reentrant: as_dict reads samples / expected_layers under the same lock)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def record(self, layer: int, score_sum: float, count: int, exited: int) -> None:
         """``count`` rows reached ``layer`` with convergence scores summing to ``score_sum``; ``exited`` left there."""
@@ -59,11 +61,13 @@ class ExitStats:
 
     @property
     def samples(self) -> int:
-        return sum(self.exits.values())
+        with self._lock:
+            return sum(self.exits.values())
 
     def expected_layers(self) -> float:
-        n = self.samples
-        return sum(layer * c for layer, c in self.exits.items()) / n if n else float("nan")
+        with self._lock:
+            n = self.samples
+            return sum(layer * c for layer, c in self.exits.items()) / n if n else float("nan")
 
     def as_dict(self) -> dict:
         with self._lock:
@@ -116,7 +120,7 @@ class EarlyExitEncoder:
         self,
         artifacts: str | os.PathLike,
         *,
-        policy: ExitPolicy | None = None,
+        policy: ExitPolicy | Mapping | None = None,
         theta: float | None = None,
         min_layer: int | None = None,
         patience: int | None = None,
@@ -159,6 +163,12 @@ class EarlyExitEncoder:
         return self.manifest.hidden_size
 
     def _policy(self, policy, theta, min_layer, patience, exits) -> ExitPolicy:
+        if isinstance(policy, Mapping):
+            policy = ExitPolicy.from_dict(policy)
+        elif policy is not None and not isinstance(policy, ExitPolicy):
+            raise RuntimeInputError(
+                f"policy must be a trt_runtime.ExitPolicy or a dict of its fields, got {type(policy).__name__}"
+            )
         base = policy or self.manifest.default_policy
         policy = ExitPolicy(
             theta=base.theta if theta is None else theta,
@@ -208,9 +218,18 @@ class EarlyExitEncoder:
     ) -> np.ndarray:
         """Like ``SentenceTransformer.encode``: ``[N, H]`` float32 (``[H]`` for a single string).
 
-        Embeddings are L2-normalised when ``normalize_embeddings`` is true or the model itself ends in
-        a Normalize module (as sentence-transformers would).
+        Embeddings are L2-normalised when ``normalize_embeddings`` is true (the default here;
+        sentence-transformers defaults to False) or the model itself ends in a Normalize module. Pass
+        ``normalize_embeddings=False`` for sentence-transformers' raw pooled vectors of a model without
+        one. Only numpy output exists: ``convert_to_numpy=False`` is refused, and sentence-transformers'
+        other keywords (``convert_to_tensor``, ``output_value``, ``precision``, ``device``, prompts) are
+        not accepted.
         """
+        if not convert_to_numpy:
+            raise RuntimeInputError(
+                "convert_to_numpy=False is not supported: trt_runtime returns numpy arrays only (it does not "
+                "need torch); convert with torch.from_numpy(...) if you need tensors"
+            )
         single = isinstance(sentences, str)
         result = self.encode_with_exits([sentences] if single else sentences, batch_size=batch_size,
                                         show_progress_bar=show_progress_bar,
@@ -232,8 +251,9 @@ class EarlyExitEncoder:
         own progress bar across several calls (``on_batch=bar.update``).
         """
         texts = _check_sentences(sentences)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool | np.bool_) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise RuntimeInputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        batch_size = int(batch_size)
         n, hidden = len(texts), self.manifest.hidden_size
         embeddings = np.zeros((n, hidden), dtype=np.float32)
         exit_layers = np.zeros(n, dtype=np.int64)
@@ -313,7 +333,7 @@ class EarlyExitEncoder:
                 if key[0] == seg.index:
                     refs[key] = res[key[1]]
             if n_exit:
-                exited = score >= self.policy.theta  # the same float32 comparison as the test above
+                exited = score >= np.float32(theta)  # the same float32 comparison as the test above
                 if active is None:
                     active = np.arange(batch)
                     out = np.empty((batch, pooled.shape[1]), dtype=np.float32)
@@ -353,6 +373,12 @@ def _interactive() -> bool:
 def _check_sentences(sentences) -> list[str]:
     if isinstance(sentences, str):
         return [sentences]
+    # iterable, but not a list of texts: a dict would embed its keys, a set in no order a caller can map
+    # back, bytes as integers
+    if isinstance(sentences, Mapping | Set | bytes | bytearray | memoryview):
+        kind = type(sentences).__name__
+        hint = "decode it to str first" if isinstance(sentences, bytes | bytearray | memoryview) else "pass a list of strings"
+        raise RuntimeInputError(f"sentences must be a string or a list of strings, got a {kind}; {hint}")
     if sentences is None or not isinstance(sentences, Sequence):
         try:
             sentences = list(sentences)

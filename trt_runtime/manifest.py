@@ -164,8 +164,7 @@ class Manifest:
         name, tokenizer = variant or self.default_variant, self.data["tokenizer"]["file"]
         if name != self.default_variant and not any(tokenizer in p for p in problems):
             return f"`leap-export build {self.root} --out {self.root} --precision {name} --force`"
-        spec = self.data.get("source", {}).get("spec") or "MODEL"
-        return f"`leap-export build {spec} --out {self.root} --force`"
+        return f"`leap-export build {source_arg(self.data)} --out {self.root} --force`"
 
     def check_files(self, variant: str | None = None) -> None:
         """Every file the manifest names exists and has its recorded sha256; one error lists all faults."""
@@ -178,6 +177,23 @@ class Manifest:
 
     def save(self) -> None:
         write_json_atomic(self.root / MANIFEST_NAME, self.data)
+
+
+def source_arg(data: dict) -> str:
+    """The MODEL argument that rebuilds these artifacts from any working directory.
+
+    ``source.spec`` is what the user typed: a short name works anywhere, but a relative folder only from
+    the directory the build ran in, so a folder spec gives way to the absolute ``source.path``.
+    """
+    source = data.get("source") or {}
+    spec, path = source.get("spec"), source.get("path")
+    if not spec:
+        return path or "MODEL"
+    p = Path(spec)
+    is_folder = "/" in spec or os.sep in spec or spec.startswith((".", "~")) or (path and Path(path).name == p.name)
+    if path and is_folder and not p.is_absolute():
+        return path
+    return spec
 
 
 def load_manifest(root: str | os.PathLike, *, check_files: bool = True, variant: str | None = None) -> Manifest:
@@ -205,7 +221,7 @@ def load_manifest(root: str | os.PathLike, *, check_files: bool = True, variant:
     if data["schema_version"] < SCHEMA_VERSION:
         raise ArtifactError(
             f"{path}: schema version {data['schema_version']} was written by an older leap-export whose segment "
-            f"graphs take other inputs; rebuild: `leap-export build {data.get('source', {}).get('spec', 'MODEL')} "
+            f"graphs take other inputs; rebuild: `leap-export build {source_arg(data)} "
             f"--out {root} --force`"
         )
     _check_structure(data, path)

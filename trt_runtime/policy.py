@@ -7,6 +7,7 @@ attention-masked mean-pooled hidden state. A sample that never satisfies it runs
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -22,15 +23,27 @@ class ExitPolicy:
     enabled: bool = True  # False: full depth for every sample (the comparison setting)
 
     def __post_init__(self) -> None:
-        if isinstance(self.theta, bool) or not isinstance(self.theta, int | float) or not 0.0 < self.theta <= 1.0:
-            raise RuntimeInputError(f"theta must be in (0, 1], got {self.theta!r}")
-        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
-            raise RuntimeInputError(f"patience k must be an integer >= 1, got {self.patience!r}")
-        if isinstance(self.min_layer, bool) or not isinstance(self.min_layer, int) or self.min_layer < 1:
-            raise RuntimeInputError(f"min_layer must be an integer >= 1, got {self.min_layer!r}")
+        # numpy scalars are welcome (a theta computed with numpy is one) and stored as Python numbers:
+        # a np.float64 theta would make ``scores >= theta`` compare in float64 where the runtime's own
+        # test compares in the scores' float32, and the two could disagree on a score next to theta
+        theta = self.theta
+        if isinstance(theta, bool | np.bool_) or not isinstance(theta, numbers.Real) or not 0.0 < float(theta) <= 1.0:
+            raise RuntimeInputError(f"theta must be a number in (0, 1], got {theta!r}")
+        object.__setattr__(self, "theta", float(theta))
+        for name, what in (("patience", "patience k"), ("min_layer", "min_layer")):
+            value = getattr(self, name)
+            if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral) or value < 1:
+                raise RuntimeInputError(f"{what} must be an integer >= 1, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        object.__setattr__(self, "enabled", bool(self.enabled))
 
     @classmethod
     def from_dict(cls, d: dict) -> ExitPolicy:
+        unknown = sorted(set(d) - {"theta", "patience", "min_layer", "enabled"})
+        if unknown:
+            raise RuntimeInputError(
+                f"unknown exit-policy keys {', '.join(map(repr, unknown))}; expected theta, patience, min_layer, enabled"
+            )
         return cls(**{k: d[k] for k in ("theta", "patience", "min_layer", "enabled") if k in d})
 
     def to_dict(self) -> dict:

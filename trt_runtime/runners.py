@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 _global_pool_threads: int | None = None  # threads of the process-wide ORT pool, once created
 _global_pool_failed = False
+_pool_warned: set[str] = set()  # settings already warned about (see ort_session_options)
 _shared_arena: bool | None = None  # whether the process-wide CPU arena is registered
 
 
@@ -76,12 +77,14 @@ def ort_session_options(threads: int | None = None, *, shared_pool: bool = True)
     if _global_pool_threads is not None:
         # Once the process-wide pool exists, ONNX Runtime refuses sessions with pools of their own
         # ("use_per_session_threads must be false when using a global thread pool"): join it.
-        if not shared_pool or threads != _global_pool_threads:
+        request = "shared_pool=False requested" if not shared_pool else f"{threads} threads requested"
+        if (not shared_pool or threads != _global_pool_threads) and request not in _pool_warned:
+            _pool_warned.add(request)  # once per setting, not once per segment session
             log.warning(
                 "%s, but this process already has ONNX Runtime's shared thread pool (%d threads, sized by the "
                 "first encoder), and ONNX Runtime allows no other pool after it: using the shared pool. Create "
                 "every encoder with the same settings, the first with shared_pool=False for private pools",
-                "shared_pool=False requested" if not shared_pool else f"{threads} threads requested",
+                request,
                 _global_pool_threads,
             )
         so.use_per_session_threads = False
