@@ -12,7 +12,8 @@ share of samples below 0.5 (Table 8) and 0.3 (Table 13).
 
 The chosen theta is the one with the lowest E[layers] (ties: an undominated one, then the higher theta)
 whose NN@10 is at least ``min_nn10`` and whose primary metric on every set drops by at most
-``max_quality_drop``. With ``write``, it becomes the manifest's ``exit_policy`` and the previous policy is
+``max_quality_drop``. The current policy competes too when the sweep leaves its theta out (same min
+layer): a costlier theta never replaces a current one that meets the budget. With ``write``, it becomes the manifest's ``exit_policy`` and the previous policy is
 appended to ``policy_history`` with the time and the reason.
 """
 
@@ -46,7 +47,7 @@ from trt_runtime.policy import ExitPolicy, cosine
 
 REPORT_SCHEMA = "leap-export/calibrate-report"
 REPORT_VERSION = 1
-LITTLE_SPEEDUP = 1.1  # a chosen theta below this theoretical speedup gets a note: the model hardly exits
+LITTLE_SAVING = 0.10  # a chosen theta that saves less than this share of layers gets a note: the model hardly exits
 DEFAULT_THETAS = tuple(float(t) for t in np.round(np.arange(0.90, 0.991, 0.01), 2))
 DEFAULT_MIN_NN10 = 0.80  # §5.2 checklist: NN@10 >= 0.80
 DEFAULT_MAX_QUALITY_DROP = 0.02  # relative; the paper's LEAP vs baseline gap is 2.2 % (§4.5)
@@ -215,6 +216,7 @@ def calibrate(
         }
         violations = []
         nn_mean = row[f"nn_at_{NN_K}"]
+        shortfall = max(0.0, min_nn10 - nn_mean)  # how far the budget is missed, to name the closest theta
         if not nn_mean >= min_nn10:
             violations.append(f"NN@{NN_K} {nn_mean:.3f} < {min_nn10:g}")
         for s in sets:
@@ -226,16 +228,21 @@ def calibrate(
                 if name == s.primary_metric and not no_quality_budget and (drop is None or drop > max_quality_drop):
                     shown = "undefined" if drop is None else f"{100 * drop:.2f}%"
                     violations.append(f"{s.name} {name} drop {shown} > {100 * max_quality_drop:g}%")
+                    shortfall += float("inf") if drop is None else drop - max_quality_drop
         row["meets_budget"] = not violations
         row["violations"] = violations
+        row["budget_shortfall"] = shortfall
         return row
 
     rows = [evaluate(t) for t in thetas]
-    _mark_pareto(rows, [(s.name, s.primary_metric) for s in sets])
     # the current policy as it stands (a what-if when it is disabled), for comparison
     same = current.min_layer == base.min_layer and current.theta in thetas
     current_row = rows[thetas.index(current.theta)] if same else evaluate(current.theta, current.min_layer)
-    meeting = [r for r in rows if r["meets_budget"]]
+    # the current policy competes too when it is outside the sweep on the same plan: a sweep that leaves
+    # it out must not replace it with a costlier theta that is "the cheapest" only of the thetas swept
+    extra = [current_row] if not same and current.min_layer == base.min_layer and current.enabled else []
+    _mark_pareto(rows + extra, [(s.name, s.primary_metric) for s in sets])
+    meeting = [r for r in rows + extra if r["meets_budget"]]
     # cheapest; among equally cheap, an undominated one (one always is), then the higher theta (more margin)
     chosen = min(meeting, key=lambda r: (r["expected_layers"], not r["pareto"], -r["theta"]), default=None)
     t2 = time.perf_counter()
@@ -327,7 +334,7 @@ def _message(chosen, rows, current, new_policy, changed, min_nn10, max_drop, num
     drop_text = "no quality budget" if max_drop == float("inf") else f"primary-metric drop <= {100 * max_drop:g}%"
     budget = f"NN@{NN_K} >= {min_nn10:g} and {drop_text}"
     if chosen is None:
-        closest = min(rows, key=lambda r: len(r["violations"]))
+        closest = min(rows, key=lambda r: (len(r["violations"]), r["budget_shortfall"]))
         return (
             f"no theta meets the budget ({budget}); keeping the current policy (theta {current.theta:g}). "
             f"Closest: theta {closest['theta']:g}: {'; '.join(closest['violations'])}"
@@ -338,7 +345,7 @@ def _message(chosen, rows, current, new_policy, changed, min_nn10, max_drop, num
     )
     drops = [f"{k} drop {100 * v:.2f}%" for k, v in chosen["drop"].items() if v is not None]
     what += "".join(f", {d}" for d in drops)
-    if chosen["speedup"] < LITTLE_SPEEDUP:
+    if 1.0 - chosen["expected_layers"] / num_layers < LITTLE_SAVING:
         what += (f". Within this budget early exit saves little ({chosen['speedup']:.2f}x): train the model with "
                  "LEAP (`leap-export train`), or loosen the budget (--max-drop, --min-nn10)")
     if not changed:

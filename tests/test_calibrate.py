@@ -44,8 +44,23 @@ def texts(sentences) -> list[str]:
 
 @pytest.fixture
 def artifacts(tiny_artifacts, tmp_path):
-    """A private copy of the tiny BERT artifacts (calibration rewrites the manifest)."""
-    return shutil.copytree(tiny_artifacts["bert"], tmp_path / "art")
+    """A private copy of the tiny BERT artifacts (calibration rewrites the manifest), with theta 1.0.
+
+    The random tiny model's scores are high: at the build's theta 0.95 every sample exits at the first
+    check, the cheapest any theta can be, and calibrate keeps a current policy no swept theta undercuts.
+    Theta 1.0 (exact convergence only) lets the sweep's thetas win.
+    """
+    art = shutil.copytree(tiny_artifacts["bert"], tmp_path / "art")
+    set_theta(art, 1.0)
+    return art
+
+
+def set_theta(art, theta: float) -> bytes:
+    """Edit the manifest's default theta (the manifest itself is not hashed); returns its new bytes."""
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["exit_policy"]["theta"] = theta
+    (art / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return (art / "manifest.json").read_bytes()
 
 
 def splitting_thetas(trace: BoundaryTrace, policy: ExitPolicy, count: int = 4) -> list[float]:
@@ -153,8 +168,34 @@ def test_a_choice_that_saves_little_says_so():
     old, new = ExitPolicy(theta=0.95, min_layer=3), ExitPolicy(theta=0.99, min_layer=3)
     text = _message(row, [row], old, new, True, 0.8, 0.02, 6)
     assert "early exit saves little (1.01x): train the model with LEAP" in text
+    row = {**row, "expected_layers": 5.43, "speedup": 6 / 5.43}  # saves 9.5 % of layers (1.10x): under 10 %
+    assert "saves little (1.10x)" in _message(row, [row], old, new, True, 0.8, 0.02, 6)
     row = {**row, "expected_layers": 3.4, "speedup": 6 / 3.4}
     assert "saves little" not in _message(row, [row], old, new, True, 0.8, 0.02, 6)
+
+
+def test_no_theta_in_budget_names_the_one_that_misses_it_least():
+    from leap_export.calibrate import _message
+
+    rows = [{"theta": t, "violations": [f"NN@10 {nn} < 0.995"], "budget_shortfall": 0.995 - nn}
+            for t, nn in ((0.97, 0.87), (0.98, 0.903), (0.99, 0.992))]
+    text = _message(None, rows, ExitPolicy(theta=0.95, min_layer=3), None, False, 0.995, 0.02, 6)
+    assert text.endswith("Closest: theta 0.99: NN@10 0.992 < 0.995")
+
+
+def test_a_cheaper_current_policy_outside_the_sweep_is_kept(artifacts, texts):
+    """A sweep that leaves out the current theta must not swap it for a costlier one "within the budget"."""
+    cheap = calibrate(artifacts, thetas=[0.5], eval_sets=(), sentences=texts, min_nn10=0.0, max_quality_drop=1.0)
+    assert cheap["written"] and load_manifest(artifacts).default_policy.theta == 0.5
+    manifest = artifacts / "manifest.json"
+    before = manifest.read_bytes()
+    policy = ExitPolicy(theta=0.5, min_layer=load_manifest(artifacts).default_policy.min_layer)
+    costlier = splitting_thetas(trace_boundaries(artifacts, texts), policy)
+    report = calibrate(artifacts, thetas=costlier, eval_sets=(), sentences=texts, min_nn10=0.0, max_quality_drop=1.0)
+    assert all(r["expected_layers"] > report["current_row"]["expected_layers"] for r in report["rows"])
+    assert report["chosen"]["theta"] == 0.5 and not report["changed"] and not report["written"]
+    assert report["message"].startswith("the current policy is already the cheapest within the budget")
+    assert manifest.read_bytes() == before
 
 
 def test_boundary_advice_drops_exit_checks_nobody_uses():
@@ -191,7 +232,7 @@ def test_dry_run_writes_nothing(artifacts, texts, tmp_path):
 
 def test_unattainable_budget_keeps_the_policy(artifacts, texts):
     manifest = artifacts / "manifest.json"
-    before = manifest.read_bytes()
+    before = set_theta(artifacts, 0.5)  # the current policy misses the budget too (theta 1.0 would meet it)
     # theta 0.5: every sample exits at the first exit boundary, so NN@10 falls short of a perfect 1.0
     report = calibrate(artifacts, thetas=[0.5], eval_sets=(), sentences=texts, min_nn10=1.0)
     (row,) = report["rows"]
@@ -251,11 +292,13 @@ def test_cli_without_torch(artifacts, texts, tmp_path):
     assert [r["theta"] for r in json.loads((tmp_path / "r.json").read_text())["rows"]] == [0.5, 1.0]
     assert manifest.read_bytes() == before
 
+    before = set_theta(artifacts, 0.5)  # a current policy that misses the budget too (theta 1.0 meets it)
     proc = cli("calibrate", artifacts, "--eval", "", "--sentences", src, "--thetas", "0.5", "--min-nn10", "1",
                "--strict")  # fmt: skip
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "no theta meets the budget" in proc.stdout
     assert manifest.read_bytes() == before
+    set_theta(artifacts, 1.0)
 
     proc = cli("calibrate", artifacts, "--eval", "", "--sentences", src, "--thetas", "0.5", "--min-nn10", "0")
     assert proc.returncode == 0, proc.stdout + proc.stderr
