@@ -199,13 +199,14 @@ def calibrate(
         layers = trace.exit_layers(policy)
         emb = trace.embeddings(layers)
         exited = Lookup(texts, emb)
-        stats = exit_statistics(layers[lf_rows], trace.boundaries, trace.num_layers, policy.min_layer)
+        stats = exit_statistics(layers[lf_rows], trace.boundaries, trace.num_layers, policy.min_layer, policy.patience)
         nn = neighbour_overlap(nearest_neighbours(emb[lf_rows], NN_K), full_nn)
         row: dict[str, Any] = {
             "theta": theta,
             "expected_layers": stats["expected_layers"],
             "speedup": stats["layer_reduction"],  # theoretical: L / E[layers]
             "exit_rate_before_final": stats["exit_rate_before_final"],
+            "exit_at_layer": stats["exit_at_layer"],
             "exit_at": stats["exit_at"],
             "exit_rate": stats["exit_rate"],
             f"nn_at_{NN_K}": float(nn.mean()),

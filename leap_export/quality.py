@@ -192,12 +192,22 @@ def relative_drop(full: float | None, other: float | None) -> float | None:
     return (full - other) / abs(full)
 
 
+def exit_at_layer(boundaries: Sequence[int], num_layers: int, min_layer: int, patience: int = 1) -> int:
+    """The layer of the paper's "Exit@L7" (12 layers, l_min 6): one past the first layer a sample can
+    exit at. That is the first exit check at or above ``min_layer`` (a plan without a check there acts
+    from its next one), and never the last layer, where every sample has "exited": then the layer
+    before it, so the rate is the share that exits early at all."""
+    first = next((b for b in boundaries if b >= min_layer and b > patience and b < num_layers), num_layers)
+    return min(first + 1, num_layers - 1)
+
+
 def exit_statistics(
-    exit_layers: np.ndarray, boundaries: Sequence[int], num_layers: int, min_layer: int
+    exit_layers: np.ndarray, boundaries: Sequence[int], num_layers: int, min_layer: int, patience: int = 1
 ) -> dict[str, Any]:
-    """Exit rate per boundary (and cumulative), E[layers], L / E[layers], and the paper's "Exit@L7"
-    (for 12 layers and l_min 6): the share exiting at or before layer ``min_layer + 1``."""
+    """Exit rate per boundary (and cumulative), E[layers], L / E[layers], and the paper's "Exit@L7": the
+    share exiting at or before :func:`exit_at_layer`."""
     n = exit_layers.size
+    at = exit_at_layer(boundaries, num_layers, min_layer, patience)
     counts = {b: int((exit_layers == b).sum()) for b in boundaries}
     cumulative, running = {}, 0
     for b in boundaries:
@@ -209,8 +219,8 @@ def exit_statistics(
         "exit_rate": {str(b): counts[b] / n for b in boundaries},
         "cumulative_exit_rate": cumulative,
         "exit_rate_before_final": float((exit_layers < num_layers).mean()),
-        "exit_at_layer": min_layer + 1,
-        "exit_at": float((exit_layers <= min_layer + 1).mean()),
+        "exit_at_layer": at,
+        "exit_at": float((exit_layers <= at).mean()),
         "expected_layers": expected,
         "layer_reduction": num_layers / expected,
     }
@@ -345,7 +355,7 @@ def evaluate_artifacts(
         "source": lf_origin,
         "count": len(lf_texts),
         **agreement(exited_emb[rows], full_emb[rows]),
-        **exit_statistics(exit_layers[rows], manifest.boundaries, manifest.num_layers, policy.min_layer),
+        **exit_statistics(exit_layers[rows], manifest.boundaries, manifest.num_layers, policy.min_layer, policy.patience),
     }
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA,

@@ -130,6 +130,14 @@ def test_helpers(tmp_path):
     assert stats["cumulative_exit_rate"] == {"2": 0.5, "3": 0.75, "4": 1.0}
     assert stats["exit_at"] == 0.75 and stats["exit_rate_before_final"] == 0.75
     assert stats["expected_layers"] == 2.75 and stats["layer_reduction"] == pytest.approx(4 / 2.75)
+    # the layer acts from the plan's first check at or above min_layer, and never counts the last layer
+    # (where every sample has "exited"): then it is the share that exits early at all
+    layers = np.array([3, 3, 4, 6, 6])
+    assert exit_statistics(layers, [3, 4, 5, 6], 6, min_layer=1)["exit_at_layer"] == 4  # acts as 3
+    assert exit_statistics(layers, [3, 4, 5, 6], 6, min_layer=1)["exit_at"] == 0.6
+    late = exit_statistics(layers, [3, 4, 5, 6], 6, min_layer=5)
+    assert late["exit_at_layer"] == 5 and late["exit_at"] == late["exit_rate_before_final"] == 0.6
+    assert exit_statistics(np.array([2, 3]), [1, 2, 3], 3, min_layer=1)["exit_at_layer"] == 2  # l > k
 
 
 def test_cli(tiny_artifacts, tmp_path):

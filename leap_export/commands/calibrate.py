@@ -138,7 +138,7 @@ def print_report(report: dict, *, dry_run: bool = False) -> None:
         "theta",
         "E[layers]",
         "speedup",
-        f"exit@L{report['min_layer'] + 1} %",
+        f"exit@L{report['rows'][0]['exit_at_layer']} %",
         "NN@10",
         "NN<0.5 %",
         *metrics,

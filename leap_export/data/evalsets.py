@@ -115,10 +115,9 @@ def _score(value: str, path: Path, number: int) -> float:
     return score
 
 
-def _sts_with_header(
-    path: Path, rows: list[list[str]], first_line: int
-) -> tuple[list[str], list[str], list[float]]:
-    header = [h.strip().lower() for h in rows[0]]
+def _sts_with_header(path: Path, rows: list[tuple[int, list[str]]]) -> tuple[list[str], list[str], list[float]]:
+    first_line, head = rows[0]
+    header = [h.strip().lower() for h in head]
     score_name = next((n for n in ("score", "label", "similarity") if n in header), None)
     if "sentence1" not in header or "sentence2" not in header or score_name is None:
         raise LeapError(
@@ -127,8 +126,7 @@ def _sts_with_header(
         )
     i1, i2, isc = header.index("sentence1"), header.index("sentence2"), header.index(score_name)
     s1, s2, scores = [], [], []
-    for offset, row in enumerate(rows[1:], start=1):
-        number = first_line + offset
+    for number, row in rows[1:]:
         if not any(cell.strip() for cell in row):
             continue
         if len(row) <= max(i1, i2, isc):
@@ -139,26 +137,39 @@ def _sts_with_header(
     return s1, s2, scores
 
 
-def _sts_original(path: Path, rows: list[list[str]]) -> tuple[list[str], list[str], list[float]]:
-    """Original STS-B: genre, filename, year, id, score, sentence1, sentence2 (+ optional source columns)."""
+def _is_glue_row(row: list[str]) -> bool:
+    """GLUE's STS-B layout without its header: index, genre, filename, year, old_index, source1, source2,
+    sentence1, sentence2, score (the original layout has the score fifth and at most 9 fields)."""
+    return len(row) == 10 and row[0].strip().isdigit()
+
+
+def _sts_original(path: Path, rows: list[tuple[int, list[str]]]) -> tuple[list[str], list[str], list[float]]:
+    """Original STS-B: genre, filename, year, id, score, sentence1, sentence2 (+ optional source columns);
+    or GLUE's 10 columns when its header was dropped."""
     s1, s2, scores = [], [], []
-    for number, row in enumerate(rows, start=1):
+    for number, row in rows:
         if not any(cell.strip() for cell in row):
             continue
-        if len(row) < 7:
+        if _is_glue_row(row):
+            score, a, b = row[9], row[7], row[8]
+        elif len(row) >= 7:
+            score, a, b = row[4], row[5], row[6]
+        else:
             raise LeapError(
                 f"{path}:{number}: expected 7 tab-separated fields (genre, filename, year, id, score, "
-                f"sentence1, sentence2), found {len(row)}"
+                f"sentence1, sentence2), found {len(row)}; for other layouts put a header line naming the "
+                "columns sentence1, sentence2 and score (tab-separated)"
             )
-        scores.append(_score(row[4], path, number))
-        s1.append(row[5].strip())
-        s2.append(row[6].strip())
+        scores.append(_score(score, path, number))
+        s1.append(a.strip())
+        s2.append(b.strip())
     return s1, s2, scores
 
 
 def load_sts_file(path: str | os.PathLike) -> tuple[list[str], list[str], np.ndarray]:
-    """Sentence pairs and gold scores from an STS file: original STS-B TSV (no header), a TSV with a header
-    (GLUE STS-B: ``sentence1``, ``sentence2``, ``score``/``label``) or a CSV with such a header."""
+    """Sentence pairs and gold scores from an STS file: original STS-B TSV (no header; GLUE's 10 columns
+    without header too), a TSV with a header (GLUE STS-B: ``sentence1``, ``sentence2``, ``score``/``label``)
+    or a CSV with such a header."""
     path = Path(path)
     if not path.is_file():
         raise LeapError(f"STS file {path} does not exist")
@@ -168,17 +179,26 @@ def load_sts_file(path: str | os.PathLike) -> tuple[list[str], list[str], np.nda
     )
     # Quotes are literal in STS-B TSV ("a" 'b' appear inside sentences); CSV uses standard quoting.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    rows = list(csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter, quoting=quoting))
-    first = next((i for i, row in enumerate(rows) if any(c.strip() for c in row)), None)
+    reader = csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter, quoting=quoting)
+    # (line, row): a quoted CSV field may span lines, so a row's number is the reader's, not its index
+    rows = [(reader.line_num, row) for row in reader]
+    first = next((i for i, (_, row) in enumerate(rows) if any(c.strip() for c in row)), None)
     if first is None:
         raise LeapError(f"STS file {path} is empty")
-    header = {c.strip().lower() for c in rows[first]}
+    header = {c.strip().lower() for c in rows[first][1]}
     if {"sentence1", "sentence2"} & header:
-        s1, s2, scores = _sts_with_header(path, rows[first:], first + 1)
+        s1, s2, scores = _sts_with_header(path, rows[first:])
     elif delimiter == "\t":
         s1, s2, scores = _sts_original(path, rows)
     else:
-        raise LeapError(f"{path}:{first + 1}: a CSV STS file needs a header: sentence1,sentence2,score")
+        raise LeapError(f"{path}:{rows[first][0]}: a CSV STS file needs a header: sentence1,sentence2,score")
     if not scores:
         raise LeapError(f"STS file {path} has a header but no pairs")
+    # a layout misread puts one column into both sentences: Spearman would be meaningless (constant
+    # scores are refused where the set is loaded, load_eval_sets)
+    if all(a == b for a, b in zip(s1, s2, strict=True)):
+        raise LeapError(
+            f"STS file {path}: every pair holds the same text twice ({s1[0]!r}); are the sentence columns "
+            "right? Put a header line naming sentence1, sentence2 and score"
+        )
     return s1, s2, np.asarray(scores, dtype=np.float64)

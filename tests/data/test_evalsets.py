@@ -79,11 +79,19 @@ def test_sts_glue_tsv_and_csv(tmp_path: Path) -> None:
     glue = tmp_path / "dev.tsv"
     glue.write_text(
         "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
-        "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA plane is taking off.\tAn air plane is taking off.\t5.000\n",
+        "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA plane is taking off.\tAn air plane is taking off.\t5.000\n"
+        "1\tmain-captions\tMSRvid\t2012test\t0004\tnone\tnone\tA man is playing a flute.\tA man slices cheese.\t0.500\n",
         encoding="utf-8",
     )
+    want = (["A plane is taking off.", "A man is playing a flute."],
+            ["An air plane is taking off.", "A man slices cheese."], [5.0, 0.5])  # fmt: skip
     s1, s2, scores = load_sts_file(glue)
-    assert (s1, s2, scores.tolist()) == (["A plane is taking off."], ["An air plane is taking off."], [5.0])
+    assert (s1, s2, scores.tolist()) == want
+    # the same rows without GLUE's header: read as GLUE, not as the original layout (score = old_index,
+    # both sentences "none", which made Spearman undefined and the evaluation print "-")
+    glue.write_text("".join(glue.read_text(encoding="utf-8").splitlines(keepends=True)[1:]), encoding="utf-8")
+    s1, s2, scores = load_sts_file(glue)
+    assert (s1, s2, scores.tolist()) == want
     csv_file = tmp_path / "pairs.csv"
     csv_file.write_text(
         'sentence1,sentence2,label\n"One, two.",Three.,1.5\nFour.,Five.,0\n', encoding="utf-8"
@@ -118,3 +126,19 @@ def test_sts_errors_name_file_and_line(tmp_path: Path) -> None:
         load_sts_file(latin)
     with pytest.raises(LeapError, match="does not exist"):
         load_sts_file(tmp_path / "absent.tsv")
+    three = tmp_path / "three.tsv"  # a simple layout needs its header
+    three.write_text("A.\tB.\t1\n", encoding="utf-8")
+    with pytest.raises(LeapError, match=r"three\.tsv:1: expected 7 .* put a header line naming the columns"):
+        load_sts_file(three)
+    multi = tmp_path / "multi.csv"  # a quoted field over two lines: errors name the physical line
+    multi.write_text('sentence1,sentence2,score\nA.,B.,1\n"C\nstill C.",D.,2\nE.,F.,oops\n', encoding="utf-8")
+    with pytest.raises(LeapError, match=r"multi\.csv:5: score 'oops'"):
+        load_sts_file(multi)
+
+
+def test_sts_files_that_cannot_be_scored_are_refused(tmp_path: Path) -> None:
+    same = tmp_path / "same.tsv"  # a misread layout: one column in both sentences
+    same.write_text("g\tf\t2012\t0\t1.0\tnone\tnone\ng\tf\t2012\t1\t2.0\tnone\tnone\n", encoding="utf-8")
+    with pytest.raises(LeapError, match="every pair holds the same text twice"):
+        load_sts_file(same)
+
