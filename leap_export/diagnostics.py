@@ -180,8 +180,7 @@ def diagnose(
         min_layer = max(1, num_layers // 2)
     policy = ExitPolicy(theta=theta, patience=patience, min_layer=min_layer)
     _check_layers(num_layers, min_layer, target_layer, patience)
-    if overhead is not None and not (np.isfinite(overhead) and overhead >= 0):
-        raise LeapError(f"overhead is a fraction of full-depth latency (e.g. 0.222), got {overhead!r}")
+    _check_overhead(overhead)
     warnings: list[str] = []
     k = min(nn_k, n - 1)
     if k < nn_k:
@@ -313,9 +312,20 @@ def threshold_sweep(pooled: np.ndarray, thetas, patience: int, min_layer: int, k
             "exit_rate_before_final": _f((exit_layer < num_layers).mean()),
             "similarity_to_full": _f(cosine(exited, final).mean()),
             "nn_at_k": _f(nn.mean()),
+            **{f"nn_fail_lt_{t}": _f((nn < t).mean()) for t in NN_FAIL_THRESHOLDS},  # Table 8: < 0.5
             "nn_fail_lt_0.8": _f((nn < 0.8).mean()),
         })
     return rows
+
+
+def _check_overhead(overhead: float | None) -> None:
+    if overhead is None:
+        return
+    if not (np.isfinite(overhead) and 0 <= overhead <= 1):
+        hint = f"; did you mean {overhead / 100:g}?" if 1 < overhead <= 100 else ""
+        raise LeapError(
+            f"overhead is a fraction of full-depth latency in [0, 1] (0.222 = 22.2 %), got {overhead!r}{hint}"
+        )
 
 
 def _check_layers(num_layers: int, min_layer: int, target_layer: int | None, patience: int = 1) -> None:
@@ -495,8 +505,13 @@ def run_diagnose(
         if max_sentences < 2:
             raise LeapError(f"max_sentences must be at least 2, got {max_sentences}")
         sentences = sentences[:max_sentences]
+    given = len(sentences)
+    # each text once, as evaluate and calibrate count them: a repeated sentence would be its own nearest
+    # neighbour's twin and weigh twice in every rate
+    sentences = list(dict.fromkeys(sentences))
     if len(sentences) < 2:
-        raise LeapError(f"diagnostics need at least 2 sentences, got {len(sentences)}")
+        raise LeapError(f"diagnostics need at least 2 distinct sentences, got {len(sentences)}")
+    _check_overhead(overhead)
     if batch_size < 1:
         raise LeapError(f"batch_size must be at least 1, got {batch_size}")
 
@@ -518,7 +533,7 @@ def run_diagnose(
         "architecture": source.architecture,
         "weights_sha256": source.weights_sha256,
     }
-    report["sentences"] = {"source": origin, "count": len(sentences)}
+    report["sentences"] = {"source": origin, "count": len(sentences), "duplicates_dropped": given - len(sentences)}
     report["timing_s"] = {"embed": round(t1 - t0, 3), "diagnose": round(t2 - t1, 3)}
     if report_path is not None:
         write_report(report, report_path)

@@ -76,6 +76,11 @@ def parse_eval_sets(value: str | Iterable[str] | None, *, sts_file: str | os.Pat
     unknown = [n for n in names if n not in EVAL_SETS]
     if unknown:
         raise LeapError(f"unknown evaluation set(s) {', '.join(unknown)}; choose from {', '.join(EVAL_SETS)}")
+    if sts_file is not None and "sts" not in names:
+        raise LeapError(
+            f"an STS file was given ({sts_file}) but the evaluation sets ({', '.join(names) or 'none'}) do not "
+            f"include sts, so it would be ignored: add it (--eval {','.join([*names, 'sts'])}) or drop --sts-file"
+        )
     return tuple(names)
 
 

@@ -178,6 +178,9 @@ def test_the_sweep_trades_layers_for_fidelity_as_theta_rises():
     layers = [r["expected_layers"] for r in sweep]
     assert layers == sorted(layers) and layers[0] < layers[-1]  # a stricter theta never exits earlier
     assert all(r["layer_reduction"] == pytest.approx(6 / r["expected_layers"]) for r in sweep)
+    # NN@10 "fail" as the paper's Table 8 counts it (< 0.5), next to the stricter < 0.8
+    assert all(0 <= r["nn_fail_lt_0.5"] <= r["nn_fail_lt_0.8"] <= 1 for r in sweep)
+    assert any(r["nn_fail_lt_0.5"] < r["nn_fail_lt_0.8"] for r in sweep)
 
 
 def test_orthogonal_layers_never_exit_and_every_check_fails():
@@ -229,6 +232,7 @@ def test_given_target_layer_and_flat_curve_window():
         ({"target_layer": 6}, "target_layer must be an early-exit layer"),
         ({"target_layer": 0}, "target_layer must be an early-exit layer"),
         ({"overhead": -0.1}, "overhead is a fraction"),
+        ({"overhead": 20.0}, r"in \[0, 1\] \(0.222 = 22.2 %\), got 20.0; did you mean 0.2\?"),  # percent
         ({"patience": 5}, "patience k 5 leaves no layer to exit after on a 6-layer model"),
     ],
 )
@@ -361,7 +365,11 @@ def test_run_diagnose_matches_the_reference_embeddings(tiny_model):
         assert got["exit_count"] == want["exit_count"]
     assert report["layers"][-1]["sim_to_final"] == pytest.approx(1.0, abs=1e-5)
     assert report["model"]["path"] == str(tiny_model.resolve())
-    assert report["sentences"] == {"source": "given", "count": 24}
+    assert report["sentences"] == {"source": "given", "count": 24, "duplicates_dropped": 0}
+    # repeated lines count once, as evaluate and calibrate count them
+    again = run_diagnose(str(tiny_model), sentences + sentences[:5], min_layer=2, batch_size=7)
+    assert again["sentences"] == {"source": "given", "count": 24, "duplicates_dropped": 5}
+    assert again["exit"] == report["exit"]
 
 
 def test_cli_writes_report_and_plot(tiny_model, tmp_path):

@@ -114,6 +114,9 @@ def test_helpers(tmp_path):
     assert relative_drop(0.0, 0.1) is None and relative_drop(float("nan"), 0.1) is None
     assert parse_eval_sets(" Lee, bible ,lee") == ("lee", "bible")
     assert parse_eval_sets(None) == ("lee",) and parse_eval_sets(None, sts_file="x.tsv") == ("lee", "sts")
+    assert parse_eval_sets("lee,sts", sts_file="x.tsv") == ("lee", "sts")
+    with pytest.raises(LeapError, match=r"an STS file was given \(x.tsv\) .* ignored: add it \(--eval lee,sts\)"):
+        parse_eval_sets("lee", sts_file="x.tsv")  # evaluated Lee alone, silently
     assert parse_eval_sets("") == ()
     with pytest.raises(LeapError, match="unknown evaluation set"):
         parse_eval_sets("lee,stsb")
