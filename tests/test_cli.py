@@ -191,3 +191,8 @@ def test_no_progress_hides_the_bars(tiny_bert, tmp_path):
     assert "%|" not in hidden.stderr
     for command in ("train", "bench", "evaluate", "diagnose", "calibrate", "corpus", "verify"):
         assert "--no-progress" in run(command, "--help").stdout
+
+
+def test_python_dash_m_leap_export_is_the_command():
+    proc = subprocess.run([sys.executable, "-m", "leap_export", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Usage:" in proc.stdout and "calibrate" in proc.stdout, proc.stderr
