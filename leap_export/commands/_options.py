@@ -208,7 +208,7 @@ bible_corpus_limit_option = click.option(
     type=int,
     default=None,
     callback=_positive,
-    help="Shrink the KJV corpus to this many verses (every query's verse kept). Default: all.",
+    help="Shrink the KJV corpus to this many distinct verse texts (every query's kept). Default: all 30,834.",
 )
 report_option = click.option(
     "--report",

@@ -79,25 +79,32 @@ def bible_pairs(root: Path = SWORD_DIR) -> list[tuple[tuple[str, int, int], str,
 def load_bible_paraphrase(
     limit: int | None = None, corpus_limit: int | None = None, root: Path = SWORD_DIR
 ) -> tuple[list[str], list[str], np.ndarray]:
-    """WEB verses as queries, KJV verses as the corpus, ``relevant[i]`` the index of query i's KJV verse.
+    """WEB verses as queries, KJV verse texts as the corpus, ``relevant[i]`` the index of query i's KJV text.
 
-    ``limit`` keeps a deterministic subset of queries; ``corpus_limit`` shrinks the corpus to that many
-    verses, always keeping the relevant verse of every kept query (distractors chosen deterministically).
+    The corpus holds each distinct KJV text once (31,102 verses, 30,834 texts): a verse such as "And the
+    LORD spake unto Moses, saying," occurs 72 times, and its copies, with identical embeddings, would
+    tie with the relevant one and count against the query whatever the encoder. ``limit`` keeps a
+    deterministic subset of queries; ``corpus_limit`` shrinks the corpus to that many texts, always
+    keeping the relevant text of every kept query (distractors chosen deterministically).
     """
     pairs = bible_pairs(root)
     kept = set(_subset([ref for ref, _, _ in pairs], limit, b"bible-query"))
     queries = [(ref, web) for ref, web, _ in pairs if ref in kept]
     kjv = read_bible(KJV_MODULE, root)
-    corpus_refs = list(kjv)
+    first_ref: dict[str, tuple[str, int, int]] = {}  # text -> its first verse, in Bible order
+    for ref, text in kjv.items():
+        first_ref.setdefault(text, ref)
+    target = {ref: first_ref[kjv[ref]] for ref, _ in queries}  # query -> the verse standing for its text
+    corpus_refs = list(first_ref.values())
     if corpus_limit is not None:
-        needed = {ref for ref, _ in queries}
+        needed = set(target.values())
         if corpus_limit < len(needed):
             raise LeapError(f"corpus_limit {corpus_limit} is smaller than the {len(needed)} queries' verses")
         others = [r for r in corpus_refs if r not in needed]
         extra = set(_subset(others, corpus_limit - len(needed), b"bible-corpus"))
         corpus_refs = [r for r in corpus_refs if r in needed or r in extra]
     position = {ref: i for i, ref in enumerate(corpus_refs)}
-    relevant = np.array([position[ref] for ref, _ in queries], dtype=np.int64)
+    relevant = np.array([position[target[ref]] for ref, _ in queries], dtype=np.int64)
     return [text for _, text in queries], [kjv[r] for r in corpus_refs], relevant
 
 

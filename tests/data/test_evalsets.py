@@ -41,12 +41,14 @@ def test_bible_alignment_and_john_3_16() -> None:
     pairs = bible_pairs()
     assert 30_000 < len(pairs) < 31_102  # every pair is a reference present in both translations
     queries, docs, relevant = load_bible_paraphrase()
-    assert len(queries) == len(pairs) == len(relevant) and len(docs) == 31_102
+    # each distinct KJV text once: its copies (72 of "And the LORD spake unto Moses, saying,") would tie
+    # with the relevant verse and count against the query whatever the encoder
+    assert len(queries) == len(pairs) == len(relevant) and len(docs) == len(set(docs)) == 30_834
+    assert all(docs[r] == kjv for r, (_, _, kjv) in zip(relevant.tolist(), pairs, strict=True))
     i = next(n for n, (ref, _, _) in enumerate(pairs) if ref == ("John", 3, 16))
     assert queries[i].startswith("For God so loved the world, that he gave his only born Son")
     assert docs[relevant[i]].startswith("For God so loved the world, that he gave his only begotten Son")
     assert "μονογενη" not in queries[i]  # the WEB footnote is gone
-    assert len(set(relevant.tolist())) == len(relevant)
 
 
 @needs_bibles
