@@ -367,3 +367,65 @@ def test_the_rebuild_hint_names_a_model_folder_that_works_from_any_directory():
         assert source_arg({"source": {"spec": spec, "path": "/work/runs/minilm-leap"}}) == "/work/runs/minilm-leap"
     assert source_arg({"source": {"spec": "/abs/model", "path": "/abs/model"}}) == "/abs/model"
     assert source_arg({}) == "MODEL"
+
+
+def _edited(src, dst, edit):
+    """A copy of the artifacts with ``edit(manifest_dict)`` applied (the manifest is not hashed)."""
+    shutil.copytree(src, dst)
+    data = json.loads((dst / "manifest.json").read_text())
+    edit(data)
+    (dst / "manifest.json").write_text(json.dumps(data))
+    return dst
+
+
+def _failed(report) -> str:
+    return "\n".join(c.describe() for c in report.failures)
+
+
+def test_verify_always_checks_truncation_and_the_exit_path(tiny_artifacts, tmp_path, sentences):
+    """Two long probes are added (truncated at max_length); the exit and compaction checks run even when the
+    manifest's policy has exits off; the report says what was compared."""
+    report = verify(tiny_artifacts["bert"], sentences[:6], progress=False)
+    assert report, _failed(report)
+    tokens = report.info["tokens"]
+    assert report.sentences == 8 and tokens["truncated_rows"] >= 2 and tokens["max"] == tokens["max_length"] == 64
+    assert report.info["exit_path_checked"] and "split theta" in report.info["thetas"]
+    assert {"created", "tools", "manifest_sha256", "reference", "policy", "sentences_sha256"} <= set(report.info)
+    assert report.info["precision"] == "fp32" and report.info["tools"]["onnxruntime"]
+
+    off = _edited(tiny_artifacts["bert"], tmp_path / "off", lambda d: d["exit_policy"].update(enabled=False))
+    report = verify(off, sentences, progress=False)
+    assert report, _failed(report)
+    assert report.info["exit_path_checked"]
+    assert any(c.name.startswith("compaction at split theta") for c in report.checks)
+
+
+@pytest.mark.parametrize("edit, failure", [
+    (lambda d: d["tokenizer"].update(max_length=32), "max sequence length: matches source = 0"),
+    (lambda d: d.update(max_seq_length=16), "manifest max_seq_length 16; the source model truncates at 64"),
+    (lambda d: d.update(normalize=False), "manifest normalize=False, the source model's is True"),
+    (lambda d: d["variants"]["fp32"].update(precision="int8"),
+     "variant fp32 is labelled 'int8' in manifest.json, but its graphs are fp32"),
+    (lambda d: d["segments"][1].update(ref_layer=1), "verify stopped: RuntimeInputError"),
+])
+def test_verify_fails_on_manifest_settings_the_runtime_trusts(tiny_artifacts, tmp_path, sentences, edit, failure):
+    bad = _edited(tiny_artifacts["bert"], tmp_path / "bad", edit)
+    report = verify(bad, sentences, progress=False)
+    assert not report and failure in _failed(report)
+    out = tmp_path / "r.json"
+    report.save(out)  # a failure that stopped the checks is still a report with its failure list
+    assert json.loads(out.read_text())["failures"]
+
+
+def test_a_precision_label_cannot_loosen_the_tolerances(tiny_artifacts, tmp_path, sentences):
+    """An fp32 build relabelled int8 is checked with fp32's tolerances."""
+    bad = _edited(tiny_artifacts["bert"], tmp_path / "bad", lambda d: d["variants"]["fp32"].update(precision="int8"))
+    report = verify(bad, sentences, progress=False)
+    assert report.tolerances == verify_tolerances("fp32")
+    assert [c.name for c in report.failures] == ["precision"]  # the numbers themselves pass fp32's
+
+
+def verify_tolerances(precision):
+    from leap_export.verify import TOLERANCES
+
+    return TOLERANCES[precision]

@@ -39,15 +39,17 @@ def command(artifacts, sentences, report, variant, model, batch_size, no_progres
 
 
 def _print(result) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"verify {result.artifacts} [{result.variant}] on {result.sentences} sentences")
+    table = Table(title=escape(f"verify {result.artifacts} [{result.variant}] on {result.sentences} sentences "
+                               "(2 of them long probes)"))
     for col in ("check", "metric", "value", "threshold", ""):
         table.add_column(col)
     for c in result.checks:
         value, threshold = ("-", "-") if c.metric == "error" else (f"{c.value:.6g}", f"{c.threshold:.6g}")
-        table.add_row(c.name, c.metric, value, threshold,
-                      "[green]pass[/green]" if c.passed else f"[red]FAIL[/red] {c.detail}")
+        table.add_row(escape(c.name), c.metric, value, threshold,
+                      "[green]pass[/green]" if c.passed else f"[red]FAIL[/red] {escape(c.detail)}")
     from leap_export.commands._options import console as make_console
 
     console = make_console()
