@@ -13,8 +13,9 @@ share of samples below 0.5 (Table 8) and 0.3 (Table 13).
 The chosen theta is the one with the lowest E[layers] (ties: an undominated one, then the higher theta)
 whose NN@10 is at least ``min_nn10`` and whose primary metric on every set drops by at most
 ``max_quality_drop``. The current policy competes too when the sweep leaves its theta out (same min
-layer): a costlier theta never replaces a current one that meets the budget. With ``write``, it becomes the manifest's ``exit_policy`` and the previous policy is
-appended to ``policy_history`` with the time and the reason.
+layer): a costlier theta never replaces a current one that meets the budget. With ``write``, the
+choice becomes the manifest's ``exit_policy`` and the previous policy is appended to
+``policy_history`` with the time and the reason.
 """
 
 from __future__ import annotations
