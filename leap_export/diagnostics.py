@@ -289,6 +289,15 @@ def diagnose(
     }
 
 
+def exit_at_layer(boundaries: Sequence[int], num_layers: int, min_layer: int, patience: int = 1) -> int:
+    """The layer of the paper's "Exit@L7" (12 layers, l_min 6): one past the first layer a sample can
+    exit at. That is the first exit check at or above ``min_layer`` (a plan without a check there acts
+    from its next one), and never the last layer, where every sample has "exited": then the layer
+    before it, so the rate is the share that exits early at all."""
+    first = next((b for b in boundaries if b >= min_layer and b > patience and b < num_layers), num_layers)
+    return min(first + 1, num_layers - 1)
+
+
 def threshold_sweep(pooled: np.ndarray, thetas, patience: int, min_layer: int, k: int,
                     nn_final: np.ndarray | None = None) -> list[dict[str, Any]]:
     """What each theta would give on these embeddings, exit checked after every layer (the paper's Table 3
@@ -297,6 +306,7 @@ def threshold_sweep(pooled: np.ndarray, thetas, patience: int, min_layer: int, k
     final = pooled[num_layers]
     if nn_final is None:
         nn_final = nearest_neighbours(final, k)
+    by = exit_at_layer(range(1, num_layers + 1), num_layers, min_layer, patience)  # exit checked after every layer
     rows = []
     for theta in thetas:
         exit_layer = ExitPolicy(theta=float(theta), patience=patience, min_layer=min_layer).simulate(pooled)
@@ -307,8 +317,7 @@ def threshold_sweep(pooled: np.ndarray, thetas, patience: int, min_layer: int, k
             "theta": float(theta),
             "expected_layers": expected,
             "layer_reduction": num_layers / expected,
-            "exit_rate_by_min_layer_plus_1": _f((exit_layer <= min_layer + 1).mean() if min_layer + 1 < num_layers
-                                                else (exit_layer < num_layers).mean()),
+            "exit_rate_by_min_layer_plus_1": _f((exit_layer <= by).mean()),
             "exit_rate_before_final": _f((exit_layer < num_layers).mean()),
             "similarity_to_full": _f(cosine(exited, final).mean()),
             "nn_at_k": _f(nn.mean()),

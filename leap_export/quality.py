@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from leap_export.diagnostics import NN_FAIL_THRESHOLDS, nn_overlap
+from leap_export.diagnostics import NN_FAIL_THRESHOLDS, exit_at_layer, nn_overlap
 from leap_export.errors import LeapError
 from leap_export.evaluation import pair_cosines, retrieval_metrics, spearman
 from trt_runtime.fileio import write_json_atomic
@@ -195,15 +195,6 @@ def relative_drop(full: float | None, other: float | None) -> float | None:
     if full is None or other is None or not (math.isfinite(full) and math.isfinite(other)) or full == 0:
         return None
     return (full - other) / abs(full)
-
-
-def exit_at_layer(boundaries: Sequence[int], num_layers: int, min_layer: int, patience: int = 1) -> int:
-    """The layer of the paper's "Exit@L7" (12 layers, l_min 6): one past the first layer a sample can
-    exit at. That is the first exit check at or above ``min_layer`` (a plan without a check there acts
-    from its next one), and never the last layer, where every sample has "exited": then the layer
-    before it, so the rate is the share that exits early at all."""
-    first = next((b for b in boundaries if b >= min_layer and b > patience and b < num_layers), num_layers)
-    return min(first + 1, num_layers - 1)
 
 
 def exit_statistics(

@@ -6,7 +6,6 @@ about it: architecture, depth, width, max sequence length, pooling and normalisa
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.metadata
 import json
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from leap_export.errors import LeapError
+from trt_runtime.manifest import sha256_file
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "models"
 SUPPORTED_ARCHITECTURES = ("bert", "mpnet")
@@ -145,14 +145,6 @@ def _positive_int(config: dict, key: str, path: Path) -> int:
         raise LeapError(f"{path}: '{key}' must be a positive integer, got {value!r}. Is this a complete "
                         "Hugging Face config.json?")
     return value
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _max_seq_length(folder: Path, config: dict) -> int:

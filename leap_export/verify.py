@@ -27,6 +27,7 @@ manifest's and the sentences' sha256, the reference model's path and weights has
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -97,19 +98,9 @@ class VerifyReport:
         return d
 
     def save(self, path: str | os.PathLike) -> None:
-        write_json_atomic(Path(path), _jsonable(self.to_dict()))
+        from leap_export.quality import jsonable
 
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
+        write_json_atomic(Path(path), jsonable(self.to_dict()))
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -255,7 +246,8 @@ def _run_checks(report, artifacts, manifest, source, sentences, variant, batch_s
                     "artifacts were built from with --model, or verify the build of this one")
         return
     # settings the runtime takes from the manifest, against the source model's own
-    lengths = {"tokenizer.max_length": int(manifest.data["tokenizer"]["max_length"]),
+    max_length = int(manifest.data["tokenizer"]["max_length"])
+    lengths = {"tokenizer.max_length": max_length,
                "max_seq_length": int(manifest.data["max_seq_length"])}
     wrong = [f"{k} {v}" for k, v in lengths.items() if v != source.max_seq_length]
     report.add("max sequence length", "matches source", float(not wrong), 1.0, higher_is_better=True,
@@ -273,7 +265,6 @@ def _run_checks(report, artifacts, manifest, source, sentences, variant, batch_s
     full_depth = EarlyExitEncoder(artifacts, exits=False, variant=variant, check_files=False)
     ids = full_depth.tokenizer.encode(sentences)
     lengths_seen = np.array([len(x) for x in ids])
-    max_length = int(manifest.data["tokenizer"]["max_length"])
     report.info["tokens"] = {"max_length": max_length, "min": int(lengths_seen.min()),
                              "median": float(np.median(lengths_seen)), "max": int(lengths_seen.max()),
                              "truncated_rows": int((lengths_seen >= max_length).sum())}
@@ -297,8 +288,7 @@ def _run_checks(report, artifacts, manifest, source, sentences, variant, batch_s
     # with exits: the default policy and a theta that splits the batch. The split check runs with exits
     # on even when the manifest's policy has them off, so a PASS always covers the exit and compaction path
     policy = manifest.default_policy
-    exiting = policy if policy.enabled else ExitPolicy(theta=policy.theta, patience=policy.patience,
-                                                       min_layer=policy.min_layer)
+    exiting = dataclasses.replace(policy, enabled=True)
     first_exit = next((b for b in manifest.boundaries if exiting.may_exit_at(b) and b < manifest.num_layers), None)
     thetas = {"default policy": (policy, policy.theta)}
     if first_exit is not None:
@@ -325,7 +315,7 @@ def split_theta(scores: np.ndarray) -> float:
 
 
 def replace_theta(policy: ExitPolicy, theta: float) -> ExitPolicy:
-    return ExitPolicy(theta=theta, patience=policy.patience, min_layer=policy.min_layer, enabled=policy.enabled)
+    return dataclasses.replace(policy, theta=theta)
 
 
 def _segment_acc(report, layer, rows, pooled, score, ref, ref_layer) -> None:

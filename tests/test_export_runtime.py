@@ -420,12 +420,8 @@ def test_verify_fails_on_manifest_settings_the_runtime_trusts(tiny_artifacts, tm
 def test_a_precision_label_cannot_loosen_the_tolerances(tiny_artifacts, tmp_path, sentences):
     """An fp32 build relabelled int8 is checked with fp32's tolerances."""
     bad = _edited(tiny_artifacts["bert"], tmp_path / "bad", lambda d: d["variants"]["fp32"].update(precision="int8"))
-    report = verify(bad, sentences, progress=False)
-    assert report.tolerances == verify_tolerances("fp32")
-    assert [c.name for c in report.failures] == ["precision"]  # the numbers themselves pass fp32's
-
-
-def verify_tolerances(precision):
     from leap_export.verify import TOLERANCES
 
-    return TOLERANCES[precision]
+    report = verify(bad, sentences, progress=False)
+    assert report.tolerances == TOLERANCES["fp32"]
+    assert [c.name for c in report.failures] == ["precision"]  # the numbers themselves pass fp32's

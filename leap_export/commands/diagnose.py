@@ -98,6 +98,7 @@ def print_report(report: dict) -> None:
     from rich.table import Table
 
     from leap_export.commands._options import console as make_console
+    from leap_export.diagnostics import exit_at_layer
 
     console = make_console()
     policy, ex = report["policy"], report["exit"]
@@ -151,7 +152,8 @@ def print_report(report: dict) -> None:
     if report.get("sweep"):
         sweep = Table(title=f"threshold sweep (k {policy['patience']}, min layer {policy['min_layer']}, exit checked "
                       "after every layer)", title_justify="left")
-        by = min(policy["min_layer"] + 1, report["num_layers"] - 1)
+        by = exit_at_layer(range(1, report["num_layers"] + 1), report["num_layers"], policy["min_layer"],
+                           policy["patience"])
         for name in ("theta", escape("E[layers]"), "reduction", f"exit by L{by} %", "cos exited vs full", f"NN@{k}",
                      "NN<0.5 %", "NN<0.8 %"):
             sweep.add_column(name, justify="right")
