@@ -94,9 +94,10 @@ def plan_segments(num_layers: int, policy: ExitPolicy, boundaries: list[int] | N
     ``pooled_l<r>`` inside it) and this one takes it as ``ref_pooled``. A segment after which no
     sample may exit compares with its own input instead (the score is reported, never acted on).
     """
+    # with or without --boundaries: the runtime refuses a manifest whose min_layer exceeds the depth
+    if policy.min_layer > num_layers:
+        raise LeapError(f"min_layer {policy.min_layer} exceeds the model's {num_layers} layers")
     if boundaries is None:
-        if policy.min_layer > num_layers:
-            raise LeapError(f"min_layer {policy.min_layer} exceeds the model's {num_layers} layers")
         boundaries = list(range(policy.min_layer, num_layers + 1))
     boundaries = sorted(set(int(b) for b in boundaries))
     if not boundaries or boundaries[0] < 1 or boundaries[-1] > num_layers:

@@ -43,3 +43,9 @@ def test_segments_that_cannot_exit_need_no_reference():
 def test_boundaries_out_of_range(bad):
     with pytest.raises(LeapError):
         plan_segments(6, ExitPolicy(min_layer=3), bad)
+
+
+def test_min_layer_beyond_the_depth_is_refused_with_explicit_boundaries_too():
+    """The runtime refuses a manifest whose min_layer exceeds the depth, so the build must refuse it first."""
+    with pytest.raises(LeapError, match="min_layer 9 exceeds the model's 6 layers"):
+        plan_segments(6, ExitPolicy(min_layer=9), [2, 3])
