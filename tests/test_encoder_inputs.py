@@ -139,3 +139,19 @@ def test_a_min_layer_without_its_own_check_warns_what_it_acts_as(tiny_artifacts,
         EarlyExitEncoder(tiny_artifacts["bert"], min_layer=3)  # has its check
         EarlyExitEncoder(tiny_artifacts["bert"], min_layer=1, exits=False)  # no exits: nothing to act on
     assert caplog.text == ""
+
+
+def test_a_policy_dict_overrides_only_the_fields_it_names(tiny_bert, tmp_path, sentences):
+    """policy={"theta": ...} keeps the build's patience and min_layer (ExitPolicy's defaults k=1, min_layer 1
+    were taken before: refused on a k=2 build, and exits after a check the build planned none at)."""
+    from leap_export.export import build
+
+    k2 = build(tiny_bert, tmp_path / "k2", min_layer=3, patience=2, progress=False)
+    enc = EarlyExitEncoder(k2, policy={"theta": 0.9})
+    assert (enc.policy.theta, enc.policy.patience, enc.policy.min_layer) == (0.9, 2, 3)
+    idle = build(tiny_bert, tmp_path / "idle", boundaries=[2, 3], min_layer=3, progress=False)  # no exit after 2
+    enc = EarlyExitEncoder(idle, policy={"theta": 0.01})
+    assert enc.policy.min_layer == 3
+    assert set(enc.encode_with_exits(sentences).exit_layers.tolist()) == {3}
+    with pytest.raises(RuntimeInputError, match="unknown exit-policy keys 'thetа'"):
+        EarlyExitEncoder(idle, policy={"thetа": 0.9})

@@ -103,8 +103,8 @@ class EncodeResult:
 class EarlyExitEncoder:
     """Early-exit sentence encoder over a leap-export artifact folder (ONNX Runtime segments).
 
-    ``policy`` defaults to the manifest's; ``theta`` / ``min_layer`` override it; ``exits=False`` runs
-    every sample to full depth through the same segments (the comparison setting).
+    ``policy`` defaults to the manifest's (a dict overrides the fields it names); ``theta`` / ``min_layer``
+    override it; ``exits=False`` runs every sample to full depth through the same segments (the comparison setting).
 
     ``shared_pool=True`` (the default) runs every segment on ONE process-wide ONNX Runtime thread pool
     and CPU arena (``trt_runtime.runners``). ONNX Runtime then requires every later session in the
@@ -164,7 +164,10 @@ class EarlyExitEncoder:
 
     def _policy(self, policy, theta, min_layer, patience, exits) -> ExitPolicy:
         if isinstance(policy, Mapping):
-            policy = ExitPolicy.from_dict(policy)
+            # the fields it names override the manifest's policy; the rest (patience k, min_layer) stay the
+            # build's, not ExitPolicy's defaults (k=1 would be refused on a k=2 build, min_layer 1 would act
+            # on checks the build planned no exit at)
+            policy = ExitPolicy.from_dict({**self.manifest.default_policy.to_dict(), **policy})
         elif policy is not None and not isinstance(policy, ExitPolicy):
             raise RuntimeInputError(
                 f"policy must be a trt_runtime.ExitPolicy or a dict of its fields, got {type(policy).__name__}"
