@@ -425,3 +425,19 @@ def test_a_precision_label_cannot_loosen_the_tolerances(tiny_artifacts, tmp_path
     report = verify(bad, sentences, progress=False)
     assert report.tolerances == TOLERANCES["fp32"]
     assert [c.name for c in report.failures] == ["precision"]  # the numbers themselves pass fp32's
+
+
+@pytest.mark.parametrize("edit, where", [
+    (lambda d: d.update(schema_version="2"), "schema_version must be an integer, got '2'"),
+    (lambda d: d["tokenizer"].pop("pad_id"), r"tokenizer\.pad_id is missing"),
+    (lambda d: d["tokenizer"].update(max_length="64"), r"tokenizer\.max_length must be a positive integer"),
+    (lambda d: d["exit_policy"].update(enabled="false"), r"exit_policy\.enabled must be true or false"),
+    # an index out of place made the runtime treat segment 1 as the last one: exit layers 3, no error
+    (lambda d: d["segments"][1].update(index=2), r"segments\[1\]\.index must be 1"),
+    (lambda d: d["segments"][1].update(ref_from=2), r"segments\[1\]\.ref_from must be an earlier segment"),
+    (lambda d: d["segments"][2].update(ref_output="pooled_l9"), r"segments\[2\]\.ref_output must be an output of"),
+])
+def test_a_hand_edited_manifest_fails_on_load_not_in_the_middle_of_encode(tiny_artifacts, tmp_path, edit, where):
+    bad = _edited(tiny_artifacts["bert"], tmp_path / "bad", edit)
+    with pytest.raises(ArtifactError, match=where):
+        EarlyExitEncoder(bad, exits=False, check_files=False).encode(["a sentence", "another"])

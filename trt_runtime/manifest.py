@@ -213,6 +213,10 @@ def load_manifest(root: str | os.PathLike, *, check_files: bool = True, variant:
         raise ArtifactError(f"{path} lacks {', '.join(missing)}; rebuild the artifacts")
     if data["format"] != FORMAT:
         raise ArtifactError(f"{path}: format '{data['format']}' is not '{FORMAT}'")
+    version = data["schema_version"]
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ArtifactError(f"{path}: schema_version must be an integer, got {version!r}; undo the edit or rebuild "
+                            "the artifacts (`leap-export build MODEL --out DIR --force`)")
     if data["schema_version"] > SCHEMA_VERSION:
         raise ArtifactError(
             f"{path}: schema version {data['schema_version']} is newer than this runtime understands "
@@ -280,6 +284,17 @@ def _check_structure(data: dict[str, Any], path: Path) -> None:
             fail(f"{where}.ref_from", "a segment index or null", seg["ref_from"])
         if seg.get("ref_output") is not None and not isinstance(seg["ref_output"], str):
             fail(f"{where}.ref_output", "an output name or null", seg["ref_output"])
+        # the runtime walks the segments in list order and keys exits, the last segment and the
+        # reference vectors by index: an index out of place would end the chain early, silently
+        if seg["index"] != i:
+            fail(f"{where}.index", f"{i} (its place in the list)", seg["index"])
+        ref_from = seg.get("ref_from")
+        if ref_from is not None:
+            if not 0 <= ref_from < i:
+                fail(f"{where}.ref_from", f"an earlier segment's index (0..{i - 1}) or null", ref_from)
+            ref_output = seg.get("ref_output") or "pooled"
+            if ref_output not in [o["name"] for o in data["segments"][ref_from]["outputs"]]:
+                fail(f"{where}.ref_output", f"an output of segments[{ref_from}]", ref_output)
     if not isinstance(data["variants"], dict) or not data["variants"]:
         fail("variants", "a non-empty object (precision -> files)", data["variants"])
     for name, variant in data["variants"].items():
@@ -289,8 +304,14 @@ def _check_structure(data: dict[str, Any], path: Path) -> None:
             file_entry(f"variants.{name}.segments[{i}]", entry)
         file_entry(f"variants.{name}.full", variant.get("full"))
     file_entry("tokenizer", data["tokenizer"])
+    for key, least in (("pad_id", 0), ("max_length", 1)):
+        if key not in data["tokenizer"]:
+            fail(f"tokenizer.{key}", None)
+        integer(f"tokenizer.{key}", data["tokenizer"][key], least=least)
     if not isinstance(data["exit_policy"], dict):
         fail("exit_policy", "an object", data["exit_policy"])
+    if not isinstance(data["exit_policy"].get("enabled", True), bool):  # ExitPolicy would read "false" as True
+        fail("exit_policy.enabled", "true or false", data["exit_policy"]["enabled"])
     try:
         ExitPolicy.from_dict(data["exit_policy"])
     except RuntimeInputError as e:
