@@ -6,7 +6,8 @@ from trt_runtime.policy import ExitPolicy, convergence_scores
 
 
 @pytest.mark.parametrize("kwargs", [{"theta": 0.0}, {"theta": 1.01}, {"theta": -1}, {"theta": "0.9"},
-                                    {"patience": 0}, {"patience": 1.5}, {"min_layer": 0}])
+                                    {"patience": 0}, {"patience": 1.5}, {"min_layer": 0},
+                                    {"enabled": "false"}, {"enabled": None}])
 def test_bad_policy_values_are_clear_errors(kwargs):
     with pytest.raises(RuntimeInputError):
         ExitPolicy(**kwargs)

@@ -177,7 +177,7 @@ class EarlyExitEncoder:
             theta=base.theta if theta is None else theta,
             patience=base.patience if patience is None else patience,
             min_layer=base.min_layer if min_layer is None else min_layer,
-            enabled=base.enabled and exits,
+            enabled=base.enabled and bool(exits),
         )
         if policy.min_layer > self.manifest.num_layers:
             raise RuntimeInputError(

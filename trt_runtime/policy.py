@@ -35,6 +35,8 @@ class ExitPolicy:
             if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral) or value < 1:
                 raise RuntimeInputError(f"{what} must be an integer >= 1, got {value!r}")
             object.__setattr__(self, name, int(value))
+        if not isinstance(self.enabled, bool | np.bool_):  # bool("false") is True
+            raise RuntimeInputError(f"enabled must be True or False, got {self.enabled!r}")
         object.__setattr__(self, "enabled", bool(self.enabled))
 
     @classmethod
