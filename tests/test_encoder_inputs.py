@@ -95,6 +95,7 @@ def test_numpy_integers_and_floats_are_accepted(tiny_artifacts, encoder):
     assert encoder.encode(["a", "b", "c"], batch_size=np.int64(2)).shape == (3, 32)
     enc = EarlyExitEncoder(tiny_artifacts["bert"], theta=np.float32(0.9), min_layer=np.int64(3))
     assert type(enc.policy.theta) is float and enc.policy.min_layer == 3
+    assert EarlyExitEncoder(tiny_artifacts["bert"], threads=np.int64(1)).runners[0].threads == 1
     with pytest.raises(RuntimeInputError, match=r"theta must be a number in \(0, 1\], got np.float32\(1.5\)"):
         EarlyExitEncoder(tiny_artifacts["bert"], theta=np.float32(1.5))
 

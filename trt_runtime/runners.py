@@ -23,6 +23,7 @@ arena, ~1-2 % (``leap-export bench``).
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 from pathlib import Path
 from typing import Protocol
@@ -116,10 +117,11 @@ class OrtRunner:
 
     def __init__(self, path: str | os.PathLike, *, threads: int | None = None, providers: list[str] | None = None,
                  shared_pool: bool = True) -> None:
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        if threads is not None and (isinstance(threads, bool | np.bool_) or not isinstance(threads, numbers.Integral)
+                                    or threads < 1):
             raise RuntimeInputError(f"threads must be an integer >= 1 (or None: all cores), got {threads!r}")
         self.path = Path(path)
-        self.threads = threads
+        self.threads = None if threads is None else int(threads)  # numpy integers welcome, as everywhere else
         self.providers = providers or ["CPUExecutionProvider"]
         self.shared_pool = shared_pool
         self.session = None
