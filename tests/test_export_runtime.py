@@ -441,3 +441,25 @@ def test_a_hand_edited_manifest_fails_on_load_not_in_the_middle_of_encode(tiny_a
     bad = _edited(tiny_artifacts["bert"], tmp_path / "bad", edit)
     with pytest.raises(ArtifactError, match=where):
         EarlyExitEncoder(bad, exits=False, check_files=False).encode(["a sentence", "another"])
+
+
+def test_a_failed_final_rename_puts_the_old_build_back(tiny_bert, tmp_path, monkeypatch):
+    """--force moves the old folder aside, then the new one in; if that second move fails (or is interrupted),
+    the old build must be back at --out, not hidden as .NAME.old-PID while the new one is deleted."""
+    import os
+
+    out = build(tiny_bert, tmp_path / "a", min_layer=2, progress=False)
+    before = (out / "manifest.json").read_text()
+    real = os.replace
+
+    def flaky(src, dst):
+        if os.path.basename(src).startswith(".a.tmp-") and os.fspath(dst) == os.fspath(out):  # the new one in
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    monkeypatch.setattr("leap_export.export.os.replace", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        build(tiny_bert, out, min_layer=2, force=True, progress=False)
+    monkeypatch.undo()
+    assert (out / "manifest.json").read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]
