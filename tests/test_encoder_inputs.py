@@ -156,3 +156,18 @@ def test_a_policy_dict_overrides_only_the_fields_it_names(tiny_bert, tmp_path, s
     assert set(enc.encode_with_exits(sentences).exit_layers.tolist()) == {3}
     with pytest.raises(RuntimeInputError, match="unknown exit-policy keys 'thetа'"):
         EarlyExitEncoder(idle, policy={"thetа": 0.9})
+
+
+def test_assigning_a_policy_changes_what_later_calls_do(tiny_artifacts, sentences):
+    """The loop reads theta and the exit checks derived from the policy: assigning ``encoder.policy`` must
+    update them (it changed the attribute only: a later call still exited at the old theta)."""
+    from trt_runtime import ExitPolicy
+
+    enc = EarlyExitEncoder(tiny_artifacts["bert"], theta=0.01)
+    assert set(enc.encode_with_exits(sentences).exit_layers.tolist()) == {2}
+    enc.policy = ExitPolicy(theta=1.0, min_layer=2)
+    assert set(enc.encode_with_exits(sentences).exit_layers.tolist()) == {4}
+    enc.policy = {"enabled": False}
+    assert enc.policy.theta == 0.95 and not enc.policy.enabled  # a dict: fields over the manifest's policy
+    with pytest.raises(RuntimeInputError, match="rebuild"):
+        enc.policy = ExitPolicy(patience=2, min_layer=3)

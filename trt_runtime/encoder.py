@@ -132,8 +132,8 @@ class EarlyExitEncoder:
         shared_pool: bool = True,
     ) -> None:
         self.manifest: Manifest = load_manifest(artifacts, check_files=check_files, variant=variant)
-        self.policy = self._policy(policy, theta, min_layer, patience, exits)
         self.segments = self.manifest.segments
+        self._apply_policy(self._policy(policy, theta, min_layer, patience, exits))
         self.runners = [
             OrtRunner(p, threads=threads, providers=providers, shared_pool=shared_pool)
             for p in self.manifest.segment_paths(variant)
@@ -147,12 +147,25 @@ class EarlyExitEncoder:
         self.stats = ExitStats(self.manifest.num_layers, self.manifest.boundaries)
         # (segment, output) pairs a later segment takes as its reference pooled vector
         self._refs_needed = {(s.ref_from, s.ref_output) for s in self.segments if s.ref_from is not None}
+        self._uniform: dict[tuple[int, int], np.ndarray] = {}
+
+    @property
+    def policy(self) -> ExitPolicy:
+        return self._exit_policy
+
+    @policy.setter
+    def policy(self, value: ExitPolicy | Mapping) -> None:
+        """A new policy for later calls, checked as the constructor checks one (a dict overrides the fields it names)."""
+        self._apply_policy(self._policy(value, None, None, None, True))
+
+    def _apply_policy(self, policy: ExitPolicy) -> None:
+        # the loop reads these, not the policy: assigning ``encoder.policy`` must update them too
+        self._exit_policy = policy
         # per segment: may a sample exit after it? (decided once, not per batch)
-        self._can_exit = [self.policy.may_exit_at(s.end) and s.end < self.manifest.num_layers for s in self.segments]
+        self._can_exit = [policy.may_exit_at(s.end) and s.end < self.manifest.num_layers for s in self.segments]
         # theta as the float32 the graphs' scores are compared in (numpy compares float32 with a float in
         # float32), so the plain-Python exit test in the loop decides exactly as ``score >= theta`` does
-        self._theta32 = float(np.float32(self.policy.theta))
-        self._uniform: dict[tuple[int, int], np.ndarray] = {}
+        self._theta32 = float(np.float32(policy.theta))
 
     @property
     def root(self) -> Path:
