@@ -34,11 +34,13 @@ def _print_summary(console, m, problems: dict[str, list[str]], check_files: bool
 
     d = m.data
     policy = d["exit_policy"]
+    source = d.get("source") or {}  # the runtime does not need it: a hand-written manifest may lack it
+    sha = source.get("weights_sha256")
     console.print(f"[bold]{m.root}[/bold]  (schema v{d['schema_version']}, created {d.get('created', '?')})")
     console.print(
-        f"source [cyan]{d['source']['name']}[/cyan] ({d['architecture']}, {d['num_layers']} layers, hidden "
+        f"source [cyan]{source.get('name', 'unknown')}[/cyan] ({d['architecture']}, {d['num_layers']} layers, hidden "
         f"{d['hidden_size']}, max_seq {d['max_seq_length']}, {d['pooling']} pooling"
-        f"{' + normalize' if d['normalize'] else ''}), weights sha256 {d['source']['weights_sha256'][:12]}…"
+        f"{' + normalize' if d['normalize'] else ''}), weights sha256 {sha[:12] + '…' if sha else 'unknown'}"
     )
     console.print(
         f"exit policy: theta {policy['theta']}, patience k {policy['patience']}, min_layer {policy['min_layer']}"

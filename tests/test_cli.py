@@ -184,6 +184,19 @@ def test_inspect_hashes_every_variant_and_names_the_broken_one(tiny_artifacts, t
     assert run("inspect", art, "--no-hash-check").returncode == 0
 
 
+def test_inspect_reads_a_manifest_without_source(tiny_artifacts, tmp_path):
+    """The runtime does not need ``source`` (a hand-written manifest may lack it): inspect said KeyError."""
+    import shutil
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifacts["bert"], art)
+    manifest = json.loads((art / "manifest.json").read_text())
+    del manifest["source"]
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    out = run("inspect", art).stdout
+    assert "source unknown" in out and "weights sha256 unknown" in out and "files verified" in out
+
+
 def test_no_progress_hides_the_bars(tiny_bert, tmp_path):
     shown = run("build", tiny_bert, "--out", tmp_path / "a", "--min-layer", "2")
     hidden = run("build", tiny_bert, "--out", tmp_path / "b", "--min-layer", "2", "--no-progress")

@@ -159,13 +159,15 @@ class EarlyExitEncoder:
         self._apply_policy(self._policy(value, None, None, None, True))
 
     def _apply_policy(self, policy: ExitPolicy) -> None:
-        # the loop reads these, not the policy: assigning ``encoder.policy`` must update them too
-        self._exit_policy = policy
-        # per segment: may a sample exit after it? (decided once, not per batch)
-        self._can_exit = [policy.may_exit_at(s.end) and s.end < self.manifest.num_layers for s in self.segments]
+        # the loop reads this rule, not the policy: assigning ``encoder.policy`` must update it too. One
+        # tuple, swapped in one assignment and read once per batch, so a call running in another thread
+        # sees the old rule or the new one, never half of each.
         # theta as the float32 the graphs' scores are compared in (numpy compares float32 with a float in
-        # float32), so the plain-Python exit test in the loop decides exactly as ``score >= theta`` does
-        self._theta32 = float(np.float32(policy.theta))
+        # float32), so the plain-Python exit test in the loop decides exactly as ``score >= theta`` does;
+        # per segment: may a sample exit after it? (decided once, not per batch)
+        can_exit = tuple(policy.may_exit_at(s.end) and s.end < self.manifest.num_layers for s in self.segments)
+        self._exit_policy = policy
+        self._rule = (float(np.float32(policy.theta)), can_exit)
 
     @property
     def root(self) -> Path:
@@ -313,7 +315,7 @@ class EarlyExitEncoder:
         ``scripts/host_loop_cost.py``.
         """
         batch = input_ids.shape[0]
-        stats, theta = self.stats, self._theta32
+        stats, (theta, can_exit) = self.stats, self._rule
         feeds = {"input_ids": input_ids, "attention_mask": mask}
         carried: dict[str, np.ndarray] = {}  # mask_bias, pool_weights: from the first segment on
         refs: dict[tuple[int, str], np.ndarray] = {}
@@ -331,7 +333,7 @@ class EarlyExitEncoder:
                 trace.append((seg.end, np.arange(batch) if active is None else active.copy(), pooled, score))
             if seg.index == last:
                 n_exit = rows
-            elif self._can_exit[seg.index]:
+            elif can_exit[seg.index]:
                 n_exit = sum(s >= theta for s in scores)
             else:
                 n_exit = 0
