@@ -26,7 +26,9 @@ and reports medians with their range.
 
 Derived figures follow the paper (Table 7, Appendix A.4): speedup = monolithic / early exit, theoretical
 = L / E[layers], realised efficiency = speedup / theoretical, monitoring overhead = segmented /
-monolithic - 1.
+monolithic - 1. A batch size times at most 64 batches (at batch 1, the first 64 sentences), so its
+E[layers] is that of the batches it timed, weighted as they were timed; the report's top-level
+``expected_layers`` is the whole sentence set's.
 """
 
 from __future__ import annotations
@@ -77,9 +79,14 @@ def _batches(items: list, batch_size: int, count: int) -> list[list]:
 
 
 def _time_interleaved(
-    configs: dict[str, Callable[[Any], Any]], inputs: dict[str, list], warmup: int, iters: int, progress
+    configs: dict[str, Callable[[Any], Any]], inputs: dict[str, list], warmup: int, iters: int, progress,
+    timed: list[int] | None = None,
 ) -> dict[str, list[float]]:
-    """Round-robin: iteration i runs every configuration once, so machine noise hits all of them alike."""
+    """Round-robin: iteration i runs every configuration once, so machine noise hits all of them alike.
+
+    ``timed`` (a list) receives the index of the input behind each timed sample (the same for every
+    configuration), so figures derived from the inputs can be weighted exactly as the timings are.
+    """
     for i in range(warmup):
         for name, fn in configs.items():
             fn(inputs[name][i % len(inputs[name])])
@@ -91,19 +98,24 @@ def _time_interleaved(
             t0 = clock()
             fn(x)
             times[name].append(clock() - t0)
+        if timed is not None:
+            timed.append(i % len(next(iter(inputs.values()))))
         if progress is not None:
             progress.update(1)
     return times
 
 
 def _time_blocks(configs: dict[str, Callable[[Any], Any]], inputs: dict[str, list], warmup: int, iters: int,
-                 block: int = 25, settle: int = 5, progress=None) -> dict[str, list[float]]:
+                 block: int = 25, settle: int = 5, progress=None,
+                 timed: list[int] | None = None) -> dict[str, list[float]]:
     """Alternating blocks of ``block`` iterations per configuration, the first ``settle`` of each untimed.
 
     Used for configurations on different thread pools (PyTorch vs ONNX Runtime: ONNX Runtime's pool
     keeps spinning briefly after a run, and round-robin would let that tail steal torch's cores), and for
-    ``schedule="blocks"``: each configuration's steady state, its own weights cache-warm.
+    ``schedule="blocks"``: each configuration's steady state, its own weights cache-warm. ``timed``: as
+    in ``_time_interleaved`` (every configuration times the same inputs in the same order).
     """
+    first = next(iter(configs))
     for name, fn in configs.items():
         for i in range(warmup):
             fn(inputs[name][i % len(inputs[name])])
@@ -117,6 +129,8 @@ def _time_blocks(configs: dict[str, Callable[[Any], Any]], inputs: dict[str, lis
                 fn(x)
                 if j >= settle and len(times[name]) < iters:
                     times[name].append(time.perf_counter() - t0)
+                    if timed is not None and name == first:
+                        timed.append((i + j) % len(inputs[name]))
         i += block
         if progress is not None:
             now = min(len(t) for t in times.values())
@@ -184,7 +198,8 @@ def bench(
         st_models, baseline_errors = {}, {ST: "disabled (--no-baselines)", ST_ONNX: "disabled (--no-baselines)"}
 
     token_ids = ee.tokenizer.encode(sentences)
-    # E[layers] over the whole sentence set (independent of batching: compaction is exact per sample)
+    # E[layers] over the whole sentence set, for the header; each batch size's speedup is set against the
+    # E[layers] of the batches it actually timed (at most 64 of them: at batch 1 a subset of the sentences)
     exit_layers = ee.encode_with_exits(sentences, batch_size=32).exit_layers
     num_layers = ee.manifest.num_layers
     expected = float(exit_layers.mean())
@@ -216,6 +231,7 @@ def bench(
     for b in batch_sizes:
         n_batches = max(1, min(64, (len(sentences) + b - 1) // b))
         id_batches = _batches(token_ids, b, n_batches)
+        row_sentences = _batches(list(range(len(sentences))), b, n_batches)
         padded = [ee.tokenizer.pad(x) for x in id_batches]
         text_batches = _batches(sentences, b, n_batches)
         configs: dict[str, Callable] = {
@@ -230,18 +246,23 @@ def bench(
             configs[f"early exit [{v}]"] = lambda p, e=ee_v: e._run_padded(*p)
         # all start from the same padded arrays: the timed work is the graphs plus the host loop
         inputs: dict[str, list] = {name: padded for name in configs}
+        timed: list[int] = []  # which batch each timed sample ran, in order
         if schedule == "blocks":
-            times = _time_blocks(configs, inputs, warmup, iters, progress=bar)
+            times = _time_blocks(configs, inputs, warmup, iters, progress=bar, timed=timed)
         else:
-            times = _time_interleaved(configs, inputs, warmup, iters, bar)
+            times = _time_interleaved(configs, inputs, warmup, iters, bar, timed=timed)
         if st_models:  # end to end, tokenisation included, on every side
             encoders = {name: (lambda t, m=m: m.encode(t, batch_size=len(t))) for name, m in st_models.items()}
             encoders[OURS_ENCODE] = lambda t: ee.encode(t, batch_size=len(t))
             times.update(_time_blocks(encoders, dict.fromkeys(encoders, text_batches), warmup, iters, progress=bar))
         row = {name: _stats(t) for name, t in times.items()}
         m, s, e = (row[k]["mean_ms"] for k in ("monolithic", "segmented", "early exit"))
+        # E[layers] of the work timed: the exit layers of these very batches, weighted as they were timed
+        row["expected_layers"] = _timed_expected_layers(ee, padded, timed)
+        row["theoretical_speedup"] = num_layers / row["expected_layers"]
+        row["sentences_timed"] = len({i for k in set(timed) for i in row_sentences[k]})
         row["speedup"] = m / e
-        row["realised_efficiency"] = (m / e) / report["theoretical_speedup"]
+        row["realised_efficiency"] = (m / e) / row["theoretical_speedup"]
         row["monitoring_overhead"] = s / m - 1.0
         row["segmented_vs_monolithic"] = s / m
         row["segmented_vs_monolithic_p50"] = row["segmented"]["p50_ms"] / row["monolithic"]["p50_ms"]
@@ -255,6 +276,7 @@ def bench(
                 "early_exit_ms": row[f"early exit [{v}]"]["mean_ms"],
                 "speedup_vs_own_monolithic": row[f"monolithic [{v}]"]["mean_ms"] / row[f"early exit [{v}]"]["mean_ms"],
                 "speedup_vs_primary_monolithic": m / row[f"early exit [{v}]"]["mean_ms"],
+                "expected_layers": _timed_expected_layers(extra[v][0], padded, timed),
             }
             for v in extra
         }
@@ -266,6 +288,13 @@ def bench(
         report["results"][str(b)] = row
     bar.close()
     return report
+
+
+def _timed_expected_layers(encoder, padded: list, timed: list[int]) -> float:
+    """Mean exit layer over the samples timed: each batch of ``padded`` run once through ``encoder`` (its
+    exit layers depend on the batch for int8), counted as often as ``timed`` ran it."""
+    layers = [np.asarray(encoder._run_padded(*p)[1]) for p in padded]
+    return float(np.concatenate([layers[k] for k in timed]).mean())
 
 
 # per-row figures that are ratios of one run's timings: over several processes, their median and range
@@ -457,6 +486,8 @@ def markdown(report: dict[str, Any]) -> str:
     cols = ["monolithic", "segmented", "early exit"]
     has_st = any(ST in r for r in report["results"].values())
     has_onnx = any(ST_ONNX in r for r in report["results"].values())
+    # reports written before E[layers] was measured per batch size on the timed batches have no such column
+    has_timed = all("expected_layers" in r for r in report["results"].values())
     lines = [
         f"Model `{report['model']}` ({report['variant']}), theta {report['policy']['theta']}, "
         f"min_layer {report['policy']['min_layer']}, {report['sentences']} sentences, {report['threads']} threads, "
@@ -465,11 +496,18 @@ def markdown(report: dict[str, Any]) -> str:
         f"E[layers] = {report['expected_layers']:.2f} of {report['num_layers']} -> theoretical "
         f"{report['theoretical_speedup']:.2f}x.",
         "",
-        "| batch | monolithic ms, mean (p50/p99) | segmented, exits off ms | early exit ms | speedup | realised efficiency "
+        "| batch | monolithic ms, mean (p50/p99) | segmented, exits off ms | early exit ms |"
+        + (" E[layers] timed (sentences) |" if has_timed else "") + " speedup | realised efficiency "
         "| monitoring overhead |" + (" ST PyTorch encode ms | our encode ms | vs ST |" if has_st else "")
         + (" ST ONNX encode ms | vs ST ONNX |" if has_onnx else ""),
-        "|---|---|---|---|---|---|---|" + ("---|---|---|" if has_st else "") + ("---|---|" if has_onnx else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if has_timed else "") + ("---|---|---|" if has_st else "")
+        + ("---|---|" if has_onnx else ""),
     ]
+    if has_timed:
+        lines[0] += (
+            " Each batch size's realised efficiency is its speedup over L / E[layers] of the batches it timed "
+            "(at most 64 batches, so at small batch sizes the first sentences of the set; in brackets, how many)."
+        )
     if has_st:
         lines[0] += (
             " The encode columns (end to end, tokenisation included) are timed in warm blocks, the graph columns "
@@ -490,6 +528,8 @@ def markdown(report: dict[str, Any]) -> str:
 
     for b, r in report["results"].items():
         cells = [f"{r[c]['mean_ms']:.2f} ({r[c]['p50_ms']:.2f}/{r[c]['p99_ms']:.2f})" for c in cols]
+        if has_timed:
+            cells.append(f"{r['expected_layers']:.2f} ({r['sentences_timed']})")
         line = (
             f"| {b} | {' | '.join(cells)} | {ratio(r, 'speedup', '.2f', 'x')} | {ratio(r, 'realised_efficiency', '.1%')} | "
             f"{ratio(r, 'monitoring_overhead', '+.1%')} |"
@@ -533,7 +573,8 @@ def markdown(report: dict[str, Any]) -> str:
         for b, r in report["results"].items():
             for v, x in r.get("variants", {}).items():
                 lines.append(
-                    f"| {b} | {v} | {extra[v]['expected_layers']:.2f} | {x['monolithic_ms']:.2f} | "
+                    f"| {b} | {v} | {x.get('expected_layers', extra[v]['expected_layers']):.2f} | "
+                    f"{x['monolithic_ms']:.2f} | "
                     f"{x['early_exit_ms']:.2f} | {x['speedup_vs_own_monolithic']:.2f}x | "
                     f"{x['speedup_vs_primary_monolithic']:.2f}x |"
                 )

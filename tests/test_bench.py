@@ -106,3 +106,50 @@ def test_bench_times_sentence_transformers_next_to_our_encode(tiny_artifacts, se
         assert row["speedup_vs_sentence_transformers_onnx"] == pytest.approx(row[ST_ONNX]["mean_ms"] / ours)
     table = markdown(report)
     assert "| vs ST |" in table and ("vs ST ONNX" in table) == (ST_ONNX in row)
+
+
+def test_bench_e_layers_and_efficiency_describe_the_timed_batches(tiny_artifacts, sentences):
+    """At batch 1 only the first few batches are timed (iters 3 here; at most 64 batches in general):
+    E[layers] and the realised efficiency must come from those batches, not from the whole sentence set."""
+    import numpy as np
+
+    from trt_runtime.encoder import EarlyExitEncoder
+
+    texts = [s for s in sentences if s.strip()]
+    theta = 0.99986  # the tiny model's scores: a few sentences exit at layer 2, most run to layer 4
+    probe = EarlyExitEncoder(tiny_artifacts["bert"], theta=theta, check_files=False)
+    layers = probe.encode_with_exits(texts, batch_size=1).exit_layers
+    order = np.argsort(layers, kind="stable")  # the early exits first: they are the ones timed at batch 1
+    texts = [texts[i] for i in order]
+    assert len(set(layers.tolist())) > 1, "the test needs sentences that exit at different layers"
+
+    report = bench(tiny_artifacts["bert"], texts, batch_sizes=(1,), warmup=1, iters=3, theta=theta,
+                   baselines=False, progress=False)
+    row = report["results"]["1"]
+    timed = probe.encode_with_exits(texts[:3], batch_size=1).exit_layers  # iters 3: batches 0, 1, 2
+    assert row["expected_layers"] == pytest.approx(timed.mean())
+    assert row["expected_layers"] != pytest.approx(report["expected_layers"])  # the whole set differs
+    assert row["sentences_timed"] == 3
+    theoretical = report["num_layers"] / row["expected_layers"]
+    assert row["theoretical_speedup"] == pytest.approx(theoretical)
+    assert row["realised_efficiency"] == pytest.approx(row["speedup"] / theoretical)
+    assert f"{row['expected_layers']:.2f} (3)" in markdown(report)
+
+
+def test_bench_blocks_schedule_e_layers_follow_its_timed_batches(tiny_artifacts, sentences):
+    """blocks times batches i+5..i+24 of each block of 25: E[layers] is weighted as they were timed."""
+    import numpy as np
+
+    from leap_export.bench import _batches
+    from trt_runtime.encoder import EarlyExitEncoder
+
+    texts = [s for s in sentences if s.strip()]
+    theta = 0.99986
+    report = bench(tiny_artifacts["bert"], texts, batch_sizes=(3,), warmup=0, iters=4, theta=theta,
+                   baselines=False, schedule="blocks", progress=False)
+    probe = EarlyExitEncoder(tiny_artifacts["bert"], theta=theta, check_files=False)
+    batches = _batches(texts, 3, 4)  # 10 sentences, batch 3: 4 batches; blocks times j = 5..8 -> 1, 2, 3, 0
+    timed = np.concatenate([probe.encode_with_exits(batches[(5 + j) % 4], batch_size=3).exit_layers
+                            for j in range(4)])
+    assert report["results"]["3"]["expected_layers"] == pytest.approx(timed.mean())
+
