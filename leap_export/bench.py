@@ -28,11 +28,12 @@ Derived figures follow the paper (Table 7, Appendix A.4): speedup = monolithic /
 = L / E[layers], realised efficiency = speedup / theoretical, monitoring overhead = segmented /
 monolithic - 1. A batch size times at most 64 batches (at batch 1, the first 64 sentences), so its
 E[layers] is that of the batches it timed, weighted as they were timed; the report's top-level
-``expected_layers`` is the whole sentence set's.
+``expected_layers`` is the whole sentence set's. PyTorch runs on ``threads`` threads, as ONNX Runtime does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -254,7 +255,9 @@ def bench(
         if st_models:  # end to end, tokenisation included, on every side
             encoders = {name: (lambda t, m=m: m.encode(t, batch_size=len(t))) for name, m in st_models.items()}
             encoders[OURS_ENCODE] = lambda t: ee.encode(t, batch_size=len(t))
-            times.update(_time_blocks(encoders, dict.fromkeys(encoders, text_batches), warmup, iters, progress=bar))
+            with _torch_threads(threads):  # PyTorch on as many threads as ONNX Runtime, not its own default
+                times.update(_time_blocks(encoders, dict.fromkeys(encoders, text_batches), warmup, iters,
+                                          progress=bar))
         row = {name: _stats(t) for name, t in times.items()}
         m, s, e = (row[k]["mean_ms"] for k in ("monolithic", "segmented", "early exit"))
         # E[layers] of the work timed: the exit layers of these very batches, weighted as they were timed
@@ -288,6 +291,19 @@ def bench(
         report["results"][str(b)] = row
     bar.close()
     return report
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int):
+    """PyTorch's intra-op thread count set to ``threads`` for the block, the caller's restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _timed_expected_layers(encoder, padded: list, timed: list[int]) -> float:

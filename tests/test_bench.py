@@ -153,3 +153,26 @@ def test_bench_blocks_schedule_e_layers_follow_its_timed_batches(tiny_artifacts,
                             for j in range(4)])
     assert report["results"]["3"]["expected_layers"] == pytest.approx(timed.mean())
 
+
+def test_bench_times_sentence_transformers_with_the_same_thread_count(tiny_artifacts, sentences, monkeypatch):
+    """--threads applies to the PyTorch baseline too (torch otherwise uses every core)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    seen = []
+    encode = SentenceTransformer.encode
+
+    def spy(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return encode(self, *args, **kwargs)
+
+    monkeypatch.setattr(SentenceTransformer, "encode", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        bench(tiny_artifacts["bert"], sentences, batch_sizes=(2,), warmup=1, iters=1, theta=0.5, threads=1,
+              progress=False)
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2  # the caller's setting is restored
+    finally:
+        torch.set_num_threads(before)
