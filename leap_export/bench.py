@@ -532,7 +532,8 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("processes", 1) > 1:
         lines[0] += (
             f" **Median over {report['processes']} fresh processes**; ratios show their range over the processes "
-            "in brackets."
+            "in brackets. Each timing is the median of that timing and each ratio the median of the per-process "
+            "ratios, so a ratio need not equal the ratio of the printed timings."
         )
 
     def ratio(r: dict, key: str, fmt: str, unit: str = "") -> str:
