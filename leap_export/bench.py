@@ -599,13 +599,11 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def plot_png(report: dict[str, Any]) -> bytes:
-    """The latency bar chart as PNG bytes."""
+    """The latency bar chart as PNG bytes, drawn on a bare ``Figure`` (rendered by Agg) without pyplot, so the
+    caller's pyplot backend and figures are left alone (as in ``leap_export.plots``)."""
     import io
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     batches = list(report["results"])
     configs = [
@@ -613,7 +611,8 @@ def plot_png(report: dict[str, Any]) -> bytes:
         for c in ("monolithic", "segmented", "early exit", ST, ST_ONNX, OURS_ENCODE)
         if c in report["results"][batches[0]]
     ]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.subplots()
     width = 0.8 / len(configs)
     for i, c in enumerate(configs):
         ys = [report["results"][b][c]["mean_ms"] for b in batches]
@@ -628,10 +627,7 @@ def plot_png(report: dict[str, Any]) -> bytes:
     ax.legend(fontsize=8)
     fig.tight_layout()
     buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format="png", dpi=110)
-    finally:
-        plt.close(fig)
+    fig.savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()
 
 

@@ -178,3 +178,21 @@ def test_bench_times_sentence_transformers_with_the_same_thread_count(tiny_artif
         assert torch.get_num_threads() == 2  # the caller's setting is restored
     finally:
         torch.set_num_threads(before)
+
+
+def test_bench_plot_leaves_the_callers_matplotlib_backend_alone():
+    """plot_png draws on a bare Figure (as leap_export.plots does): it used to switch pyplot to Agg."""
+    import matplotlib
+
+    from leap_export.bench import plot_png
+
+    stats = {"mean_ms": 1.0, "p50_ms": 1.0, "p99_ms": 1.0, "std_ms": 0.0, "n": 1}
+    report = {"model": "m", "expected_layers": 3.0, "num_layers": 6, "policy": {"theta": 0.95},
+              "results": {"1": {c: dict(stats) for c in ("monolithic", "segmented", "early exit")}}}
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        assert plot_png(report).startswith(b"\x89PNG")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
