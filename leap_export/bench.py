@@ -169,7 +169,11 @@ def bench(
         raise ValueError(f"batch_sizes must be one or more integers >= 1, got {tuple(batch_sizes)!r}")
     if iters < 1 or warmup < 0:
         raise ValueError(f"need iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
+    if isinstance(sentences, str):  # iterating it would time its characters, one "sentence" each
+        raise ValueError("sentences must be a list of strings, got one string; pass [text]")
     sentences = [s for s in (sentences or sample_sentences()) if s.strip()]
+    if not sentences:
+        raise ValueError("sentences holds only blank strings; pass at least one sentence (None: the sample set)")
     if len(sentences) < max(batch_sizes):
         log.warning("only %d sentences: a batch of %d repeats them, so E[layers] and the speedups describe these "
                     "few sentences; pass --sentences with at least %d lines", len(sentences), max(batch_sizes),

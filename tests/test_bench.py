@@ -67,6 +67,14 @@ def test_bench_rejects_empty_sizes_and_counts(tiny_artifacts, sentences, kwargs)
         bench(tiny_artifacts["bert"], sentences, baselines=False, progress=False, **args)
 
 
+@pytest.mark.parametrize("texts", [["", "  \t"], "one string"])
+def test_bench_rejects_blank_sentences_and_a_bare_string(tiny_artifacts, texts):
+    """Blank strings only ended in ZeroDivisionError after every session loaded; a string was timed
+    character by character."""
+    with pytest.raises(ValueError, match="blank|one string"):
+        bench(tiny_artifacts["bert"], texts, batch_sizes=(1,), warmup=0, iters=1, baselines=False, progress=False)
+
+
 def test_bench_in_fresh_processes_reports_medians_and_ranges(tiny_artifacts, sentences, tmp_path):
     from leap_export.bench import bench_processes
 
