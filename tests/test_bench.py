@@ -25,7 +25,7 @@ def test_bench_reports_every_configuration_and_the_int8_build(tiny_artifacts, tm
             assert row[name]["mean_ms"] > 0 and row[name]["p50_ms"] <= row[name]["p99_ms"]
         m, e = row["monolithic"]["mean_ms"], row["early exit"]["mean_ms"]
         assert row["speedup"] == pytest.approx(m / e)
-        assert row["realised_efficiency"] == pytest.approx(m / e / report["theoretical_speedup"])
+        assert row["realised_efficiency"] == pytest.approx(m / e / row["theoretical_speedup"])
         assert row["monitoring_overhead"] == pytest.approx(row["segmented"]["mean_ms"] / m - 1)
         one = row["one graph"]["mean_ms"]
         assert row["breakdown"] == pytest.approx({"monitoring_ops": one / m - 1,
