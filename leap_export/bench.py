@@ -26,7 +26,8 @@ and reports medians with their range.
 
 Derived figures follow the paper (Table 7, Appendix A.4): speedup = monolithic / early exit, theoretical
 = L / E[layers], realised efficiency = speedup / theoretical, monitoring overhead = segmented /
-monolithic - 1. A batch size times at most 64 batches (at batch 1, the first 64 sentences), so its
+monolithic - 1. A batch size times min(iters, batches in the set) distinct batches, so each timed run
+is a different batch where the set allows it (batch 1 at 200 iterations: the first 200 sentences), and its
 E[layers] is that of the batches it timed, weighted as they were timed; the report's top-level
 ``expected_layers`` is the whole sentence set's. PyTorch runs on ``threads`` threads, as ONNX Runtime does.
 """
@@ -204,7 +205,7 @@ def bench(
 
     token_ids = ee.tokenizer.encode(sentences)
     # E[layers] over the whole sentence set, for the header; each batch size's speedup is set against the
-    # E[layers] of the batches it actually timed (at most 64 of them: at batch 1 a subset of the sentences)
+    # E[layers] of the batches it actually timed (at most ``iters`` of them: at batch 1 a subset of the sentences)
     exit_layers = ee.encode_with_exits(sentences, batch_size=32).exit_layers
     num_layers = ee.manifest.num_layers
     expected = float(exit_layers.mean())
@@ -234,7 +235,7 @@ def bench(
     rounds = len(batch_sizes) * iters * (2 if st_models else 1)  # interleaved + ST blocks
     bar = tqdm(total=rounds, desc="bench", unit="round", disable=not progress)
     for b in batch_sizes:
-        n_batches = max(1, min(64, (len(sentences) + b - 1) // b))
+        n_batches = max(1, min(iters, (len(sentences) + b - 1) // b))  # a new batch every run, where there are enough
         id_batches = _batches(token_ids, b, n_batches)
         row_sentences = _batches(list(range(len(sentences))), b, n_batches)
         padded = [ee.tokenizer.pad(x) for x in id_batches]
@@ -526,7 +527,8 @@ def markdown(report: dict[str, Any]) -> str:
     if has_timed:
         lines[0] += (
             " Each batch size's realised efficiency is its speedup over L / E[layers] of the batches it timed "
-            "(at most 64 batches, so at small batch sizes the first sentences of the set; in brackets, how many)."
+            "(one batch per timed run where the set has enough, so at small batch sizes the first sentences of the "
+            "set; in brackets, how many)."
         )
     if has_st:
         lines[0] += (

@@ -119,7 +119,7 @@ def test_bench_times_sentence_transformers_next_to_our_encode(tiny_artifacts, se
 
 
 def test_bench_e_layers_and_efficiency_describe_the_timed_batches(tiny_artifacts, sentences):
-    """At batch 1 only the first few batches are timed (iters 3 here; at most 64 batches in general):
+    """At batch 1 only the first few batches are timed (iters 3 here: one batch per timed run, at most as many as the set holds):
     E[layers] and the realised efficiency must come from those batches, not from the whole sentence set."""
     import numpy as np
 
