@@ -225,6 +225,38 @@ def _check_resumable(saved: dict[str, Any], config: LeapConfig) -> None:
         raise LeapError("cannot resume: the settings differ from the checkpoint's (" + "; ".join(diffs) + ")")
 
 
+def _run_inputs(student: ModelSource, teacher: ModelSource, sentences: Sequence[str]) -> dict[str, Any]:
+    """What the trajectory depends on besides the settings: the student's starting weights, the teacher
+    and the training sentences (their order included: batches are drawn by position)."""
+    return {
+        "student_sha256": student.weights_sha256,
+        "teacher_sha256": teacher.weights_sha256,
+        "corpus_sha256": sentences_sha256(sentences),
+        "sentences": len(sentences),
+    }
+
+
+def _check_same_inputs(saved: dict[str, Any] | None, current: dict[str, Any]) -> None:
+    if saved is None:  # a checkpoint written before the inputs were recorded
+        return
+    names = {
+        "student_sha256": "the student's weights (--student)",
+        "teacher_sha256": "the teacher's weights (--teacher)",
+        "corpus_sha256": "the training sentences (--corpus / --sentences / --max-sentences)",
+        "sentences": "the number of training sentences",
+    }
+    diffs = [
+        f"{names[k]}: checkpoint {str(saved.get(k))[:12]} vs now {str(v)[:12]}"
+        for k, v in current.items()
+        if k in saved and saved[k] != v
+    ]
+    if diffs:
+        raise LeapError(
+            "cannot resume: the checkpoint was trained on other inputs (" + "; ".join(diffs) + "); pass the "
+            "interrupted run's --student, --teacher and training sentences, or pick a new --out"
+        )
+
+
 # --- the loop ---------------------------------------------------------------------------------------
 
 
@@ -346,10 +378,12 @@ def _train(
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = _scheduler(optimizer, config, total)
 
+    inputs = _run_inputs(student_src, teacher_src, sentences)
     start, elapsed_before = 0, 0.0
     if resume and checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         _check_resumable(state["config"], config)
+        _check_same_inputs(state.get("inputs"), inputs)
         encoder.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -419,7 +453,7 @@ def _train(
                     bar.update(1)
                     bar.set_postfix({k: f"{values[k]:.3f}" for k in ("total", "final", "exit", "contrast")})
             if done % config.checkpoint_every == 0 or done == total:
-                _save_checkpoint(checkpoint_path, encoder, optimizer, scheduler, config, done, elapsed, d)
+                _save_checkpoint(checkpoint_path, encoder, optimizer, scheduler, config, inputs, done, elapsed, d)
             if stop_after is not None and done >= stop_after and done < total:
                 raise TrainingInterrupted(f"stopped after step {done} (stop_after)")
     finally:
@@ -479,7 +513,7 @@ def _mean_over_ranks(values: dict[str, float], d: Dist) -> dict[str, float]:
     return {k: float(v) / d.world for k, v in zip(keys, tensor.tolist(), strict=True)}
 
 
-def _save_checkpoint(path, encoder, optimizer, scheduler, config, step, elapsed, d: Dist) -> None:
+def _save_checkpoint(path, encoder, optimizer, scheduler, config, inputs, step, elapsed, d: Dist) -> None:
     rng = _gather(_rng_state(), d)  # every rank's dropout RNG, so all can resume exactly
     if d.main:
         atomic_torch_save(
@@ -487,6 +521,7 @@ def _save_checkpoint(path, encoder, optimizer, scheduler, config, step, elapsed,
                 "step": step,
                 "elapsed_s": elapsed,
                 "config": config.to_dict(),
+                "inputs": inputs,  # student, teacher and corpus hashes: resume checks them
                 "model": encoder.state_dict(),  # transformer + projection
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),

@@ -366,3 +366,24 @@ def test_a_short_run_embeds_only_the_sentences_it_draws(models, sentences, tmp_p
     a, b = weights(short), weights(whole)
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_resume_refuses_another_teacher_student_or_corpus(models, sentences, tmp_path):
+    """The checkpoint holds weights trained on one teacher and corpus: continuing it on others would finish
+    a run that no uninterrupted run gives, and the manifest would name only the second ones."""
+    out = tmp_path / "out"
+    with pytest.raises(TrainingInterrupted):
+        train(models["student"], sentences, out, config=small(), stop_after=4, show_progress_bar=False)
+    others = [
+        (dict(student=models["student"], sentences=sentences, teacher=models["spread"]), "teacher"),
+        (dict(student=models["spread"], sentences=sentences), "student"),
+        (dict(student=models["student"], sentences=sentences[::-1]), "training sentences"),
+        (dict(student=models["student"], sentences=sentences[:90]), "training sentences"),
+    ]
+    for kwargs, what in others:
+        student, corpus = kwargs.pop("student"), kwargs.pop("sentences")
+        with pytest.raises(LeapError, match=f"cannot resume: .*{what}"):
+            train(student, corpus, out, config=small(), resume=True, show_progress_bar=False, **kwargs)
+    assert torch.load(out / CHECKPOINT, weights_only=False)["step"] == 3  # untouched
+    done = train(models["student"], sentences, out, config=small(), resume=True, show_progress_bar=False)
+    assert json.loads((done / "leap_config.json").read_text())["final_step"] == 8
