@@ -381,12 +381,18 @@ def _train(
     inputs = _run_inputs(student_src, teacher_src, sentences)
     start, elapsed_before = 0, 0.0
     if resume and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        state = _load_checkpoint(checkpoint_path)
         _check_resumable(state["config"], config)
         _check_same_inputs(state.get("inputs"), inputs)
-        encoder.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        try:
+            encoder.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise LeapError(
+                f"the checkpoint {checkpoint_path} does not fit this student ({' '.join(str(e).split())[:300]}); "
+                "pass the interrupted run's --student and --teacher, or pick a new --out"
+            ) from e
         rng = state["rng"]
         if len(rng) == d.world:
             _set_rng_state(rng[d.rank])
@@ -530,6 +536,24 @@ def _save_checkpoint(path, encoder, optimizer, scheduler, config, inputs, step, 
             path,
         )
     d.barrier()
+
+
+CHECKPOINT_KEYS = ("step", "elapsed_s", "config", "model", "optimizer", "scheduler", "rng")
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's contents, or a LeapError saying what to do when it cannot be used."""
+    advice = (f"delete {path} to restart the run from step 0 (or pick a new --out)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch.load/unpickling raise many types: RuntimeError, EOFError, UnpicklingError, ...
+        raise LeapError(f"cannot read the checkpoint {path}: it is damaged or not a training checkpoint "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); {advice}") from e
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing or not isinstance(state.get("config"), dict):
+        raise LeapError(f"the checkpoint {path} is not a complete training checkpoint (missing "
+                        f"{', '.join(missing) or 'config'}); {advice}")
+    return state
 
 
 def _truncate_log(path: Path, step: int) -> None:

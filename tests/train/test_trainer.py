@@ -387,3 +387,32 @@ def test_resume_refuses_another_teacher_student_or_corpus(models, sentences, tmp
     assert torch.load(out / CHECKPOINT, weights_only=False)["step"] == 3  # untouched
     done = train(models["student"], sentences, out, config=small(), resume=True, show_progress_bar=False)
     assert json.loads((done / "leap_config.json").read_text())["final_step"] == 8
+
+
+def test_a_damaged_or_foreign_checkpoint_is_a_clear_error(models, sentences, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(TrainingInterrupted):
+        train(models["student"], sentences, out, config=small(), stop_after=4, show_progress_bar=False)
+    path = out / CHECKPOINT
+    good = path.read_bytes()
+    state = torch.load(path, weights_only=False)
+    damaged = {
+        "truncated": good[: len(good) // 2],
+        "not a checkpoint": b"hello",
+        "missing keys": None,
+        "other weights": None,
+    }
+    for what, data in damaged.items():
+        if what == "missing keys":
+            torch.save({"step": 3, "config": state["config"]}, path)
+        elif what == "other weights":  # e.g. written by an older version without the inputs record
+            other = {k: v for k, v in state.items() if k != "inputs"}
+            other["model"] = {k: v for k, v in state["model"].items() if "layer.2." not in k}
+            torch.save(other, path)
+        else:
+            path.write_bytes(data)
+        with pytest.raises(LeapError, match=f"checkpoint {path}"):
+            train(models["student"], sentences, out, config=small(), resume=True, show_progress_bar=False)
+    path.write_bytes(good)
+    assert json.loads((train(models["student"], sentences, out, config=small(), resume=True,
+                             show_progress_bar=False) / "leap_config.json").read_text())["final_step"] == 8
