@@ -560,10 +560,18 @@ def _truncate_log(path: Path, step: int) -> None:
     """Drop log lines after the checkpoint we resume from (a killed run may have logged past it)."""
     if not path.is_file():
         return
-    kept = [
-        line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step
-    ]
+    kept = [line for line in path.read_text().splitlines() if (n := _log_step(line)) is not None and n <= step]
     atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _log_step(line: str) -> int | None:
+    """The step of a loss-log line; None for a line that is not a whole record (a write cut off by a kill)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 # --- the output folder ------------------------------------------------------------------------------

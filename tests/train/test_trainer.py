@@ -416,3 +416,14 @@ def test_a_damaged_or_foreign_checkpoint_is_a_clear_error(models, sentences, tmp
     path.write_bytes(good)
     assert json.loads((train(models["student"], sentences, out, config=small(), resume=True,
                              show_progress_bar=False) / "leap_config.json").read_text())["final_step"] == 8
+
+
+def test_resume_drops_a_torn_last_log_line(models, sentences, tmp_path):
+    """A process killed (or a disk filled) while appending to the loss log leaves half a JSON line."""
+    out = tmp_path / "out"
+    with pytest.raises(TrainingInterrupted):
+        train(models["student"], sentences, out, config=small(), stop_after=4, show_progress_bar=False)
+    with (out / LOSS_LOG).open("a") as f:
+        f.write('{"step": 5, "lr": 0.0')
+    train(models["student"], sentences, out, config=small(), resume=True, show_progress_bar=False)
+    assert [json.loads(x)["step"] for x in (out / LOSS_LOG).read_text().splitlines()] == list(range(1, 9))
