@@ -85,6 +85,22 @@ class LeapConfig:
                 problems.append(f"{name} must be >= 0")
         if not 0 < self.tau <= 1:
             problems.append("tau must be in (0, 1]")
+        if self.exit_sharpness <= 0:  # negative flips the soft margin: it would push layers away from the final
+            problems.append("exit_sharpness must be > 0")
+        if self.exit_early_weight < 0:
+            problems.append("exit_early_weight must be >= 0")
+        if self.redund_margin < 0:
+            problems.append("redund_margin must be >= 0")
+        if self.min_layer is not None and self.min_layer < 1:  # layer 0 is the embedding output
+            problems.append("min_layer must be >= 1 (the first transformer layer an exit may follow)")
+        if self.late_layers is not None and self.late_layers < 0:
+            problems.append("late_layers must be >= 0")
+        if self.weight_decay < 0:
+            problems.append("weight_decay must be >= 0")
+        if not 0 <= self.warmup_ratio <= 1:
+            problems.append("warmup_ratio must be in [0, 1]")
+        if self.grad_clip <= 0:  # clipping to norm 0 zeroes every gradient: the run would not learn
+            problems.append("grad_clip must be > 0")
         if self.contrast_temperature <= 0:
             problems.append("contrast_temperature must be > 0")
         if not 0 <= self.ramp_start <= self.ramp_end <= 1:

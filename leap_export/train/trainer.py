@@ -334,6 +334,12 @@ def _train(
     if resume and not checkpoint_path.is_file() and not (out / LOSS_LOG).is_file():
         raise LeapError(f"--resume: {out} holds no training run (no checkpoint, no {LOSS_LOG}); check the path, or "
                         "drop --resume to start a new run there")
+    min_layer = config.exit_min_layer(student_src.num_layers)
+    if student_src.num_layers < 2:
+        raise LeapError(f"the student has {student_src.num_layers} layer: early exit needs at least 2")
+    if not 1 <= min_layer <= student_src.num_layers - 1:
+        raise LeapError(f"min_layer {min_layer}: the {student_src.num_layers}-layer student can exit after layers 1.."
+                        f"{student_src.num_layers - 1} only; set min_layer in that range")
     if config.max_length > student_src.max_seq_length:
         raise LeapError(f"--max-length {config.max_length} exceeds the student's maximum sequence length "
                         f"{student_src.max_seq_length}; pass at most that")

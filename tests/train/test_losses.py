@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -198,3 +199,24 @@ def test_baseline_drops_every_exit_term():
     base = c.as_baseline()
     assert base.beta_exit == 0 and base.epsilon_late == 0 and base.mode == "baseline"
     assert base.alpha_inter == 0.1 and base.delta_contrast == c.delta_contrast  # everything else identical
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (dict(min_layer=0), "min_layer must be >= 1"),  # layer 0 is the embedding output, not a layer
+        (dict(min_layer=-1), "min_layer must be >= 1"),
+        (dict(late_layers=-2), "late_layers must be >= 0"),
+        (dict(exit_sharpness=-10.0), "exit_sharpness must be > 0"),  # would push layers away from the final
+        (dict(exit_sharpness=0.0), "exit_sharpness must be > 0"),  # a constant: no gradient at all
+        (dict(grad_clip=0.0), "grad_clip must be > 0"),  # clipping to 0 zeroes every gradient
+        (dict(warmup_ratio=-0.5), "warmup_ratio must be in [0, 1]"),
+        (dict(warmup_ratio=2.0), "warmup_ratio must be in [0, 1]"),
+        (dict(weight_decay=-1.0), "weight_decay must be >= 0"),
+        (dict(redund_margin=-0.1), "redund_margin must be >= 0"),
+        (dict(exit_early_weight=-1.0), "exit_early_weight must be >= 0"),
+    ],
+)
+def test_config_refuses_numbers_that_train_nonsense(setting, message):
+    with pytest.raises(LeapError, match=re.escape(message)):
+        LeapConfig(**setting)

@@ -427,3 +427,13 @@ def test_resume_drops_a_torn_last_log_line(models, sentences, tmp_path):
         f.write('{"step": 5, "lr": 0.0')
     train(models["student"], sentences, out, config=small(), resume=True, show_progress_bar=False)
     assert [json.loads(x)["step"] for x in (out / LOSS_LOG).read_text().splitlines()] == list(range(1, 9))
+
+
+def test_min_layer_must_leave_an_exit_layer(models, sentences, tmp_path):
+    # the 3-layer student: exits can happen after layers 1-2; min_layer 3 (or 9) trains no exit layer and
+    # wrote exit_policy min_layer 3 into the manifest
+    for min_layer in (3, 9):
+        with pytest.raises(LeapError, match="min_layer 3|min_layer 9"):
+            train(models["student"], sentences, tmp_path / f"m{min_layer}", config=small(min_layer=min_layer),
+                  show_progress_bar=False)
+        assert not (tmp_path / f"m{min_layer}").exists()
