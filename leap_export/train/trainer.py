@@ -340,9 +340,10 @@ def _train(
     if not 1 <= min_layer <= student_src.num_layers - 1:
         raise LeapError(f"min_layer {min_layer}: the {student_src.num_layers}-layer student can exit after layers 1.."
                         f"{student_src.num_layers - 1} only; set min_layer in that range")
-    if config.max_length > student_src.max_seq_length:
-        raise LeapError(f"--max-length {config.max_length} exceeds the student's maximum sequence length "
-                        f"{student_src.max_seq_length}; pass at most that")
+    for role, src in (("student", student_src), ("teacher", teacher_src)):
+        if config.max_length > src.max_seq_length:
+            raise LeapError(f"--max-length {config.max_length} exceeds the {role}'s maximum sequence length "
+                            f"{src.max_seq_length}; pass at most that")
     out.mkdir(parents=True, exist_ok=True)
     if d.main and d.device.type == "cpu" and config.batch_size >= 64 and config.max_length >= 128:
         print(

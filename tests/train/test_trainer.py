@@ -437,3 +437,17 @@ def test_min_layer_must_leave_an_exit_layer(models, sentences, tmp_path):
             train(models["student"], sentences, tmp_path / f"m{min_layer}", config=small(min_layer=min_layer),
                   show_progress_bar=False)
         assert not (tmp_path / f"m{min_layer}").exists()
+
+
+def test_max_length_beyond_the_teachers_limit_is_refused(models, sentences, tmp_path):
+    # the teacher embeds at --max-length too: past its position table that was a RuntimeError traceback
+    # ("size of tensor a (92) must match ... (64)"), past its sentence-transformers limit silently longer inputs
+    import shutil
+
+    teacher = tmp_path / "short-teacher"
+    shutil.copytree(models["teacher"], teacher)
+    (teacher / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 16}))
+    with pytest.raises(LeapError, match="exceeds the teacher's maximum sequence length 16"):
+        train(models["student"], sentences, tmp_path / "out", teacher=teacher, config=small(max_length=32),
+              show_progress_bar=False)
+    assert not (tmp_path / "out").exists()
