@@ -88,7 +88,10 @@ def teacher_targets(
             progress=show_progress_bar,
             device=device,
         )
-    embeddings = np.load(path, mmap_mode="r")
+    try:
+        embeddings = np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as e:  # truncated or overwritten: the file itself is written atomically
+        raise LeapError(f"teacher cache {path} is unreadable ({e}); delete it (it is recomputed)") from e
     expected = (teacher.num_layers + 1, len(sentences), teacher.hidden_size)
     if embeddings.shape != expected:
         raise LeapError(f"teacher cache {path} has shape {embeddings.shape}, expected {expected}; delete it")

@@ -451,3 +451,16 @@ def test_max_length_beyond_the_teachers_limit_is_refused(models, sentences, tmp_
         train(models["student"], sentences, tmp_path / "out", teacher=teacher, config=small(max_length=32),
               show_progress_bar=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_damaged_teacher_cache_is_a_clear_error(models, sentences, tmp_path):
+    from leap_export.sources import describe_folder
+    from leap_export.train.teacher import teacher_targets
+
+    src = describe_folder(models["teacher"])
+    cached = teacher_targets(src, sentences, max_length=32, folder=tmp_path / "c", show_progress_bar=False)
+    data = cached.path.read_bytes()
+    for damaged in (data[: len(data) // 2], b"not an npy file"):
+        cached.path.write_bytes(damaged)
+        with pytest.raises(LeapError, match=f"teacher cache {cached.path} .*delete it"):
+            teacher_targets(src, sentences, max_length=32, folder=tmp_path / "c", show_progress_bar=False)
