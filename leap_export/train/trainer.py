@@ -403,6 +403,11 @@ def _train(
         rng = state["rng"]
         if len(rng) == d.world:
             _set_rng_state(rng[d.rank])
+        elif d.main:
+            print(f"note: the checkpoint was written by {len(rng)} processes, resumed with {d.world}: each process "
+                  f"computes L_contrast over its own share of the batch ({config.batch_size // len(rng)} sentences "
+                  f"then, {config.batch_size // d.world} now), so the result will differ from an uninterrupted run",
+                  file=sys.stderr)
         start, elapsed_before = int(state["step"]), float(state["elapsed_s"])
     elif resume and d.main:  # the run stopped before its first checkpoint
         print(f"note: the run in {out} stopped before its first checkpoint; starting from step 0", file=sys.stderr)

@@ -464,3 +464,16 @@ def test_a_damaged_teacher_cache_is_a_clear_error(models, sentences, tmp_path):
         cached.path.write_bytes(damaged)
         with pytest.raises(LeapError, match=f"teacher cache {cached.path} .*delete it"):
             teacher_targets(src, sentences, max_length=32, folder=tmp_path / "c", show_progress_bar=False)
+
+
+def test_resume_on_another_process_count_says_the_run_will_differ(models, sentences, tmp_path, capsys):
+    # each process computes L_contrast over its own batch_size / world sentences and draws its own dropout
+    out = tmp_path / "out"
+    with pytest.raises(TrainingInterrupted):
+        train(models["student"], sentences, out, config=small(), stop_after=4, show_progress_bar=False)
+    state = torch.load(out / CHECKPOINT, weights_only=False)
+    state["rng"] = state["rng"] * 2  # as written by a 2-process torchrun
+    torch.save(state, out / CHECKPOINT)
+    capsys.readouterr()
+    train(models["student"], sentences, out, config=small(), resume=True, show_progress_bar=False)
+    assert "written by 2 processes, resumed with 1" in capsys.readouterr().err
