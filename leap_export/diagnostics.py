@@ -256,7 +256,7 @@ def diagnose(
         "similarity_monotonic": bool(all(b >= a - 1e-6 for a, b in zip(sims, sims[1:], strict=False))),
     }
     sweep = threshold_sweep(pooled, sweep_thetas, patience, min_layer, k, nn_final)
-    diagnostics = _diagnostics(layers, min_layer, num_layers, exit_rate, overhead)
+    diagnostics = _diagnostics(layers, min_layer, num_layers, exit_rate, overhead, theta)
     checklist = _checklist(
         layers, theta, exit_rate, median_exit_layer, num_layers, target_layer, k, exited_block
     )
@@ -351,7 +351,7 @@ def _check_layers(num_layers: int, min_layer: int, target_layer: int | None, pat
         )
 
 
-def _diagnostics(layers, min_layer, num_layers, exit_rate, overhead) -> list[dict[str, Any]]:
+def _diagnostics(layers, min_layer, num_layers, exit_rate, overhead, theta=PAPER_THETA) -> list[dict[str, Any]]:
     window = [row for row in layers if min_layer <= row["layer"] <= num_layers - 1]
     best = max(window, key=lambda row: row["sim_to_final"])
     flat = all(row["sim_to_final"] < FLAT_CURVE_SIMILARITY for row in window)
@@ -374,6 +374,8 @@ def _diagnostics(layers, min_layer, num_layers, exit_rate, overhead) -> list[dic
         "detail": (
             f"diagnostic 2 (zero exit rate) {'FIRED' if zero else 'clear'}: "
             f"{_pct(exit_rate)} of samples exit before the final layer"
+            + ("" if theta == PAPER_THETA else f" at theta {theta} (note: the diagnostic is defined at theta "
+               f"{PAPER_THETA})")
         ),
     }
     if overhead is None:

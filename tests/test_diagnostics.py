@@ -429,3 +429,14 @@ def test_stock_minilm_is_exit_incompatible():
     assert max(sims) < 0.6 and sims == sorted(sims)
     assert report["verdict"] == "exit-incompatible"
     assert [c["passed"] for c in report["checklist"]["checks"]] == [False, False, False]
+
+
+def test_zero_exit_rate_diagnostic_names_the_papers_theta_when_another_is_used():
+    # §5.2 diagnostic 2 is defined at theta 0.95; at theta 0.999 a converging model may "fire" it
+    rng = np.random.default_rng(0)
+    final = _random_unit(rng, 40, 16)
+    pooled = np.stack([final + rng.normal(size=final.shape) * 0.05 * (6 - layer) for layer in range(7)])
+    strict = diagnose(pooled.astype(np.float32), theta=0.999, min_layer=3)["diagnostics"][1]
+    assert strict["fired"] is True and "defined at theta 0.95" in strict["detail"]
+    paper = diagnose(pooled.astype(np.float32), min_layer=3)["diagnostics"][1]
+    assert paper["fired"] is False and "defined at theta" not in paper["detail"]
