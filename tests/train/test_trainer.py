@@ -477,3 +477,23 @@ def test_resume_on_another_process_count_says_the_run_will_differ(models, senten
     capsys.readouterr()
     train(models["student"], sentences, out, config=small(), resume=True, show_progress_bar=False)
     assert "written by 2 processes, resumed with 1" in capsys.readouterr().err
+
+
+def test_a_failed_checkpoint_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    # e.g. the disk fills during torch.save: the old checkpoint stays, and no half-written temp file is left
+    # beside it (for a 12-layer model with its optimiser state, over a gigabyte)
+    from leap_export.train import trainer
+
+    path = tmp_path / "checkpoint" / "last.pt"
+    trainer.atomic_torch_save({"step": 1}, path)
+
+    def full_disk(obj, f):
+        Path(f).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trainer.torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        trainer.atomic_torch_save({"step": 2}, path)
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=False) == {"step": 1}
