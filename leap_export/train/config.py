@@ -14,7 +14,7 @@ from leap_export.errors import LeapError
 class LeapConfig:
     # --- loss weights (Table 14) ---------------------------------------------------------------
     alpha_inter: float = 0.3
-    beta_exit: float = 0.4  # 0.0 = the paper's baseline (same pipeline without L_exit)
+    beta_exit: float = 0.4  # 0.0 with epsilon_late 0: the paper's baseline (as_baseline)
     beta_student: float = 0.7  # weight of the student-self exit target inside L_exit
     gamma_redund: float = 0.05
     delta_contrast: float = 0.3
@@ -130,7 +130,10 @@ class LeapConfig:
 
     @property
     def mode(self) -> str:
-        return "baseline" if self.beta_exit == 0 else "leap"
+        # "baseline" only without every term that pulls intermediate layers toward the final one: with
+        # beta_exit 0 alone, L_late (and the exit-layer contrast) still train the exit machinery
+        exit_terms = (self.beta_exit, self.epsilon_late, self.zeta_contrast_exit)
+        return "baseline" if not any(exit_terms) else "leap"
 
     def as_baseline(self) -> LeapConfig:
         """The controlled baseline: the identical pipeline without the terms that pull intermediate layers

@@ -168,6 +168,6 @@ def _compute(
         "max_length": max_length,
         "shape": list(shape),
     }
-    meta_tmp = path.with_suffix(".json.tmp")
+    meta_tmp = path.with_suffix(f".json.{os.getpid()}.tmp")  # per process: two runs may finish one entry at once
     meta_tmp.write_text(json.dumps(meta, indent=2))
     os.replace(meta_tmp, path.with_suffix(".json"))

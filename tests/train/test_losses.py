@@ -189,7 +189,8 @@ def test_config_defaults_and_layer_choices():
     assert list(c.late_layer_range(6)) == [3, 4, 5]
     assert c.exit_min_layer(12) == 6 and c.exit_min_layer(6) == 3
     assert [c.student_ramp(p) for p in (0.0, 0.1, 0.35, 0.6, 1.0)] == pytest.approx([0, 0, 0.5, 1, 1])
-    assert LeapConfig(beta_exit=0).mode == "baseline" and c.mode == "leap"
+    assert LeapConfig(beta_exit=0, epsilon_late=0).mode == "baseline" and c.mode == "leap"
+    assert LeapConfig(beta_exit=0).mode == "leap"  # L_late still pulls the late layers toward the final one
     with pytest.raises(LeapError, match="steps or epochs"):
         LeapConfig(steps=3, epochs=1.0)
 

@@ -143,7 +143,7 @@ def test_short_run_lowers_the_exit_loss_and_baseline_does_not_optimise_it(models
     before = _exit_loss(student, sentences, student)
     leap = train(student, sentences, tmp_path / "leap", config=small(**config), show_progress_bar=False)
     base = train(
-        student, sentences, tmp_path / "base", config=small(beta_exit=0.0, **config), show_progress_bar=False
+        student, sentences, tmp_path / "base", config=small(**config).as_baseline(), show_progress_bar=False
     )
     after_leap = _exit_loss(leap, sentences, student)
     after_base = _exit_loss(base, sentences, student)
