@@ -115,6 +115,11 @@ def describe_folder(folder: Path, *, spec: str | None = None, recipe: dict | Non
     if weights is None:
         raise LeapError(f"{folder} has no weights ({' or '.join(WEIGHT_FILES)})")
     num_layers, hidden_size = (_positive_int(config, key, config_path) for key in ("num_hidden_layers", "hidden_size"))
+    recipe = dict(recipe or {})
+    if "exit_policy" not in recipe:  # a `leap-export train` output: the exit policy it was trained for
+        trained = _trained_policy(folder)
+        if trained:
+            recipe["exit_policy"] = trained
     return ModelSource(
         spec=spec or str(folder),
         path=folder,
@@ -124,8 +129,20 @@ def describe_folder(folder: Path, *, spec: str | None = None, recipe: dict | Non
         max_seq_length=_max_seq_length(folder, config),
         normalize=_has_normalize(folder),
         weights_sha256=sha256_file(weights),
-        recipe=dict(recipe or {}),
+        recipe=recipe,
     )
+
+
+def _trained_policy(folder: Path) -> dict[str, Any]:
+    """The exit policy ``leap-export train`` wrote into ``leap_config.json`` (its min_layer is the one the
+    exit loss was weighted for), so build and diagnose default to it; {} for any other folder."""
+    path = folder / "leap_config.json"
+    if not path.is_file():
+        return {}
+    policy = _read_json(path, what="the training run's settings").get("exit_policy")
+    if not isinstance(policy, dict):
+        return {}
+    return {k: policy[k] for k in ("theta", "patience", "min_layer") if k in policy}
 
 
 def _read_json(path: Path, *, what: str, kind: type = dict):

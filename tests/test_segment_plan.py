@@ -49,3 +49,24 @@ def test_min_layer_beyond_the_depth_is_refused_with_explicit_boundaries_too():
     """The runtime refuses a manifest whose min_layer exceeds the depth, so the build must refuse it first."""
     with pytest.raises(LeapError, match="min_layer 9 exceeds the model's 6 layers"):
         plan_segments(6, ExitPolicy(min_layer=9), [2, 3])
+
+
+def test_a_training_output_defaults_to_the_min_layer_it_was_trained_for(tiny_bert, tmp_path):
+    """build and diagnose on a `leap-export train` output take its leap_config.json exit policy (the
+    exit loss was weighted from that min_layer); they took L // 2 whatever the run used."""
+    import json
+    import shutil
+
+    from leap_export.export import build
+    from leap_export.sources import resolve_model
+
+    assert resolve_model(tiny_bert).default_policy()["min_layer"] == 2  # 4 layers: L // 2
+    run = tmp_path / "run"
+    shutil.copytree(tiny_bert, run)
+    (run / "leap_config.json").write_text(json.dumps({"exit_policy": {"theta": 0.95, "patience": 1, "min_layer": 3}}))
+    assert resolve_model(run).default_policy()["min_layer"] == 3
+    art = build(run, tmp_path / "art", progress=False)
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["exit_policy"]["min_layer"] == 3 and [s["layers"] for s in manifest["segments"]] == [[0, 3], [3, 4]]
+    assert json.loads((build(run, tmp_path / "two", min_layer=2, progress=False) / "manifest.json")
+                      .read_text())["exit_policy"]["min_layer"] == 2  # an explicit --min-layer still wins

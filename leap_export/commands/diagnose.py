@@ -26,7 +26,8 @@ from leap_export.commands._options import distinct_files, no_progress_option, ou
     "--min-layer",
     type=int,
     default=None,
-    help="First layer an exit may happen. Default: the model's policy (L/2).",
+    help="First layer an exit may happen. Default: the recipe's, or the min_layer a `leap-export train` output "
+    "was trained for, else L/2.",
 )
 @click.option(
     "--target-layer",
