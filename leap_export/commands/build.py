@@ -19,7 +19,9 @@ from leap_export.commands._options import (
 @click.option("--theta", type=float, default=None, callback=_unit_interval, help="Default exit threshold (0.95).")
 @click.option("--patience", type=int, default=None, callback=_positive,
               help="k: compare layer l with layer l-k (1). Baked into the graphs.")
-@click.option("--min-layer", type=int, default=None, callback=_positive, help="l_min. Default: the recipe's, or the min_layer a `leap-export train` output was trained for, else L/2.")
+@click.option("--min-layer", type=int, default=None, callback=_positive,
+              help="l_min. Default: the recipe's, or the min_layer a `leap-export train` output was trained for, "
+                   "else L/2.")
 @click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
               help="fp32 builds the folder; int8 adds a quantised variant to the fp32 build at --out (MODEL: the "
               "model it was built from, or that folder itself).")
