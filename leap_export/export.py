@@ -523,6 +523,9 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         except BaseException:  # put the old folder back: the caller removes tmp, which would leave neither
             os.replace(old, out)
             raise
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_symlink():  # --out was a link to a build elsewhere: that build stays; the link goes
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)

@@ -211,6 +211,18 @@ def test_force_never_replaces_a_folder_that_is_not_a_build(tiny_bert, tmp_path):
     build(tiny_bert, tmp_path / "empty", min_layer=2, force=True, progress=False)  # an empty folder is fine
 
 
+def test_force_through_a_symlink_keeps_the_linked_build_and_leaves_no_stray_link(tiny_bert, tmp_path):
+    """--out a link to a build elsewhere: the new build takes the link's place, the old one stays where it
+    was (nothing the user made is deleted), and no `.NAME.old-PID` link is left behind."""
+    old = build(tiny_bert, tmp_path / "builds" / "v1", min_layer=2, progress=False)
+    link = tmp_path / "current"
+    link.symlink_to(old, target_is_directory=True)
+    build(tiny_bert, link, min_layer=3, force=True, progress=False)
+    assert not link.is_symlink() and json.loads((link / "manifest.json").read_text())["exit_policy"]["min_layer"] == 3
+    assert json.loads((old / "manifest.json").read_text())["exit_policy"]["min_layer"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["builds", "current"]
+
+
 def test_corrupt_missing_and_mismatched_artifacts_are_refused(tiny_artifacts, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_artifacts["bert"], broken)
