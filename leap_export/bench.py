@@ -344,11 +344,34 @@ def bench_processes(artifacts: str | os.PathLike, sentences: list[str] | None = 
 
     load_manifest(artifacts, check_files=False)  # a wrong folder fails here, not in the first worker
 
-    reports = [
-        _in_fresh_process(bench, str(artifacts), sentences, progress=False, **kwargs)
-        for _ in tqdm(range(processes), desc="bench processes", unit="process", disable=not progress)
-    ]
+    reports, warnings = [], []
+    for _ in tqdm(range(processes), desc="bench processes", unit="process", disable=not progress):
+        report, logged = _in_fresh_process(_logging_warnings, bench, str(artifacts), sentences, progress=False,
+                                           **kwargs)
+        reports.append(report)
+        warnings += [w for w in logged if w not in warnings]
+    for level, message in warnings:  # once each, through this process's handlers (not once per worker, bare)
+        logging.getLogger(__name__).log(level, message)
     return summarise(reports)
+
+
+def _logging_warnings(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, list[tuple[int, str]]]:
+    """``fn(*args, **kwargs)`` and the warnings the tool logged meanwhile, as (level, message): a spawned
+    worker has no handler, so Python's last-resort handler printed each one bare, once per process."""
+    records: list[tuple[int, str]] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append((record.levelno, record.getMessage()))
+
+    handler = Collect(logging.WARNING)
+    for name in ("leap_export", "trt_runtime"):
+        logging.getLogger(name).addHandler(handler)
+    try:
+        return fn(*args, **kwargs), records
+    finally:
+        for name in ("leap_export", "trt_runtime"):
+            logging.getLogger(name).removeHandler(handler)
 
 
 def _in_fresh_process(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

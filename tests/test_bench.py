@@ -75,12 +75,19 @@ def test_bench_rejects_blank_sentences_and_a_bare_string(tiny_artifacts, texts):
         bench(tiny_artifacts["bert"], texts, batch_sizes=(1,), warmup=0, iters=1, baselines=False, progress=False)
 
 
-def test_bench_in_fresh_processes_reports_medians_and_ranges(tiny_artifacts, sentences, tmp_path):
+def test_bench_in_fresh_processes_reports_medians_and_ranges(tiny_artifacts, sentences, tmp_path, caplog):
+    import logging
+
     from leap_export.bench import bench_processes
 
-    report = bench_processes(tiny_artifacts["bert"], sentences, processes=2, batch_sizes=(1, 3), warmup=1,
-                             iters=4, theta=0.5, baselines=False, breakdown=True, progress=False)
+    with caplog.at_level(logging.WARNING, logger="leap_export"):
+        report = bench_processes(tiny_artifacts["bert"], sentences[:2], processes=2, batch_sizes=(1, 3), warmup=1,
+                                 iters=4, theta=0.5, baselines=False, breakdown=True, progress=False)
     assert report["processes"] == 2 and len(report["runs"]) == 2
+    # each worker warned "only 2 sentences": the parent logs it once, through its own handlers
+    assert [r.getMessage() for r in caplog.records].count(
+        "only 2 sentences: a batch of 3 repeats them, so E[layers] and the speedups describe these few "
+        "sentences; pass --sentences with at least 3 lines") == 1
     for b, row in report["results"].items():
         runs = [r[b] for r in report["runs"]]
         for key in ("speedup", "realised_efficiency", "monitoring_overhead"):
