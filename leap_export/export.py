@@ -354,7 +354,7 @@ def build(
         _export(_segment_module(torch_model, arch, full_plan, last=True, pooled_only=True),
                 _sample_args(torch_model.config, full_plan, source.hidden_size, pad_id),
                 tmp / "full.onnx", full_plan.inputs, full_outputs, opset)
-        tokenizer_file = _copy_tokenizer(source.path, tmp)
+        tokenizer_file = _copy_tokenizer(source.path, tmp, source.max_seq_length)
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "format": FORMAT,
@@ -502,7 +502,12 @@ def _quiet_preprocess_advice():
         root.removeFilter(keep)
 
 
-def _copy_tokenizer(model_dir: Path, dest: Path) -> str:
+def _copy_tokenizer(model_dir: Path, dest: Path, max_length: int) -> str:
+    """The tokenizer files, with tokenizer.json set as the runtime tokenizes: no padding, truncation at
+    ``max_length`` (the source's file often says otherwise: all-MiniLM-L6-v2's truncates and pads to 128
+    where sentence-transformers uses 256), so a consumer loading the file as shipped gets the contract."""
+    from tokenizers import Tokenizer
+
     src = model_dir / "tokenizer.json"
     if not src.is_file():
         raise LeapError(f"{model_dir} has no tokenizer.json (a fast tokenizer is required by the runtime)")
@@ -510,6 +515,10 @@ def _copy_tokenizer(model_dir: Path, dest: Path) -> str:
     for name in TOKENIZER_FILES:
         if (model_dir / name).is_file():
             shutil.copy2(model_dir / name, dest / "tokenizer" / name)
+    tokenizer = Tokenizer.from_file(str(src))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_length)
+    tokenizer.save(str(dest / "tokenizer" / "tokenizer.json"))
     return "tokenizer/tokenizer.json"
 
 

@@ -238,16 +238,22 @@ def test_theta_is_compared_in_float32(tiny_artifacts):
     assert mine.tolist() == theirs.tolist() == [2]
 
 
-def test_the_tokenizer_files_own_settings_are_not_the_contract(tiny_artifacts):
-    """tokenizer.json keeps the source model's padding / truncation (128); the manifest's max_length rules."""
+def test_the_tokenizer_file_as_built_carries_the_contract(tiny_artifacts, tiny_bert):
+    """The source's tokenizer.json pads and truncates to 128; the built one says what the manifest says (no
+    padding, truncation at max_length), so a consumer loading it as shipped tokenizes as the runtime does."""
     root = tiny_artifacts["bert"]
     m = json.loads((root / "manifest.json").read_text())
     from tokenizers import Tokenizer
 
+    source = Tokenizer.from_file(str(tiny_bert / "tokenizer.json"))
+    assert source.truncation["max_length"] != m["tokenizer"]["max_length"] and source.padding is not None
     raw = Tokenizer.from_file(str(root / m["tokenizer"]["file"]))
-    assert raw.truncation is not None and raw.truncation["max_length"] != m["tokenizer"]["max_length"]
+    assert raw.truncation["max_length"] == m["tokenizer"]["max_length"] == m["max_seq_length"]
+    assert raw.padding is None
     ours = DocConsumer(root, session_options=consumer_options()).tokenizer
-    assert len(ours.encode(TEXTS[9]).ids) == m["tokenizer"]["max_length"] == m["max_seq_length"]
+    for text in TEXTS:
+        assert raw.encode(text).ids == ours.encode(text).ids
+    assert len(ours.encode(TEXTS[9]).ids) == m["tokenizer"]["max_length"]
     assert ours.encode("").ids[0] != m["tokenizer"]["pad_id"]  # special tokens are added: never an empty row
 
 
