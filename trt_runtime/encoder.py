@@ -107,8 +107,8 @@ class EarlyExitEncoder:
     override it; ``exits=False`` runs every sample to full depth through the same segments (the comparison setting).
 
     ``shared_pool=True`` (the default) runs every segment on ONE process-wide ONNX Runtime thread pool
-    and CPU arena (``trt_runtime.runners``). ONNX Runtime then requires every later session in the
-    process to opt into that pool: a library that creates its own session with default options fails
+    (``trt_runtime.runners``; all segments allocate from one process-wide CPU arena either way). ONNX
+    Runtime then requires every later session in the process to opt into that pool: a library that creates its own session with default options fails
     with "use_per_session_threads must be false when using a global thread pool". Give such sessions
     ``trt_runtime.ort_session_options()``, or pass ``shared_pool=False`` here: per-session pools
     without spinning, which leave the process's ONNX Runtime environment as other libraries expect it
