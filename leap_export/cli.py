@@ -55,6 +55,27 @@ def cli() -> None:
     """leap-export: LEAP early-exit sentence embeddings, from training to deployment."""
 
 
+def _exit_on_termination() -> None:
+    """SIGTERM / SIGHUP (a service manager stopping the job, a closed terminal) unwind like Ctrl-C.
+
+    Their default action kills the process on the spot, leaving the hidden temporary files of a write in
+    progress behind (``.emb.npy.*.tmp``, a piped input's copy: as large as the outputs and inputs). Raised
+    as ``SystemExit(128 + signal)`` instead, every ``finally`` runs: temporaries are removed, earlier outputs
+    stay, and the exit status is the one the signal would give in a shell (143, 129). A signal the parent
+    set to be ignored (``nohup``) stays ignored; a second one kills as before.
+    """
+    import signal
+
+    def stop(signum, frame):
+        signal.signal(signum, signal.SIG_DFL)
+        click.echo(f"aborted ({signal.Signals(signum).name})", err=True)
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
+            signal.signal(sig, stop)
+
+
 def main() -> None:
     import logging
 
@@ -64,6 +85,7 @@ def main() -> None:
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     for name in ("leap_export", "trt_runtime"):
         logging.getLogger(name).addHandler(handler)
+    _exit_on_termination()
     try:
         cli.main(standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):

@@ -209,3 +209,48 @@ def test_no_progress_hides_the_bars(tiny_bert, tmp_path):
 def test_python_dash_m_leap_export_is_the_command():
     proc = subprocess.run([sys.executable, "-m", "leap_export", "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "Usage:" in proc.stdout and "calibrate" in proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("phase", ["copying a piped input", "encoding"])
+def test_encode_stopped_by_a_service_manager_leaves_no_temporary_files(tiny_artifacts, tmp_path, signame, phase):
+    """SIGTERM (systemd, Kubernetes, ``timeout``) and SIGHUP killed the process on the spot, leaving the hidden
+    ``.emb.npy.*.tmp`` (and a piped input's copy) behind, as large as the run had got; Ctrl-C cleaned up."""
+    import signal
+    import time
+
+    if not hasattr(signal, signame):
+        pytest.skip(f"no {signame} here")
+    out = tmp_path / "emb.npy"
+    out.write_bytes(b"earlier output")
+
+    def default_handling():  # a test run under nohup would pass an ignored SIGHUP on
+        signal.signal(getattr(signal, signame), signal.SIG_DFL)
+
+    args = [*CLI, "encode", str(tiny_artifacts["bert"]), "--output", str(out), "--exit-layers", str(tmp_path / "x.json")]
+    if phase == "encoding":
+        src = tmp_path / "in" / "big.txt"  # outside the output folder, which must end up as it was
+        src.parent.mkdir()
+        src.write_text("a short line to embed\n" * 200_000, encoding="utf-8")
+        proc = subprocess.Popen([*args, "--input", str(src)], stderr=subprocess.PIPE, preexec_fn=default_handling)
+        pattern = ".emb.npy.*.tmp"
+    else:
+        proc = subprocess.Popen([*args, "--input", "/dev/stdin"], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=default_handling)
+        proc.stdin.write(b"a line\n" * 1000)  # the pipe stays open: the copy waits for more
+        proc.stdin.flush()
+        pattern = ".encode-input.*.txt"
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(pattern)):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.01)
+        proc.send_signal(getattr(signal, signame))
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + getattr(signal, signame), err  # as a shell reports the signal
+    assert f"aborted ({signame})" in err.decode()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["emb.npy"]  # no .tmp, no input copy
+    assert out.read_bytes() == b"earlier output"
