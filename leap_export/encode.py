@@ -11,6 +11,7 @@ temporary file next to the output first.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -45,6 +46,9 @@ def encode_file(artifacts, input_path, output, *, theta=None, min_layer=None, ba
                                    threads=threads)
         exit_layers = np.empty(count, dtype=np.int64)
         row_dtype = np.dtype("<f4")
+        problem = _space_problem(output, 128 + count * encoder.embedding_dim * row_dtype.itemsize)
+        if problem:  # before hours of encoding, not at the chunk that no longer fits
+            raise LeapError(f"cannot write {output}: {problem}")
 
         def write(f) -> None:
             np.lib.format.write_array_header_1_0(f, {
@@ -64,15 +68,56 @@ def encode_file(artifacts, input_path, output, *, theta=None, min_layer=None, ba
             if done != count:
                 raise RuntimeError(f"{input_path} changed while it was read ({count} lines, then {done})")
 
-        atomic_write(output, write)
+        with _no_room_is_an_error(output):
+            atomic_write(output, write)
     stats = encoder.stats.as_dict()
     if exit_layers_path:
-        write_json_atomic(Path(exit_layers_path), {
-            "policy": encoder.policy.to_dict(),
-            "exit_layers": exit_layers.tolist(),
-            "stats": stats,
-        })
+        with _no_room_is_an_error(exit_layers_path):
+            write_json_atomic(Path(exit_layers_path), {
+                "policy": encoder.policy.to_dict(),
+                "exit_layers": exit_layers.tolist(),
+                "stats": stats,
+            })
     return stats
+
+
+_NO_ROOM = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+@contextlib.contextmanager
+def _no_room_is_an_error(path) -> Iterator[None]:
+    """A full disk or a file-size limit mid-write: a clear error (the partial file is already removed)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _NO_ROOM:
+            raise
+        raise LeapError(f"cannot write {path}: {e.strerror} (the partial file was removed)") from e
+
+
+def _space_problem(output: Path, size: int) -> str | None:
+    """Why ``size`` bytes will not fit where ``output`` is written (a full disk, a file-size limit); None if they may."""
+    if output.exists() and not output.is_file() and not output.is_dir():
+        return None  # a device or a named pipe: written to, not stored here
+    folder = Path(os.path.realpath(output)).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    mb = f"{size / 1e6:,.1f} MB"
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY and size > limit:
+            return f"the embeddings need {mb}, over this process's file-size limit ({limit / 1e6:,.1f} MB, ulimit -f)"
+    except (ImportError, OSError, ValueError):
+        pass
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if size > free:
+        return f"the embeddings need {mb}, and {folder} has {free / 1e6:,.1f} MB free"
+    return None
 
 
 def _chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
@@ -90,7 +135,7 @@ def _readable_twice(path: Path, output: Path) -> Iterator[Path]:
         return
     fd, tmp = tempfile.mkstemp(dir=ensure_parent(output).parent, prefix=".encode-input.", suffix=".txt")
     try:
-        with os.fdopen(fd, "wb") as dst, path.open("rb") as src:
+        with os.fdopen(fd, "wb") as dst, path.open("rb") as src, _no_room_is_an_error(f"a copy of {path} to {tmp}"):
             shutil.copyfileobj(src, dst, 1 << 20)
         yield Path(tmp)
     finally:

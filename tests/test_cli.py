@@ -254,3 +254,52 @@ def test_encode_stopped_by_a_service_manager_leaves_no_temporary_files(tiny_arti
     assert f"aborted ({signame})" in err.decode()
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["emb.npy"]  # no .tmp, no input copy
     assert out.read_bytes() == b"earlier output"
+
+
+def test_encode_that_cannot_fit_its_output_says_so_before_encoding(tiny_artifacts, tmp_path):
+    """A file-size limit (``ulimit -f``, as a full disk): a clear error before any encoding, not a traceback
+    at the first chunk that no longer fits; nothing half-written, the earlier output kept."""
+    resource = pytest.importorskip("resource")
+    src = tmp_path / "in" / "in.txt"
+    src.parent.mkdir()
+    src.write_text("a line\n" * 5000, encoding="utf-8")  # 5000 x 32 float32: 640 kB of embeddings
+    out = tmp_path / "emb.npy"
+    out.write_bytes(b"earlier output")
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    for source, stdin in ((src, None), ("/dev/stdin", subprocess.PIPE)):  # a pipe is first copied: that fails
+        proc = subprocess.Popen([*CLI, "encode", str(tiny_artifacts["bert"]), "--input", str(source), "--output",
+                                 str(out)], stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=limit, text=True)  # fmt: skip
+        _, err = proc.communicate(src.read_text() + "x" * 100_000 + "\n" if stdin else None, timeout=300)
+        assert proc.returncode == 2 and "Traceback" not in err, err
+        assert "cannot write" in err and ("file-size limit" in err or "File too large" in err), err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.npy", "in"]
+        assert out.read_bytes() == b"earlier output"
+
+
+def test_encode_running_out_of_room_midway_is_a_clear_error(tiny_artifacts, tmp_path, monkeypatch):
+    import errno
+
+    import leap_export.encode as enc
+    from leap_export.errors import LeapError
+
+    class Full:  # the disk fills up after the header
+        def __init__(self, f):
+            self.f, self.calls = f, 0
+
+        def write(self, data):
+            self.calls += 1
+            if self.calls > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(data)
+
+    real = enc.atomic_write
+    monkeypatch.setattr(enc, "atomic_write", lambda path, write: real(path, lambda f: write(Full(f))))
+    src = tmp_path / "in.txt"
+    src.write_text("one\ntwo\n", encoding="utf-8")
+    with pytest.raises(LeapError, match="No space left on device"):
+        enc.encode_file(tiny_artifacts["bert"], src, tmp_path / "emb.npy")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
