@@ -107,3 +107,39 @@ def test_every_segment_session_allocates_from_the_one_arena(tiny_artifacts, mode
                           text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip() == "['1']"
+
+
+def _fake_cgroup(monkeypatch, tmp_path, proc_cgroup: str, files: dict[str, str], cores: int = 16):
+    import os
+
+    import trt_runtime.runners as runners
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    (tmp_path / "proc-self-cgroup").write_text(proc_cgroup)
+    monkeypatch.setattr(runners, "_CGROUP_ROOT", tmp_path)
+    monkeypatch.setattr(runners, "_PROC_CGROUP", tmp_path / "proc-self-cgroup")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    return runners.default_threads()
+
+
+@pytest.mark.parametrize(("proc_cgroup", "files", "threads"), [
+    # a container (cgroup namespace: its cgroup is the root) with a 2-CPU quota on a 16-core node
+    ("0::/\n", {"cpu.max": "200000 100000\n"}, 2),
+    ("0::/\n", {"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs: rounded up
+    ("0::/\n", {"cpu.max": "max 100000\n"}, 16),  # no quota
+    ("0::/\n", {"cpu.max": "6400000 100000\n"}, 16),  # a quota above the cores: the cores
+    # no cgroup namespace: the process's own cgroup, under a parent with a tighter quota
+    ("0::/kubepods/pod1/c1\n", {"kubepods/pod1/cpu.max": "100000 100000\n",
+                                "kubepods/pod1/c1/cpu.max": "max 100000\n"}, 1),
+    # cgroup v1 (docker --cpus 3 on an older host), and v1 without a quota
+    ("4:cpu,cpuacct:/\n", {"cpu,cpuacct/cpu.cfs_quota_us": "300000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, 3),
+    ("4:cpu,cpuacct:/docker/abc\n", {"cpu,cpuacct/cpu.cfs_quota_us": "-1\n",
+                                     "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, 16),
+    ("", {}, 16),  # no cgroup information at all
+])
+def test_default_threads_follow_a_containers_cpu_quota(monkeypatch, tmp_path, proc_cgroup, files, threads):
+    # the affinity of a container with a CPU quota is every core of the node: a spinning pool that size
+    # oversubscribes the quota (8 threads on 2 cores: batch 32 5x slower, batch-1 p99 7x)
+    assert _fake_cgroup(monkeypatch, tmp_path, proc_cgroup, files) == threads

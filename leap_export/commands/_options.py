@@ -172,7 +172,8 @@ threads_option = click.option(
     type=int,
     default=None,
     callback=_positive,
-    help="ONNX Runtime threads (one pool shared by all segments). Default: all cores.",
+    help="ONNX Runtime threads (one pool shared by all segments). Default: the CPUs this process may use "
+    "(its affinity, capped by a container's CPU quota).",
 )
 artifacts_argument = click.argument("artifacts", type=click.Path(file_okay=False, path_type=str))
 
