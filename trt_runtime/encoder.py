@@ -103,13 +103,15 @@ class EncodeResult:
 class EarlyExitEncoder:
     """Early-exit sentence encoder over a leap-export artifact folder (ONNX Runtime segments).
 
-    ``policy`` defaults to the manifest's (a dict overrides the fields it names); ``theta`` / ``min_layer``
-    override it; ``exits=False`` runs every sample to full depth through the same segments (the comparison setting).
+    ``policy`` defaults to the manifest's (a dict overrides the fields it names); ``theta`` /
+    ``min_layer`` override it; ``exits=False`` runs every sample to full depth through the same segments
+    (the comparison setting).
 
     ``shared_pool=True`` (the default) runs every segment on ONE process-wide ONNX Runtime thread pool
     (``trt_runtime.runners``; all segments allocate from one process-wide CPU arena either way). ONNX
-    Runtime then requires every later session in the process to opt into that pool: a library that creates its own session with default options fails
-    with "use_per_session_threads must be false when using a global thread pool". Give such sessions
+    Runtime then requires every later session in the process to opt into that pool: a library that
+    creates its own session with default options fails with "use_per_session_threads must be false when
+    using a global thread pool". Give such sessions
     ``trt_runtime.ort_session_options()``, or pass ``shared_pool=False`` here: per-session pools
     without spinning, which leave the process's ONNX Runtime environment as other libraries expect it
     (slower at small batches). That choice belongs to the first encoder of the process: once the shared
