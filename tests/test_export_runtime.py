@@ -475,3 +475,33 @@ def test_a_failed_final_rename_puts_the_old_build_back(tiny_bert, tmp_path, monk
     monkeypatch.undo()
     assert (out / "manifest.json").read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["a"]
+
+
+def test_an_encoder_used_after_a_fork_says_so_once(tiny_artifacts, sentences):
+    """gunicorn --preload: the child gets an encoder whose ONNX Runtime pool threads did not survive the
+    fork. It works (same embeddings) but runs on one core; the first call in the child warns, once."""
+    import multiprocessing
+
+    enc = EarlyExitEncoder(tiny_artifacts["bert"])
+    reference = enc.encode(sentences)
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+
+    def child():
+        seen = []
+
+        class Keep(logging.Handler):
+            def emit(self, record):
+                seen.append(record.getMessage())
+
+        logging.getLogger("trt_runtime").addHandler(Keep(logging.WARNING))
+        first, second = enc.encode(sentences), enc.encode(sentences)
+        same = all(np.allclose(e, reference, atol=1e-6) for e in (first, second))
+        queue.put((seen, bool(same)))
+
+    proc = ctx.Process(target=child)
+    proc.start()
+    seen, same = queue.get(timeout=300)
+    proc.join(60)
+    assert same and proc.exitcode == 0
+    assert len(seen) == 1 and "after a fork" in seen[0] and "Create the encoder after the fork" in seen[0]

@@ -150,6 +150,7 @@ class EarlyExitEncoder:
         # (segment, output) pairs a later segment takes as its reference pooled vector
         self._refs_needed = {(s.ref_from, s.ref_output) for s in self.segments if s.ref_from is not None}
         self._uniform: dict[tuple[int, int], np.ndarray] = {}
+        self._pid = os.getpid()  # a call from another process: this encoder crossed a fork
 
     @property
     def policy(self) -> ExitPolicy:
@@ -271,6 +272,8 @@ class EarlyExitEncoder:
         own progress bar across several calls (``on_batch=bar.update``).
         """
         texts = _check_sentences(sentences)
+        if os.getpid() != self._pid:
+            self._crossed_a_fork()
         if isinstance(batch_size, bool | np.bool_) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise RuntimeInputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         batch_size = int(batch_size)
@@ -297,6 +300,15 @@ class EarlyExitEncoder:
             norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
             embeddings /= np.maximum(norms, 1e-12)
         return EncodeResult(embeddings, exit_layers)
+
+    def _crossed_a_fork(self) -> None:
+        """Warn once per process: ONNX Runtime's pool threads do not survive a fork (README "In a service")."""
+        log.warning(
+            "this encoder was created in process %d and is used in process %d, after a fork: ONNX Runtime's "
+            "pool threads do not survive it, so every run here uses one core, and a fork while another thread "
+            "was encoding can hang it. Create the encoder after the fork (in each worker)", self._pid, os.getpid()
+        )
+        self._pid = os.getpid()
 
     # -- the loop -------------------------------------------------------------------------------------
 
