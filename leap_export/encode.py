@@ -14,7 +14,6 @@ import contextlib
 import errno
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
@@ -23,7 +22,14 @@ import numpy as np
 
 from leap_export.errors import LeapError
 from leap_export.textio import iter_lines
-from trt_runtime.fileio import atomic_write, ensure_parent, same_file, write_json_atomic
+from trt_runtime.fileio import (
+    atomic_write,
+    create_new,
+    ensure_parent,
+    same_file,
+    temp_name,
+    write_json_atomic,
+)
 
 CHUNK_SIZE = 1 << 16  # sentences per chunk: ~100 MB of MiniLM embeddings, batches as well packed as a sort of all
 
@@ -133,10 +139,11 @@ def _readable_twice(path: Path, output: Path) -> Iterator[Path]:
     if path.is_file() or not path.exists() or path.is_dir():
         yield path
         return
-    fd, tmp = tempfile.mkstemp(dir=ensure_parent(output).parent, prefix=".encode-input.", suffix=".txt")
+    tmp = temp_name(ensure_parent(output).parent, ".encode-input.", ".txt")
     try:
-        with os.fdopen(fd, "wb") as dst, path.open("rb") as src, _no_room_is_an_error(f"a copy of {path} to {tmp}"):
+        with (os.fdopen(create_new(tmp), "wb") as dst, path.open("rb") as src,
+              _no_room_is_an_error(f"a copy of {path} to {tmp}")):
             shutil.copyfileobj(src, dst, 1 << 20)
-        yield Path(tmp)
+        yield tmp
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)

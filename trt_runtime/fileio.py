@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -97,6 +98,18 @@ def ensure_parent(path: str | os.PathLike, *, folder: bool = False) -> Path:
     return path
 
 
+def temp_name(folder: str | os.PathLike, prefix: str, suffix: str) -> Path:
+    """A fresh name for a temporary file in ``folder``, not yet created: create it with ``create_new``
+    inside the ``try`` that removes it. (``mkstemp`` creates the file before its caller holds the name, so
+    a signal landing in between, SIGTERM raised as an exception, left a stray file nothing could remove.)"""
+    return Path(folder) / f"{prefix}{os.getpid()}.{secrets.token_hex(6)}{suffix}"
+
+
+def create_new(path: Path) -> int:
+    """Create ``path`` (it must not exist) for writing, with the user's umask; its file descriptor."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
     """``write(f)`` into a temporary file next to ``path``, then rename it to ``path`` (mode 0666 & ~umask).
 
@@ -110,10 +123,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> P
     if os.path.islink(path):
         path = os.path.realpath(path)
     path = ensure_parent(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = temp_name(path.parent, f".{path.name}.", ".tmp")
     try:
-        ordinary_mode(tmp)  # mkstemp creates 0600
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(create_new(tmp), "wb") as f:
             write(f)
         os.replace(tmp, path)
     except BaseException:
