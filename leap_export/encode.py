@@ -26,6 +26,7 @@ from trt_runtime.fileio import (
     atomic_write,
     create_new,
     ensure_parent,
+    nearest_existing,
     same_file,
     temp_name,
     write_json_atomic,
@@ -105,9 +106,7 @@ def _space_problem(output: Path, size: int) -> str | None:
     """Why ``size`` bytes will not fit where ``output`` is written (a full disk, a file-size limit); None if they may."""
     if output.exists() and not output.is_file() and not output.is_dir():
         return None  # a device or a named pipe: written to, not stored here
-    folder = Path(os.path.realpath(output)).parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    folder = nearest_existing(Path(os.path.realpath(output)).parent)
     mb = f"{size / 1e6:,.1f} MB"
     try:
         import resource

@@ -54,14 +54,20 @@ def output_problem(path: str | os.PathLike, *, folder: bool = False) -> str | No
             return f"{path} is a file, not a folder; choose a folder path"
         if not folder and path.is_dir():
             return f"{path} is a folder; pass a file path"
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
+    ancestor = nearest_existing(path.parent)
     if not ancestor.is_dir():
         return f"cannot write {path}: {ancestor} is a file, not a folder; choose another output path"
     if not os.access(ancestor, os.W_OK | os.X_OK):
         return f"cannot write {path}: folder {ancestor} is not writable; choose another output path"
     return None
+
+
+def nearest_existing(path: str | os.PathLike) -> Path:
+    """``path`` or its nearest ancestor that exists (where the folders an output needs would be created)."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:

@@ -496,7 +496,7 @@ def _train(
             config,
             total,
             targets.key,
-            sentences,
+            inputs,
             corpus_origin,
             d,
             digests,
@@ -603,7 +603,7 @@ def _export(
     config: LeapConfig,
     step: int,
     cache_key: str,
-    sentences: Sequence[str],
+    inputs: dict[str, Any],
     corpus_origin: str | None,
     d: Dist,
     digests: list[str],
@@ -632,8 +632,8 @@ def _export(
         else {"file": PROJECTION, "in": student.hidden_size, "out": teacher.hidden_size},
         "corpus": {
             "origin": corpus_origin,
-            "sentences": len(sentences),
-            "sha256": sentences_sha256(sentences),
+            "sentences": inputs["sentences"],
+            "sha256": inputs["corpus_sha256"],  # hashed once, at the start (resume checks it)
         },
         "teacher_cache_key": cache_key,
         "exit_policy": {"theta": 0.95, "patience": 1, "min_layer": min_layer},
