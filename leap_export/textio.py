@@ -9,6 +9,8 @@ from pathlib import Path
 
 from leap_export.errors import LeapError
 
+_UTF8_BOM = b"\xef\xbb\xbf"
+
 
 def read_lines(path: str | os.PathLike, *, skip_empty: bool = False) -> list[str]:
     """Every line of a UTF-8 text file without its line ending (empty lines kept unless ``skip_empty``)."""
@@ -33,6 +35,8 @@ def iter_lines(path: str | os.PathLike, *, skip_empty: bool = False) -> Iterator
                     "re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT`"
                 ) from None
             if number == 1:
+                if raw == _UTF8_BOM:  # the file is a byte-order mark alone: an editor's empty file, no lines
+                    return
                 line = line.removeprefix("\ufeff")
             line = line.rstrip("\r\n")
             if skip_empty and not line.strip():

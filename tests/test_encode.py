@@ -81,3 +81,24 @@ def test_exit_layers_on_stdout_is_json_alone(tiny_artifacts, lines, tmp_path):
     )  # fmt: skip
     assert len(json.loads(run.stdout)["exit_layers"]) == len(lines)
     assert f"{len(lines)} embeddings ->" in run.stderr
+
+
+@pytest.mark.parametrize(
+    "data, want",
+    [
+        (b"a\r\nb\r\n", ["a", "b"]),  # CRLF
+        (b"\xef\xbb\xbfa\r\nb", ["a", "b"]),  # a UTF-8 byte-order mark, no final newline
+        (b"\xef\xbb\xbf", []),  # an editor's empty UTF-8 file (Notepad): no lines, as an empty file has none
+        (b"\xef\xbb\xbf\n", [""]),  # one empty line, as b"\n" is
+        # one line each: only \n ends a line (str.splitlines would also break at \v \f \x1c-\x1e \x85 \u2028 \u2029)
+        ("a\x0bb\x0cc\x1cd\x85e\u2028f\u2029g\rh\n".encode(), ["a\x0bb\x0cc\x1cd\x85e\u2028f\u2029g\rh"]),
+    ],
+)
+def test_lines_are_what_the_file_holds_between_newlines(tiny_artifacts, tmp_path, data, want):
+    src = tmp_path / "in.txt"
+    src.write_bytes(data)
+    encode_file(tiny_artifacts["bert"], src, tmp_path / "e.npy", theta=0.5)
+    got = np.load(tmp_path / "e.npy")
+    assert got.shape == (len(want), 32)
+    if want:
+        np.testing.assert_allclose(got, EarlyExitEncoder(tiny_artifacts["bert"], theta=0.5).encode(want), atol=1e-6)
