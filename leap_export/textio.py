@@ -10,6 +10,7 @@ from pathlib import Path
 from leap_export.errors import LeapError
 
 _UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # UTF-16 LE / BE
 
 
 def read_lines(path: str | os.PathLike, *, skip_empty: bool = False) -> list[str]:
@@ -30,6 +31,13 @@ def iter_lines(path: str | os.PathLike, *, skip_empty: bool = False) -> Iterator
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
+                if number == 1 and raw.startswith(_UTF16_BOMS):
+                    # latin1 would "convert" it into text with a NUL after every letter, embedded without an error
+                    raise LeapError(
+                        f"{path} is UTF-16, not UTF-8: it starts with the byte-order mark "
+                        f"{' '.join(f'{b:02X}' for b in raw[:2])}; re-encode the file as UTF-8, e.g. "
+                        "`iconv -f utf-16 -t utf-8 IN > OUT`"
+                    ) from None
                 raise LeapError(
                     f"{path}, line {number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
                     "re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT`"

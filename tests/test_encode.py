@@ -102,3 +102,13 @@ def test_lines_are_what_the_file_holds_between_newlines(tiny_artifacts, tmp_path
     assert got.shape == (len(want), 32)
     if want:
         np.testing.assert_allclose(got, EarlyExitEncoder(tiny_artifacts["bert"], theta=0.5).encode(want), atol=1e-6)
+
+
+def test_a_utf16_file_is_named_as_one_with_the_right_conversion(tiny_artifacts, tmp_path):
+    # The generic hint, `iconv -f latin1`, turns UTF-16 into valid UTF-8 with a NUL after every letter,
+    # which would then embed without an error.
+    src = tmp_path / "in.txt"
+    src.write_bytes("hello\r\nworld\r\n".encode("utf-16"))  # with its byte-order mark, as Windows writes it
+    with pytest.raises(LeapError, match=r"is UTF-16, not UTF-8.*iconv -f utf-16 -t utf-8"):
+        encode_file(tiny_artifacts["bert"], src, tmp_path / "e.npy")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
