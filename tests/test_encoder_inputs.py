@@ -171,3 +171,9 @@ def test_assigning_a_policy_changes_what_later_calls_do(tiny_artifacts, sentence
     assert enc.policy.theta == 0.95 and not enc.policy.enabled  # a dict: fields over the manifest's policy
     with pytest.raises(RuntimeInputError, match="rebuild"):
         enc.policy = ExitPolicy(patience=2, min_layer=3)
+
+
+def test_a_lone_surrogate_is_named_not_a_type_error(encoder):
+    # tokenizers said "TextEncodeInput must be Union[...]" for a str, naming no sentence
+    with pytest.raises(RuntimeInputError, match=r"sentence #1 .* lone surrogate U\+D800 at character 4"):
+        encoder.encode(["fine", "bad \ud800 text"])

@@ -25,7 +25,15 @@ class TokenBatcher:
 
     def encode(self, sentences: Sequence[str]) -> list[np.ndarray]:
         """Token ids per sentence (int32), with special tokens, truncated."""
-        return [np.asarray(e.ids, dtype=np.int32) for e in self.tokenizer.encode_batch(list(sentences))]
+        sentences = list(sentences)
+        try:
+            encoded = self.tokenizer.encode_batch(sentences)
+        except TypeError:
+            # tokenizers refuses a str holding a lone surrogate (not encodable as UTF-8) with "TextEncodeInput
+            # must be Union[...]", a type error naming no sentence; checked only on failure, so free otherwise
+            _refuse_surrogates(sentences)
+            raise
+        return [np.asarray(e.ids, dtype=np.int32) for e in encoded]
 
     def pad(self, ids: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Right-pad to the longest row: (input_ids, attention_mask), both int32 ``[B, S]``."""
@@ -36,3 +44,17 @@ class TokenBatcher:
             input_ids[row, : len(x)] = x
             mask[row, : len(x)] = 1
         return input_ids, mask
+
+
+def _refuse_surrogates(sentences: Sequence[str]) -> None:
+    from trt_runtime.errors import RuntimeInputError
+
+    for i, text in enumerate(sentences):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise RuntimeInputError(
+                f"sentence #{i} is not valid Unicode text: it holds a lone surrogate U+{ord(text[e.start]):04X} at "
+                f"character {e.start} (text decoded with errors='surrogateescape', or a JSON \\ud800-style escape); "
+                "repair it first, e.g. text.encode('utf-8', 'replace').decode('utf-8')"
+            ) from None
