@@ -505,3 +505,32 @@ def test_an_encoder_used_after_a_fork_says_so_once(tiny_artifacts, sentences):
     proc.join(60)
     assert same and proc.exitcode == 0
     assert len(seen) == 1 and "after a fork" in seen[0] and "Create the encoder after the fork" in seen[0]
+
+
+def test_exit_stats_count_rows_where_they_were_and_average_their_scores(tiny_artifacts, tiny_models, sentences):
+    """The production log's numbers, from an independent account: per layer, exits where rows left and the
+    mean convergence score over the rows that reached that layer (not over the batch, not per call);
+    expected_layers the mean exit layer and layer_reduction L / expected_layers."""
+    texts = sentences * 2
+    art = tiny_artifacts["bert"]
+    ref = layer_embeddings(tiny_models["bert"], texts)
+    enc = EarlyExitEncoder(art, theta=split_theta(convergence_scores(ref, 2, 1)))
+    result = enc.encode_with_exits(texts, batch_size=5)  # several batches, rows leaving at 2, 3 and 4
+    layers = result.exit_layers
+    assert len(set(layers.tolist())) >= 2, "theta must split the samples for this test to mean anything"
+    # each sample's own score after every segment, at batch 1 and full depth
+    probe = EarlyExitEncoder(art, exits=False)
+    scores = {b: [] for b in probe.manifest.boundaries}
+    for text in texts:
+        trace = []
+        probe._run_batch(probe.tokenizer.encode([text]), trace=trace)
+        for layer, _, _, score in trace:
+            scores[layer].append(float(score[0]))
+    stats = enc.stats.as_dict()
+    assert stats["samples"] == len(texts)
+    assert stats["exit_counts"] == {str(b): int((layers == b).sum()) for b in (2, 3, 4)}
+    for b in (2, 3, 4):
+        reached = layers >= b
+        assert stats["mean_score"][str(b)] == pytest.approx(np.mean(np.array(scores[b])[reached]), rel=1e-5), b
+    assert stats["expected_layers"] == pytest.approx(layers.mean())
+    assert stats["layer_reduction"] == pytest.approx(4 / layers.mean())
