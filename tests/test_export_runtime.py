@@ -534,3 +534,49 @@ def test_exit_stats_count_rows_where_they_were_and_average_their_scores(tiny_art
         assert stats["mean_score"][str(b)] == pytest.approx(np.mean(np.array(scores[b])[reached]), rel=1e-5), b
     assert stats["expected_layers"] == pytest.approx(layers.mean())
     assert stats["layer_reduction"] == pytest.approx(4 / layers.mean())
+
+
+def _record_feeds(enc):
+    """Wrap every segment runner of ``enc`` to record the feeds it receives: [(segment index, feeds)]."""
+    seen = []
+    for i, runner in enumerate(enc.runners):
+        def infer(feeds, _i=i, _real=runner.infer):
+            seen.append((_i, {k: np.array(v) for k, v in feeds.items()}))
+            return _real(feeds)
+        runner.infer = infer
+    return seen
+
+
+def test_a_compacted_batch_is_trimmed_to_its_longest_survivor(tiny_artifacts, tiny_models, sentences):
+    """Step 6 of docs/MANIFEST.md: after rows exit, the survivors' hidden states, mask_bias and pool_weights are
+    cut to the longest survivor (int8's per-batch activation scales depend on it; fp32 results do not)."""
+    texts = sentences * 2
+    ref = layer_embeddings(tiny_models["bert"], texts)
+    enc = EarlyExitEncoder(tiny_artifacts["bert"], theta=split_theta(convergence_scores(ref, 2, 1)))
+    seen = _record_feeds(enc)
+    ids = enc.tokenizer.encode(texts)
+    _, layers = enc._run_batch(ids)
+    lengths = np.array([len(x) for x in ids])
+    assert (layers == 2).any() and (layers > 2).any()
+    assert lengths[layers == 2].max() > lengths[layers > 2].max(), "the longest row must exit for this test"
+    after = [feeds for i, feeds in seen if i == 1]
+    assert len(after) == 1
+    feeds = after[0]
+    width = int(lengths[layers > 2].max())
+    assert feeds["hidden_in"].shape[:2] == (int((layers > 2).sum()), width)
+    assert feeds["mask_bias"].shape[-1] == feeds["pool_weights"].shape[-1] == width
+
+
+def test_batches_are_cut_from_the_texts_sorted_longest_first_stably(tiny_artifacts, sentences):
+    """docs/MANIFEST.md step 4: each call's texts are sorted by token count, longest first (ties in input
+    order), then cut into batches of batch_size. A consumer reproduces int8 output only on the same batches."""
+    texts = ["ok", *sentences, "ok", "yes", "How do I reset my password?"]  # ties in token count
+    enc = EarlyExitEncoder(tiny_artifacts["bert"], exits=False)
+    seen = _record_feeds(enc)
+    enc.encode_with_exits(texts, batch_size=4)
+    ids = enc.tokenizer.encode(texts)
+    order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))  # Python's sort is stable
+    batches = [feeds for i, feeds in seen if i == 0]
+    assert len(batches) == -(-len(texts) // 4)
+    got = [row[mask.astype(bool)].tolist() for f in batches for row, mask in zip(f["input_ids"], f["attention_mask"])]
+    assert got == [ids[i].tolist() for i in order]
