@@ -580,3 +580,37 @@ def test_batches_are_cut_from_the_texts_sorted_longest_first_stably(tiny_artifac
     assert len(batches) == -(-len(texts) // 4)
     got = [row[mask.astype(bool)].tolist() for f in batches for row, mask in zip(f["input_ids"], f["attention_mask"])]
     assert got == [ids[i].tolist() for i in order]
+
+
+
+def test_normalisation_follows_the_caller_and_the_models_normalize_module(tiny_artifacts, tiny_bert, tmp_path, sentences):
+    """A model ending in Normalize gives unit vectors even with normalize_embeddings=False; one without gives
+    the raw pooled vectors (sentence-transformers' output) unless the caller asks for normalisation."""
+    raw_ref = layer_embeddings(tiny_bert, sentences)[-1]
+    assert np.abs(np.linalg.norm(raw_ref, axis=1) - 1).min() > 0.1  # raw pooled vectors are not unit vectors
+    with_module = EarlyExitEncoder(tiny_artifacts["bert"], exits=False).encode(sentences, normalize_embeddings=False)
+    np.testing.assert_allclose(np.linalg.norm(with_module, axis=1), 1.0, atol=1e-5)
+    without = _edited(tiny_artifacts["bert"], tmp_path / "plain", lambda d: d.update(normalize=False))
+    enc = EarlyExitEncoder(without, exits=False)
+    raw = enc.encode(sentences, normalize_embeddings=False)
+    np.testing.assert_allclose(raw, raw_ref, rtol=1e-4, atol=1e-5)
+    unit = enc.encode(sentences)
+    np.testing.assert_allclose(unit, raw_ref / np.linalg.norm(raw_ref, axis=1, keepdims=True), atol=1e-5)
+
+def test_an_older_builds_tokenizer_file_is_reset_on_load(tiny_artifacts, tiny_bert, tmp_path, sentences):
+    """Builds made before 2026-11-24 ship the source's tokenizer.json (fixed padding and truncation at 128
+    tokens); the runtime sets no padding and truncation at max_length itself, so it embeds as a new build."""
+    from trt_runtime.manifest import sha256_file
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_artifacts["bert"], old)
+    shutil.copy2(tiny_bert / "tokenizer.json", old / "tokenizer" / "tokenizer.json")
+    data = json.loads((old / "manifest.json").read_text())
+    data["tokenizer"]["sha256"] = sha256_file(old / "tokenizer" / "tokenizer.json")
+    (old / "manifest.json").write_text(json.dumps(data))
+    texts = [*sentences, "alpha beta gamma " * 100]
+    enc = EarlyExitEncoder(old, exits=False)
+    lengths = [len(x) for x in enc.tokenizer.encode(texts)]
+    assert max(lengths) == 64 and min(lengths) == 2  # truncated at max_length, not padded
+    want = EarlyExitEncoder(tiny_artifacts["bert"], exits=False).encode(texts)
+    np.testing.assert_allclose(enc.encode(texts), want, atol=1e-6)
