@@ -448,6 +448,12 @@ def test_a_precision_label_cannot_loosen_the_tolerances(tiny_artifacts, tmp_path
     (lambda d: d["segments"][1].update(index=2), r"segments\[1\]\.index must be 1"),
     (lambda d: d["segments"][1].update(ref_from=2), r"segments\[1\]\.ref_from must be an earlier segment"),
     (lambda d: d["segments"][2].update(ref_output="pooled_l9"), r"segments\[2\]\.ref_output must be an output of"),
+    (lambda d: d["segments"][2].update(ref_from=2), r"segments\[2\]\.ref_from must be an earlier segment"),  # itself
+    # geometry: segments that skip or repeat a layer, stop short of the last one, or lack a graph file
+    (lambda d: d["segments"][1].update(layers=[1, 3]), "segment 1 does not start where segment 0 ends"),
+    (lambda d: d.update(num_layers=5), "segments must start at layer 0 and end at layer 5"),
+    (lambda d: d["variants"]["fp32"]["segments"].pop(), "variant 'fp32' has 2 segment files, expected 3"),
+    (lambda d: d.update(pooling="cls"), "pooling must be \"mean\""),
 ])
 def test_a_hand_edited_manifest_fails_on_load_not_in_the_middle_of_encode(tiny_artifacts, tmp_path, edit, where):
     bad = _edited(tiny_artifacts["bert"], tmp_path / "bad", edit)
@@ -614,3 +620,29 @@ def test_an_older_builds_tokenizer_file_is_reset_on_load(tiny_artifacts, tiny_be
     assert max(lengths) == 64 and min(lengths) == 2  # truncated at max_length, not padded
     want = EarlyExitEncoder(tiny_artifacts["bert"], exits=False).encode(texts)
     np.testing.assert_allclose(enc.encode(texts), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("damaged, named", [
+    ("tokenizer/tokenizer.json", "tokenizer/tokenizer.json does not match"),
+    ("full.onnx", "full.onnx does not match"),
+])
+def test_the_tokenizer_and_the_full_graph_are_hash_checked_too(tiny_artifacts, tmp_path, damaged, named):
+    broken = shutil.copytree(tiny_artifacts["bert"], tmp_path / "broken")
+    with open(broken / damaged, "ab") as f:
+        f.write(b" ")
+    with pytest.raises(ArtifactError, match=named):
+        load_manifest(broken)
+    load_manifest(broken, check_files=False)
+
+
+def test_the_variant_asked_for_is_the_one_hash_checked(tiny_bert, tmp_path):
+    out = build(tiny_bert, tmp_path / "q", min_layer=2, progress=False)
+    build(tiny_bert, out, precision="int8", progress=False)
+    with open(out / "int8" / "seg_01.onnx", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00garbage")
+    load_manifest(out)  # fp32, the default, is intact
+    with pytest.raises(ArtifactError, match="int8/seg_01.onnx does not match"):
+        load_manifest(out, variant="int8")
+    with pytest.raises(ArtifactError, match="int8/seg_01.onnx does not match"):
+        EarlyExitEncoder(out, variant="int8")
