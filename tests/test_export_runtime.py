@@ -584,9 +584,9 @@ def test_batches_are_cut_from_the_texts_sorted_longest_first_stably(tiny_artifac
     order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))  # Python's sort is stable
     batches = [feeds for i, feeds in seen if i == 0]
     assert len(batches) == -(-len(texts) // 4)
-    got = [row[mask.astype(bool)].tolist() for f in batches for row, mask in zip(f["input_ids"], f["attention_mask"])]
+    got = [row[mask.astype(bool)].tolist()
+           for f in batches for row, mask in zip(f["input_ids"], f["attention_mask"], strict=True)]
     assert got == [ids[i].tolist() for i in order]
-
 
 
 def test_normalisation_follows_the_caller_and_the_models_normalize_module(tiny_artifacts, tiny_bert, tmp_path, sentences):
@@ -602,6 +602,7 @@ def test_normalisation_follows_the_caller_and_the_models_normalize_module(tiny_a
     np.testing.assert_allclose(raw, raw_ref, rtol=1e-4, atol=1e-5)
     unit = enc.encode(sentences)
     np.testing.assert_allclose(unit, raw_ref / np.linalg.norm(raw_ref, axis=1, keepdims=True), atol=1e-5)
+
 
 def test_an_older_builds_tokenizer_file_is_reset_on_load(tiny_artifacts, tiny_bert, tmp_path, sentences):
     """Builds made before 2026-11-24 ship the source's tokenizer.json (fixed padding and truncation at 128
