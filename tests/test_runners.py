@@ -143,3 +143,36 @@ def test_default_threads_follow_a_containers_cpu_quota(monkeypatch, tmp_path, pr
     # the affinity of a container with a CPU quota is every core of the node: a spinning pool that size
     # oversubscribes the quota (8 threads on 2 cores: batch 32 5x slower, batch-1 p99 7x)
     assert _fake_cgroup(monkeypatch, tmp_path, proc_cgroup, files) == threads
+
+
+THREADS = """
+import os
+import sys
+import onnxruntime  # noqa: F401 - its import starts threads of its own: counted before, not as the pool's
+from trt_runtime import EarlyExitEncoder
+
+threads, shared = int(sys.argv[2]), sys.argv[3] == "shared"
+before = len(os.listdir("/proc/self/task"))
+encoder = EarlyExitEncoder(sys.argv[1], threads=threads, shared_pool=shared)
+encoder.encode(["a first sentence", "and a somewhat longer second sentence"])
+new = len(os.listdir("/proc/self/task")) - before
+print(len(encoder.runners), new, sorted({r.session.get_session_options().intra_op_num_threads for r in encoder.runners}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts the process's threads in /proc")
+@pytest.mark.parametrize("mode", ["shared", "private"])
+def test_the_pool_has_the_threads_asked_for(tiny_artifacts, mode):
+    # shared: ONE pool of `threads` (the calling thread and threads - 1 workers) however many segments;
+    # private (shared_pool=False): each segment session's own pool of `threads`, spinning off
+    threads = 3
+    proc = subprocess.run([sys.executable, "-c", THREADS, str(tiny_artifacts["bert"]), str(threads), mode],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    sessions, new, per_session = proc.stdout.split(maxsplit=2)
+    sessions, new = int(sessions), int(new)
+    assert sessions == 3
+    if mode == "shared":
+        assert (new, per_session.strip()) == (threads - 1, "[0]")  # 0: the session has no pool of its own
+    else:
+        assert (new, per_session.strip()) == (sessions * (threads - 1), f"[{threads}]")
