@@ -647,3 +647,19 @@ def test_the_variant_asked_for_is_the_one_hash_checked(tiny_bert, tmp_path):
         load_manifest(out, variant="int8")
     with pytest.raises(ArtifactError, match="int8/seg_01.onnx does not match"):
         EarlyExitEncoder(out, variant="int8")
+
+
+def test_a_lower_min_layer_at_run_time_exits_where_the_build_policy_could_not(tiny_bert, tmp_path, sentences):
+    """Built with min_layer 4 and one boundary after layer 2: that segment scores the rule's cos(p2, p1) in its
+    graph, so min_layer 2 at run time uses it (no rebuild) and exits where the reference's score says."""
+    out = build(tiny_bert, tmp_path / "art", boundaries=[2], min_layer=4, progress=False)
+    assert [(s.start, s.end, s.ref_layer, s.ref_from) for s in load_manifest(out).segments] == [
+        (0, 2, 1, None), (2, 4, 3, None)]
+    texts = sentences * 2
+    ref = layer_embeddings(tiny_bert, texts)
+    theta = split_theta(convergence_scores(ref, 2, 1))
+    got = EarlyExitEncoder(out, min_layer=2, theta=theta).encode_with_exits(texts, batch_size=len(texts))
+    # exit after layer 2 exactly where the reference's cos(p2, p1) reaches theta; the rest run to layer 4
+    want = np.where(convergence_scores(ref, 2, 1) >= theta, 2, 4)
+    assert got.exit_layers.tolist() == want.tolist() and set(want.tolist()) == {2, 4}
+

@@ -70,3 +70,16 @@ def test_a_training_output_defaults_to_the_min_layer_it_was_trained_for(tiny_ber
     assert manifest["exit_policy"]["min_layer"] == 3 and [s["layers"] for s in manifest["segments"]] == [[0, 3], [3, 4]]
     assert json.loads((build(run, tmp_path / "two", min_layer=2, progress=False) / "manifest.json")
                       .read_text())["exit_policy"]["min_layer"] == 2  # an explicit --min-layer still wins
+
+
+def test_a_segment_the_build_policy_cannot_exit_from_still_scores_the_rule_where_it_can():
+    # min_layer 5: no exit after layer 3 or 5 under the build's policy, yet layers 2 and 4 are computed
+    # inside those segments: their scores are the rule's cos(p_b, p_{b-1}), which a lower min_layer at run
+    # time acts on without a rebuild. Only where b - k lies before the segment does the score fall back to
+    # its own input (the last segment: a layer it would need from elsewhere, for an informational score)
+    plans = plan_segments(6, ExitPolicy(min_layer=5), [3, 5])
+    assert _geometry(plans) == [
+        (0, 3, 2, None, None, ()),
+        (3, 5, 4, None, None, ()),
+        (5, 6, 5, 1, "pooled", ()),
+    ]
