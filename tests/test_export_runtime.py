@@ -663,3 +663,35 @@ def test_a_lower_min_layer_at_run_time_exits_where_the_build_policy_could_not(ti
     want = np.where(convergence_scores(ref, 2, 1) >= theta, 2, 4)
     assert got.exit_layers.tolist() == want.tolist() and set(want.tolist()) == {2, 4}
 
+
+def test_int8_quantises_every_weight_matmul_per_channel_and_nothing_else(tiny_bert, tmp_path):
+    """What the manifest's ``quantization`` says: int8 weights of each MatMul with a constant B (the projections
+    and the feed-forward), one scale and zero point per output column; the attention's activation x activation
+    products, the pooling MatMul and every other op (embedding Gathers included) stay float32."""
+    import onnx
+    from onnx import numpy_helper
+
+    out = build(tiny_bert, tmp_path / "q", min_layer=2, progress=False)
+    build(tiny_bert, out, precision="int8", progress=False)
+    m = load_manifest(out)
+    assert "per-channel" in m.data["variants"]["int8"]["quantization"]
+    for fp32_path, int8_path in zip([*m.segment_paths("fp32"), m.full_path("fp32")],
+                                    [*m.segment_paths("int8"), m.full_path("int8")], strict=True):
+        g32, g8 = onnx.load(fp32_path).graph, onnx.load(int8_path).graph
+        const32 = {i.name for i in g32.initializer}
+        weight_matmuls = sum(n.op_type == "MatMul" and n.input[1] in const32 for n in g32.node)
+        other_matmuls = sum(n.op_type == "MatMul" and n.input[1] not in const32 for n in g32.node)
+        assert weight_matmuls > 0 and other_matmuls > 0
+        inits = {i.name: numpy_helper.to_array(i) for i in g8.initializer}
+        qmatmuls = [n for n in g8.node if n.op_type == "MatMulInteger"]
+        assert len(qmatmuls) == weight_matmuls, int8_path.name
+        assert sum(n.op_type == "MatMul" for n in g8.node) == other_matmuls, int8_path.name
+        quantised = set()
+        for n in qmatmuls:
+            weight, zero_point = inits[n.input[1]], inits[n.input[3]]  # B and its zero point: constants
+            assert weight.dtype == np.int8 and weight.ndim == 2
+            assert zero_point.shape == (weight.shape[1],), (int8_path.name, n.name)  # per output column
+            quantised |= {n.input[1], n.input[3]}
+        # no other int8 / uint8 constant: nothing but those weights was quantised
+        assert {k for k, v in inits.items() if v.dtype in (np.int8, np.uint8)} == quantised, int8_path.name
+
