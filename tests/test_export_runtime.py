@@ -695,3 +695,24 @@ def test_int8_quantises_every_weight_matmul_per_channel_and_nothing_else(tiny_be
         # no other int8 / uint8 constant: nothing but those weights was quantised
         assert {k for k, v in inits.items() if v.dtype in (np.int8, np.uint8)} == quantised, int8_path.name
 
+
+def test_an_all_padding_row_pools_to_zeros_and_leaves_the_other_rows_alone(tiny_artifacts):
+    """sentence-transformers divides by max(token count, 1e-9): a row with no token pools to zeros, never NaN (a
+    consumer batching rows of its own may send one); the real row beside it is unchanged."""
+    import onnxruntime as ort
+
+    from trt_runtime import ort_session_options
+
+    root = tiny_artifacts["bert"]
+    m = load_manifest(root)
+    ids = np.array([[101, 7592, 2088, 102], [0, 0, 0, 0]], np.int32)
+    mask = np.array([[1, 1, 1, 1], [0, 0, 0, 0]], np.int32)
+    for path in (m.segment_paths()[0], m.full_path()):
+        sess = ort.InferenceSession(str(path), sess_options=ort_session_options())
+        names = [o.name for o in sess.get_outputs()]
+        out = dict(zip(names, sess.run(names, {"input_ids": ids, "attention_mask": mask}), strict=True))
+        assert np.all(np.isfinite(out["pooled"])) and not out["pooled"][1].any(), path.name
+        alone = sess.run(["pooled"], {"input_ids": ids[:1], "attention_mask": mask[:1]})[0]
+        np.testing.assert_allclose(out["pooled"][:1], alone, atol=1e-6)
+        if "pool_weights" in out:
+            assert not out["pool_weights"][1].any()
