@@ -159,16 +159,25 @@ def verify(
         return report
 
     # the tolerance follows what the graphs are, not only what the manifest calls them
-    found = graph_precision(manifest.segment_paths(variant) + [manifest.full_path(variant)])
-    if found != label:
-        report.fail("precision", f"variant {variant} is labelled {label!r} in manifest.json, but its graphs are "
-                    f"{found}; checked with the stricter tolerances. Rebuild it, or fix the label")
-    strict = min((label, found), key=lambda p: PRECISION_ORDER.index(p) if p in PRECISION_ORDER else 0)
+    paths = manifest.segment_paths(variant) + [manifest.full_path(variant)]
+    kinds = graph_precisions(paths)
+    found = sorted(set(kinds.values()), key=PRECISION_ORDER.index)
+    precision = found[0] if len(found) == 1 else "mixed: " + ", ".join(found)
+    if found != [label]:
+        if len(found) == 1:
+            what = f"its graphs are {precision}"
+        else:  # a graph of another build left in, e.g. an int8 variant whose full.onnx is the fp32 one
+            what = "its graphs are mixed: " + ", ".join(
+                f"{path.relative_to(manifest.root)} is {kind}"
+                for path, kind in kinds.items() if kind != label)
+        report.fail("precision", f"variant {variant} is labelled {label!r} in manifest.json, but {what}; "
+                    "checked with the strictest tolerances. Rebuild it, or fix the label")
+    strict = min((label, *kinds.values()), key=lambda p: PRECISION_ORDER.index(p) if p in PRECISION_ORDER else 0)
     tol = TOLERANCES.get(strict, TOLERANCES["fp32"])
     report.tolerances = dict(tol)
 
     source = _reference_source(manifest, model)  # LeapError: no reference to verify against
-    report.info.update(_audit(manifest, source, sentences, variant, found))
+    report.info.update(_audit(manifest, source, sentences, variant, precision))
     try:
         _run_checks(report, artifacts, manifest, source, sentences, variant, batch_size, tol, progress)
     except Exception as e:  # noqa: BLE001 - a graph or manifest the checks cannot run on fails, in the report
@@ -180,20 +189,21 @@ PRECISION_ORDER = ("fp32", "fp16", "int8")  # strictest tolerances first
 _INT8_OPS = {"MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul", "DynamicQuantizeMatMul", "QuantizeLinear"}
 
 
-def graph_precision(paths: list[Path]) -> str:
-    """``int8`` where a graph holds quantised operators, ``fp16`` where it holds float16 weights, else fp32."""
+def graph_precisions(paths: list[Path]) -> dict[Path, str]:
+    """Each graph's precision: ``int8`` where it holds quantised operators, ``fp16`` where it holds float16
+    weights, else ``fp32``."""
     import onnx
 
-    kinds = set()
+    kinds = {}
     for path in paths:
         graph = onnx.load(str(path), load_external_data=False).graph
         if any(node.op_type in _INT8_OPS for node in graph.node):
-            kinds.add("int8")
+            kinds[path] = "int8"
         elif any(init.data_type == onnx.TensorProto.FLOAT16 for init in graph.initializer):
-            kinds.add("fp16")
+            kinds[path] = "fp16"
         else:
-            kinds.add("fp32")
-    return max(kinds, key=PRECISION_ORDER.index) if kinds else "fp32"
+            kinds[path] = "fp32"
+    return kinds
 
 
 def long_probes(max_length: int) -> list[str]:

@@ -439,6 +439,26 @@ def test_a_precision_label_cannot_loosen_the_tolerances(tiny_artifacts, tmp_path
     assert [c.name for c in report.failures] == ["precision"]  # the numbers themselves pass fp32's
 
 
+def test_verify_names_a_graph_of_another_precision_inside_a_variant(tiny_bert, tmp_path, sentences):
+    """An int8 variant whose full graph is the fp32 one (a hand edit, a copy gone wrong) was "int8": the
+    precision was the highest found among its graphs. Each graph is checked; the odd one is named."""
+    from leap_export.verify import TOLERANCES
+
+    out = build(tiny_bert, tmp_path / "q", min_layer=2, progress=False)
+    build(tiny_bert, out, precision="int8", progress=False)
+
+    def fp32_full(d):
+        d["variants"]["int8"]["full"] = dict(d["variants"]["fp32"]["full"])
+
+    bad = _edited(out, tmp_path / "bad", fp32_full)
+    report = verify(bad, sentences, variant="int8", progress=False)
+    assert not report
+    assert "variant int8 is labelled 'int8' in manifest.json, but its graphs are mixed: full.onnx is fp32" \
+        in _failed(report)
+    assert report.info["precision"] == "mixed: fp32, int8" and report.tolerances == TOLERANCES["fp32"]
+    assert verify(out, sentences, variant="int8", progress=False), "the intact int8 build passes"
+
+
 @pytest.mark.parametrize("edit, where", [
     (lambda d: d.update(schema_version="2"), "schema_version must be an integer, got '2'"),
     (lambda d: d["tokenizer"].pop("pad_id"), r"tokenizer\.pad_id is missing"),
