@@ -156,7 +156,17 @@ before = len(os.listdir("/proc/self/task"))
 encoder = EarlyExitEncoder(sys.argv[1], threads=threads, shared_pool=shared)
 encoder.encode(["a first sentence", "and a somewhat longer second sentence"])
 new = len(os.listdir("/proc/self/task")) - before
-print(len(encoder.runners), new, sorted({r.session.get_session_options().intra_op_num_threads for r in encoder.runners}))
+
+
+def spinning(session):
+    try:
+        return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+    except RuntimeError:  # not set on the session: the shared pool's own setting applies
+        return "-"
+
+
+print(len(encoder.runners), new, sorted({r.session.get_session_options().intra_op_num_threads for r in encoder.runners}),
+      sorted({spinning(r.session) for r in encoder.runners}), sep="|")
 """
 
 
@@ -169,10 +179,12 @@ def test_the_pool_has_the_threads_asked_for(tiny_artifacts, mode):
     proc = subprocess.run([sys.executable, "-c", THREADS, str(tiny_artifacts["bert"]), str(threads), mode],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    sessions, new, per_session = proc.stdout.split(maxsplit=2)
+    sessions, new, per_session, spinning = proc.stdout.strip().split("|")
     sessions, new = int(sessions), int(new)
     assert sessions == 3
     if mode == "shared":
-        assert (new, per_session.strip()) == (threads - 1, "[0]")  # 0: the session has no pool of its own
+        assert (new, per_session) == (threads - 1, "[0]")  # 0: the session has no pool of its own
+        assert spinning == "['-']"
     else:
-        assert (new, per_session.strip()) == (sessions * (threads - 1), f"[{threads}]")
+        assert (new, per_session) == (sessions * (threads - 1), f"[{threads}]")
+        assert spinning == "['0']"  # several pools spinning on the same cores would steal them from each other
