@@ -221,3 +221,54 @@ def test_baseline_drops_every_exit_term():
 def test_config_refuses_numbers_that_train_nonsense(setting, message):
     with pytest.raises(LeapError, match=re.escape(message)):
         LeapConfig(**setting)
+
+
+def test_exit_student_term_uses_the_unprojected_student_embeddings():
+    """With a width projection (student narrower than teacher), L_exit^(t) compares the projected layers with
+    the teacher, but L_exit^(s) the student's own unprojected layers with its unprojected final layer: those are
+    the vectors the exported runtime exits on (the projection is not part of the exported model)."""
+    w = exit_layer_weights(3, min_layer=2, early_weight=0.1)
+    s = torch.stack([unit(9.0), unit(0.5), unit(0.2), unit(0.0)])  # width 2
+    # projected to width 3 by a map that does not keep angles: cosines among sp differ from those among s
+    sp = F.normalize(torch.cat([s, torch.tensor([0.0, 2.0, -1.0, 0.5]).view(4, 1, 1)], dim=-1), dim=-1)
+    t = F.normalize(torch.tensor([[[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]], [[0.0, 0.0, 1.0]], [[1.0, 0.2, 0.1]]]), dim=-1)
+    teacher, student = ExitLoss(w, tau=0.98, sharpness=10.0)(sp, s, t)
+    m = lambda c: sigmoid(10 * (0.98 - c))  # noqa: E731
+    exp_student = (0.1 * m(math.cos(0.5)) + m(math.cos(0.2))) / 2
+    cos_t = (sp[1:, 0] * t[-1, 0]).sum(-1).tolist()
+    exp_teacher = (0.1 * m(cos_t[0]) + m(cos_t[1]) + m(cos_t[2])) / 3
+    assert student.item() == pytest.approx(exp_student, abs=1e-6)
+    assert teacher.item() == pytest.approx(exp_teacher, abs=1e-6)
+    cos_sp = (sp[1:3, 0] * sp[3, 0]).sum(-1).tolist()  # what the projected vectors would give: really different
+    assert abs((0.1 * m(cos_sp[0]) + m(cos_sp[1])) / 2 - exp_student) > 1e-3
+
+
+def test_leap_loss_weights_each_term_by_its_own_setting():
+    """Table 14 gives alpha and delta the same 0.3 (and the default test cannot tell them apart): with every
+    weight distinct, each term must be scaled by its own setting."""
+    torch.manual_seed(2)
+    s = F.normalize(torch.randn(4, 6, 8), dim=-1)
+    t = F.normalize(torch.randn(4, 6, 8), dim=-1)
+    c = LeapConfig(alpha_inter=0.11, beta_exit=0.23, beta_student=0.37, gamma_redund=0.41, delta_contrast=0.53,
+                   epsilon_late=0.67, zeta_contrast_exit=0.79, min_layer=1)
+    out = LeapLoss(c, 3, 3)(s, s, t, ramp=0.5)
+    x = {k: v.item() for k, v in out.terms.items()}
+    assert all(abs(x[k]) > 1e-3 for k in ("inter", "contrast", "contrast_exit", "late", "redund", "exit_student"))
+    expected = (x["final"] + 0.11 * x["inter"] + 0.23 * (x["exit_teacher"] + 0.37 * 0.5 * x["exit_student"])
+                + 0.53 * x["contrast"] + 0.79 * x["contrast_exit"] + 0.67 * x["late"] + 0.41 * x["redund"])
+    assert out.total.item() == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_late_loss_moves_the_final_layer_unless_late_detach_final(detach):
+    """Eq. 8 has no stop-gradient (default): L_late pulls the final layer too. ``late_detach_final`` stops
+    it there, through LeapLoss as well as LateLoss."""
+    torch.manual_seed(3)
+    s = F.normalize(torch.randn(4, 5, 8), dim=-1).requires_grad_(True)
+    sp = s.detach().clone()  # L_final and L_inter act on sp: s gets gradient only from the other terms
+    t = F.normalize(torch.randn(4, 5, 8), dim=-1)
+    only_late = LeapConfig(alpha_inter=0, beta_exit=0, delta_contrast=0, gamma_redund=0, epsilon_late=1.0,
+                           late_layers=2, late_detach_final=detach)
+    LeapLoss(only_late, 3, 3)(s, sp, t, ramp=1.0).total.backward()
+    assert s.grad[1:3].abs().sum() > 0  # the late layers move
+    assert (s.grad[3].abs().sum().item() > 0) is not detach
