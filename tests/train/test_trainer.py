@@ -497,3 +497,36 @@ def test_a_failed_checkpoint_write_leaves_no_partial_file(tmp_path, monkeypatch)
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
     monkeypatch.undo()
     assert torch.load(path, weights_only=False) == {"step": 1}
+
+
+def test_each_step_applies_the_ramp_the_lr_schedule_and_gradient_clipping(models, sentences, tmp_path, monkeypatch):
+    """The loss log shows L_exit = L_exit^(t) + beta_student * ramp(progress) * L_exit^(s) with the step's own
+    ramp, the learning rate follows warmup + cosine, and every step's gradient is clipped to grad_clip."""
+    import math
+
+    real_clip = torch.nn.utils.clip_grad_norm_
+    clipped = []
+
+    def spy(params, max_norm, *args, **kwargs):
+        params = list(params)
+        before = real_clip(params, max_norm, *args, **kwargs)
+        after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+        clipped.append((max_norm, float(before), float(after)))
+        return before
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    config = small(grad_clip=0.05, warmup_ratio=0.25)  # 8 steps: warmup 2
+    out = train(models["student"], sentences, tmp_path / "out", teacher=models["teacher"], config=config,
+                show_progress_bar=False)
+    log = [json.loads(line) for line in (out / LOSS_LOG).read_text().splitlines()]
+    ramps = [config.student_ramp((r["step"] - 1) / 8) for r in log]
+    assert any(0 < x < 1 for x in ramps) and ramps[0] == 0 and ramps[-1] == 1  # the ramp really varies
+    for r, ramp in zip(log, ramps, strict=True):
+        assert r["exit_student"] > 1e-3
+        assert r["exit"] == pytest.approx(r["exit_teacher"] + 0.7 * ramp * r["exit_student"], rel=1e-5, abs=1e-7)
+    # the logged lr is the one after the step's scheduler.step(): lambda(done) of linear warmup then cosine
+    want = [(d / 2 if d < 2 else 0.5 * (1 + math.cos(math.pi * (d - 2) / 6))) * 1e-3 for d in range(1, 9)]
+    assert [r["lr"] for r in log] == pytest.approx(want, rel=1e-6, abs=1e-12)
+    assert len(clipped) == 8 and all(m == 0.05 for m, _, _ in clipped)
+    assert all(before > 0.05 for _, before, _ in clipped)  # the clip really acts ...
+    assert all(after == pytest.approx(0.05, rel=1e-3) for _, _, after in clipped)  # ... and to grad_clip
