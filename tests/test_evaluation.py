@@ -57,6 +57,27 @@ def test_retrieval_metrics_hand_computed() -> None:
     assert m["ndcg@10"] == pytest.approx((1 + 1 / math.log2(4) + 0) / 3)
 
 
+def test_retrieval_metrics_at_rank_2_and_rank_k_agree_with_sklearn() -> None:
+    """Rank 2 is not a Recall@1 hit, rank k = 10 is still inside NDCG@10 and Recall@10 (the cut-offs
+    are inclusive); NDCG@10 agrees with sklearn's on the same scores."""
+    from sklearn.metrics import ndcg_score
+
+    angles = np.linspace(0.0, 1.5, 12)
+    corpus_emb = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    query = np.array([[1.0, 0.0]] * 3)
+    relevant = np.array([1, 9, 10])
+    assert relevant_ranks(query, corpus_emb, relevant).tolist() == [2, 10, 11]
+    m = retrieval_metrics(query, corpus_emb, relevant, k=10)
+    assert m["recall@1"] == 0.0
+    assert m["recall@10"] == pytest.approx(2 / 3)
+    assert m["mrr"] == pytest.approx((1 / 2 + 1 / 10 + 1 / 11) / 3)
+    assert m["ndcg@10"] == pytest.approx((1 / math.log2(3) + 1 / math.log2(11)) / 3)
+    scores = query @ corpus_emb.T
+    truth = np.zeros_like(scores)
+    truth[np.arange(3), relevant] = 1.0
+    assert m["ndcg@10"] == pytest.approx(ndcg_score(truth, scores, k=10, ignore_ties=True), abs=1e-12)
+
+
 def test_ties_count_against_the_query() -> None:
     constant = np.ones((4, 3))
     m = retrieval_metrics(constant[:2], constant, np.array([0, 3]))
