@@ -162,3 +162,16 @@ def test_cli(tiny_artifacts, tmp_path):
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 2 and "--sts-file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_nn_failure_rates_are_strictly_below_the_threshold(monkeypatch):
+    """Table 8/13: "NN@10 Fail = % samples with NN overlap < 0.5". Overlaps are multiples of 0.1, so a sample
+    at exactly 0.5 (or 0.3) is common and must not count as a failure."""
+    import leap_export.quality as quality
+
+    monkeypatch.setattr(quality, "nn_overlap", lambda a, b, k=10: np.array([0.5, 0.3, 0.4, 1.0]))
+    emb = np.eye(4, dtype=np.float32)
+    got = quality.agreement(emb, emb)
+    assert got["nn_at_10"] == pytest.approx(0.55)
+    assert got["nn_fail_lt_0.5"] == pytest.approx(0.5)  # 0.3 and 0.4; not 0.5
+    assert got["nn_fail_lt_0.3"] == 0.0  # not 0.3
