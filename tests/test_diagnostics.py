@@ -440,3 +440,22 @@ def test_zero_exit_rate_diagnostic_names_the_papers_theta_when_another_is_used()
     assert strict["fired"] is True and "defined at theta 0.95" in strict["detail"]
     paper = diagnose(pooled.astype(np.float32), min_layer=3)["diagnostics"][1]
     assert paper["fired"] is False and "defined at theta" not in paper["detail"]
+
+
+def test_checklist_edges_follow_the_paper():
+    """§5.2: similarity to final >= 0.94 and NN@10 >= 0.80 pass at exactly the threshold; the exit rate must be
+    strictly above 50 %."""
+    from leap_export.diagnostics import _checklist
+
+    layers = [{"layer": 1, "sim_to_final": 0.5, "nn_at_k": 0.1},
+              {"layer": 2, "sim_to_final": 0.94, "nn_at_k": 0.80},
+              {"layer": 3, "sim_to_final": 1.0, "nn_at_k": 1.0}]
+    exited = {"mean_similarity_to_full": 0.97, "nn_at_k": 0.9, "nn_fail_lt_0.5": 0.0}
+    at_edges = _checklist(layers, 0.95, 0.5, 2, 3, None, 10, exited)
+    assert at_edges["target_layer"] == 2
+    assert [c["passed"] for c in at_edges["checks"]] == [True, True, False] and not at_edges["passed"]
+    above = _checklist(layers, 0.95, 0.5 + 1e-9, 2, 3, None, 10, exited)
+    assert above["passed"]
+    below = [dict(r) for r in layers]
+    below[1].update(sim_to_final=0.94 - 1e-9, nn_at_k=0.80 - 1e-9)
+    assert [c["passed"] for c in _checklist(below, 0.95, 0.9, 2, 3, None, 10, exited)["checks"]] == [False, False, True]
