@@ -307,3 +307,53 @@ def test_cli_without_torch(artifacts, texts, tmp_path):
 
     proc = cli("calibrate", artifacts, "--thetas", "0.9,x")
     assert proc.returncode == 2 and "comma-separated numbers" in proc.stderr
+
+
+def test_budget_edges_ties_and_policy_history(artifacts, texts, monkeypatch):
+    """The budget is inclusive (NN@10 >= min_nn10, drop <= max_quality_drop, as documented); among equally
+    cheap thetas an undominated one wins, then the higher theta; every replaced policy stays in the history."""
+    import leap_export.calibrate as cal
+
+    kw = dict(eval_sets=(), sentences=texts, max_quality_drop=1.0)
+    # theta 1.0 (the fixture's policy) exits nobody: NN@10 exactly 1 and no drop meet a budget of exactly that
+    edge = calibrate(artifacts, thetas=[1.0], eval_sets=("lee",), sentences=texts, min_nn10=1.0,
+                     max_quality_drop=0.0, write=False)
+    assert edge["rows"][0]["nn_at_10"] == 1.0 and edge["rows"][0]["drop"] == {"lee/spearman": 0.0}
+    assert edge["rows"][0]["meets_budget"] and edge["chosen"]["theta"] == 1.0
+
+    # 0.3 and 0.5 both exit every sample at the first check: equally cheap, the higher theta has more margin
+    tie = calibrate(artifacts, thetas=[0.3, 0.5], min_nn10=0.0, write=False, **kw)
+    assert tie["rows"][0]["expected_layers"] == tie["rows"][1]["expected_layers"]
+    assert tie["chosen"]["theta"] == 0.5
+    real = cal._mark_pareto
+
+    def half_dominated(rows, metrics):  # as if 0.5 were beaten by an equally cheap row
+        real(rows, metrics)
+        for r in rows:
+            r["pareto"] = r["pareto"] and r["theta"] != 0.5
+
+    monkeypatch.setattr(cal, "_mark_pareto", half_dominated)
+    assert calibrate(artifacts, thetas=[0.3, 0.5], min_nn10=0.0, write=False, **kw)["chosen"]["theta"] == 0.3
+    monkeypatch.undo()
+
+    before = load_manifest(artifacts).data.get("policy_history", [])
+    assert calibrate(artifacts, thetas=[0.5], min_nn10=0.0, **kw)["written"]  # 1.0 -> 0.5
+    back = calibrate(artifacts, thetas=[1.0], min_nn10=1.0, **kw)  # 0.5 misses NN@10 1.0: back to 1.0
+    assert back["written"] and back["chosen"]["theta"] == 1.0
+    history = load_manifest(artifacts).data["policy_history"]
+    assert history[: len(before)] == before and [h["theta"] for h in history[len(before):]] == [1.0, 0.5]
+
+
+def test_pareto_marks_rows_another_row_beats_or_equals_everywhere():
+    from leap_export.calibrate import _mark_pareto
+
+    def row(theta, e, nn, q):
+        return {"theta": theta, "expected_layers": e, "nn_at_10": nn, "quality": {"lee": {"spearman": q}}}
+
+    rows = [row(0.90, 3.0, 0.8, 0.5),
+            row(0.92, 3.0, 0.7, 0.5),  # as cheap as 0.90, worse NN@10: dominated
+            row(0.95, 3.5, 0.9, 0.4),  # costlier, better NN@10: undominated
+            row(0.97, 3.5, 0.9, 0.4),  # equal to 0.95: neither dominates the other
+            row(0.99, 4.0, 0.9, float("nan"))]  # undefined quality counts as the worst: dominated by 0.95
+    _mark_pareto(rows, [("lee", "spearman")])
+    assert [r["pareto"] for r in rows] == [True, False, True, True, False]
