@@ -211,3 +211,32 @@ def test_bench_plot_leaves_the_callers_matplotlib_backend_alone():
         assert matplotlib.get_backend() == "svg"
     finally:
         matplotlib.use(before)
+
+
+def test_bench_e_layers_weight_a_batch_by_how_often_it_was_timed(tiny_artifacts, sentences):
+    """iters 6 over 4 batches times batches 0, 1, 2, 3, 0, 1: batches 0 and 1 count twice in E[layers]."""
+    import numpy as np
+
+    from leap_export.bench import _batches
+    from trt_runtime.encoder import EarlyExitEncoder
+
+    texts = [s for s in sentences if s.strip()]
+    theta = 0.99986
+    probe = EarlyExitEncoder(tiny_artifacts["bert"], theta=theta, check_files=False)
+    layers = probe.encode_with_exits(texts, batch_size=1).exit_layers
+    texts = [texts[i] for i in np.argsort(layers, kind="stable")]  # the early exits in the first batches
+    report = bench(tiny_artifacts["bert"], texts, batch_sizes=(3,), warmup=0, iters=6, theta=theta,
+                   baselines=False, progress=False)
+    batches = _batches(texts, 3, 4)
+    per_batch = [probe.encode_with_exits(b, batch_size=3).exit_layers for b in batches]
+    weighted = np.concatenate([per_batch[k] for k in (0, 1, 2, 3, 0, 1)]).mean()
+    assert weighted != pytest.approx(np.concatenate(per_batch).mean())  # the weighting matters here
+    assert report["results"]["3"]["expected_layers"] == pytest.approx(weighted)
+
+
+def test_timing_stats_are_the_named_percentiles():
+    from leap_export.bench import _stats
+
+    got = _stats([t / 1000 for t in range(1, 101)])  # 1..100 ms
+    assert got["p50_ms"] == pytest.approx(50.5) and got["p99_ms"] == pytest.approx(99.01)
+    assert got["mean_ms"] == pytest.approx(50.5) and got["n"] == 100
