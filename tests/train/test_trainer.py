@@ -530,3 +530,20 @@ def test_each_step_applies_the_ramp_the_lr_schedule_and_gradient_clipping(models
     assert len(clipped) == 8 and all(m == 0.05 for m, _, _ in clipped)
     assert all(before > 0.05 for _, before, _ in clipped)  # the clip really acts ...
     assert all(after == pytest.approx(0.05, rel=1e-3) for _, _, after in clipped)  # ... and to grad_clip
+
+
+def test_student_pools_over_real_tokens_only(models):
+    """The student is trained on the masked mean the runtime serves: padding a sentence in a batch with a
+    longer one leaves its per-layer embeddings unchanged."""
+    from leap_export.reference import tokenize
+    from leap_export.sources import describe_folder
+
+    encoder, tok = load_student(describe_folder(models["student"]), 48, seed=0, dropout=0.0)
+    encoder.eval()
+    short, long = "a cat", "the quick brown fox jumps over the lazy dog again and again"
+    with torch.no_grad():
+        alone, _ = encoder(dict(tokenize(tok, [short], 32)))
+        batch = dict(tokenize(tok, [short, long], 32))
+        assert batch["attention_mask"][0].sum() < batch["attention_mask"].shape[1]  # the short one is padded
+        padded, _ = encoder(batch)
+    torch.testing.assert_close(padded[:, 0], alone[:, 0], rtol=0, atol=1e-5)
