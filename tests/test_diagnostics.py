@@ -459,3 +459,25 @@ def test_checklist_edges_follow_the_paper():
     below = [dict(r) for r in layers]
     below[1].update(sim_to_final=0.94 - 1e-9, nn_at_k=0.80 - 1e-9)
     assert [c["passed"] for c in _checklist(below, 0.95, 0.9, 2, 3, None, 10, exited)["checks"]] == [False, False, True]
+
+
+def test_median_exit_layer_is_where_at_least_half_have_exited():
+    """Exactly half the samples exit at layer 2, the rest never: the median exit layer (the checklist's
+    target) is 2, the first layer by which at least half have exited (the docstring's definition)."""
+    pooled = orthogonal_pooled(num_layers=4, n=20)
+    pooled[2:, :10] = pooled[1, :10]  # samples 0-9: layer 2 repeats layer 1 (cos 1), an exit at min_layer 2
+    report = diagnose(pooled, min_layer=2)
+    assert report["exit"]["exit_layer_counts"] == {"1": 0, "2": 10, "3": 0, "4": 10}
+    assert report["exit"]["median_exit_layer"] == 2
+    assert report["checklist"]["target_layer"] == 2
+    assert report["checklist"]["target_layer_source"] == "median exit layer"
+
+
+def test_flat_curve_needs_similarity_strictly_below_0_7():
+    """§5.2 diagnostic 1: "similarity < 0.7 until final layer"; a curve that reaches 0.7 is not flat."""
+    from leap_export.diagnostics import _diagnostics
+
+    rows = [{"layer": layer, "sim_to_final": sim} for layer, sim in ((1, 0.1), (2, 0.7), (3, 0.69), (4, 1.0))]
+    assert not _diagnostics(rows, 2, 4, 0.0, None)[0]["fired"]
+    rows[1]["sim_to_final"] = 0.7 - 1e-9
+    assert _diagnostics(rows, 2, 4, 0.0, None)[0]["fired"]
