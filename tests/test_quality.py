@@ -93,6 +93,14 @@ def test_evaluate_agrees_with_the_calibration_sweep(tiny_artifacts, tmp_path):
     assert row["nn_at_10"] == pytest.approx(lf["nn_at_10"])
     assert row["quality"]["lee"]["spearman"] == pytest.approx(ev["metrics"][0]["exited"], abs=1e-6)
     assert cal["full_quality"]["lee"]["spearman"] == pytest.approx(ev["metrics"][0]["full"], abs=1e-6)
+    # a set's E[layers] is over that set's texts alone, not over everything encoded (here also the label-free set)
+    from leap_export.data.evalsets import load_lee
+
+    docs = load_lee()[0]
+    lee_layers = EarlyExitEncoder(art, theta=theta).encode_with_exits(docs).exit_layers
+    everything = EarlyExitEncoder(art, theta=theta).encode_with_exits(list(dict.fromkeys(docs + texts))).exit_layers
+    assert lee_layers.mean() != pytest.approx(everything.mean())
+    assert ev["sets"]["lee"]["expected_layers"] == pytest.approx(lee_layers.mean())
 
 
 def test_compare_with_a_reference_model(tiny_artifacts):
