@@ -272,3 +272,12 @@ def test_late_loss_moves_the_final_layer_unless_late_detach_final(detach):
     LeapLoss(only_late, 3, 3)(s, sp, t, ramp=1.0).total.backward()
     assert s.grad[1:3].abs().sum() > 0  # the late layers move
     assert (s.grad[3].abs().sum().item() > 0) is not detach
+
+
+def test_exit_weights_and_late_layers_follow_the_students_depth():
+    """A 6-layer student of a 12-layer teacher: l_min = 3 and L_late on 3..5 (the student's layers, not the
+    teacher's 6 and 9..11)."""
+    loss = LeapLoss(LeapConfig(), 6, 12)
+    assert loss.exit.weights.tolist() == pytest.approx([0.1, 0.1, 1.0, 1.0, 1.0, 1.0])
+    assert loss.late.layers == [3, 4, 5]
+    assert loss.exit_layers == [3, 4, 5]
