@@ -481,3 +481,30 @@ def test_flat_curve_needs_similarity_strictly_below_0_7():
     assert not _diagnostics(rows, 2, 4, 0.0, None)[0]["fired"]
     rows[1]["sim_to_final"] = 0.7 - 1e-9
     assert _diagnostics(rows, 2, 4, 0.0, None)[0]["fired"]
+
+
+def _three_groups(n_each=8, num_layers=4, seed=0):
+    """Samples 0.. exit at layer 2 (it repeats layer 1), the next group at 3 (repeats 2), the rest never;
+    every other cross-layer cosine is 0 (orthogonal blocks), so the final layer differs from every exit."""
+    pooled = orthogonal_pooled(num_layers=num_layers, n=3 * n_each, seed=seed)
+    pooled[2, :n_each] = pooled[1, :n_each]
+    pooled[3, n_each : 2 * n_each] = pooled[2, n_each : 2 * n_each]
+    return pooled
+
+
+def test_exited_nn_and_sweep_rates_describe_the_exited_embeddings(monkeypatch):
+    import leap_export.diagnostics as dg
+
+    pooled = _three_groups()
+    report = diagnose(pooled, min_layer=2, sweep_thetas=(0.95,))
+    assert report["exit"]["exit_layer_counts"] == {"1": 0, "2": 8, "3": 8, "4": 8}
+    exited = pooled[[2] * 8 + [3] * 8 + [4] * 8, np.arange(24)]
+    want = nn_overlap(exited, pooled[4], k=10)
+    assert want.mean() < 0.9  # the exited embeddings really differ from the final ones
+    assert report["exited"]["nn_at_k"] == pytest.approx(want.mean())
+    row = report["sweep"][0]
+    assert row["exit_rate_by_min_layer_plus_1"] == pytest.approx(16 / 24)  # at or before layer 3
+    # failure rates count overlaps strictly below the threshold (overlaps are multiples of 0.1)
+    monkeypatch.setattr(dg, "neighbour_overlap", lambda a, b: np.array([0.8, 0.5, 0.3, 0.79] * 6))
+    row = dg.threshold_sweep(pooled, (0.95,), 1, 2, 10)[0]
+    assert (row["nn_fail_lt_0.8"], row["nn_fail_lt_0.5"], row["nn_fail_lt_0.3"]) == (0.75, 0.25, 0.0)
