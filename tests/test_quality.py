@@ -149,6 +149,7 @@ def test_helpers(tmp_path):
     late = exit_statistics(layers, [3, 4, 5, 6], 6, min_layer=5)
     assert late["exit_at_layer"] == 5 and late["exit_at"] == late["exit_rate_before_final"] == 0.6
     assert exit_statistics(np.array([2, 3]), [1, 2, 3], 3, min_layer=1)["exit_at_layer"] == 2  # l > k
+    assert exit_statistics(np.array([2, 4]), [1, 2, 3, 4], 4, min_layer=1)["exit_at_layer"] == 3  # 1 = k cannot exit
 
 
 def test_cli(tiny_artifacts, tmp_path):
