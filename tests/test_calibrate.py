@@ -357,3 +357,14 @@ def test_pareto_marks_rows_another_row_beats_or_equals_everywhere():
             row(0.99, 4.0, 0.9, float("nan"))]  # undefined quality counts as the worst: dominated by 0.95
     _mark_pareto(rows, [("lee", "spearman")])
     assert [r["pareto"] for r in rows] == [True, False, True, True, False]
+
+
+def test_a_min_layer_override_is_written_with_the_theta(artifacts, texts):
+    """The rows are measured at the given min_layer, so the written policy carries it, not the old one."""
+    old = load_manifest(artifacts).default_policy
+    assert old.min_layer != 3
+    report = calibrate(artifacts, thetas=[0.5], min_layer=3, eval_sets=(), sentences=texts, min_nn10=0.0,
+                       max_quality_drop=1.0)
+    assert report["written"] and report["new_policy"]["min_layer"] == 3
+    assert load_manifest(artifacts).default_policy.min_layer == 3
+    assert load_manifest(artifacts).default_policy.theta == 0.5
