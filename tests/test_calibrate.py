@@ -368,3 +368,31 @@ def test_a_min_layer_override_is_written_with_the_theta(artifacts, texts):
     assert report["written"] and report["new_policy"]["min_layer"] == 3
     assert load_manifest(artifacts).default_policy.min_layer == 3
     assert load_manifest(artifacts).default_policy.theta == 0.5
+
+
+
+def test_budget_shortfall_adds_every_miss_so_the_closest_theta_is_the_nearest(artifacts, texts, tmp_path):
+    """When no theta meets the budget, the message names the row with the fewest violations and, among
+    those, the smallest shortfall: NN@10 missed by (min_nn10 - NN@10) plus each primary-metric drop over
+    the budget by (drop - max_quality_drop). The STS file's gold scores are the full-depth similarities, so
+    full depth scores Spearman 1.0 and every exit that reorders the pairs is a drop."""
+    full = EarlyExitEncoder(artifacts, exits=False).encode(texts)
+    pairs = [(i, j) for i in range(len(texts)) for j in range(i + 1, len(texts))][:60]
+    sts = tmp_path / "gold.tsv"
+    sts.write_text("sentence1\tsentence2\tscore\n" + "".join(
+        f"{texts[i]}\t{texts[j]}\t{float(full[i] @ full[j]):.6f}\n" for i, j in pairs), encoding="utf-8")
+    thetas = [t for t in splitting_thetas(trace_boundaries(artifacts, texts), load_manifest(artifacts).default_policy)
+              if t < 1.0]
+    set_theta(artifacts, 0.5)  # the current policy misses the budget too (every sample exits at the first check)
+    report = calibrate(artifacts, thetas=thetas, eval_sets=("sts",), sts_file=sts, sentences=texts,
+                       min_nn10=1.0, max_quality_drop=0.0, write=False, progress=False)
+    drops = [r["drop"]["sts/spearman"] for r in report["rows"]]
+    assert sum(d > 0 for d in drops) >= 2, f"two thetas must lose quality for this test to mean anything: {drops}"
+    for r in report["rows"]:
+        drop = r["drop"]["sts/spearman"]
+        want = max(0.0, 1.0 - r["nn_at_10"]) + max(0.0, drop)
+        assert r["budget_shortfall"] == pytest.approx(want), r["theta"]
+    fewest = min(len(r["violations"]) for r in report["rows"])
+    closest = min((r for r in report["rows"] if len(r["violations"]) == fewest), key=lambda r: r["budget_shortfall"])
+    assert report["chosen"] is None
+    assert report["message"].endswith(f"Closest: theta {closest['theta']:g}: {'; '.join(closest['violations'])}")
