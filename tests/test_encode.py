@@ -112,3 +112,31 @@ def test_a_utf16_file_is_named_as_one_with_the_right_conversion(tiny_artifacts, 
     with pytest.raises(LeapError, match=r"is UTF-16, not UTF-8.*iconv -f utf-16 -t utf-8"):
         encode_file(tiny_artifacts["bert"], src, tmp_path / "e.npy")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+
+
+
+def test_chunks_are_chunk_size_lines_and_exit_layers_keep_input_order(tiny_artifacts, tmp_path, monkeypatch):
+    """Memory holds one chunk of exactly ``chunk_size`` lines (the last one the rest), and each row and each
+    exit layer lands at its own line's position, across chunk boundaries and the length sort inside a chunk."""
+    from trt_runtime.encoder import EarlyExitEncoder as Encoder
+
+    art = tiny_artifacts["bert"]
+    lines = [f"line {i} " + "word " * (7 * i % 11) for i in range(10)]  # lengths out of order
+    api_at = {theta: Encoder(art, theta=theta).encode_with_exits(lines, batch_size=1)
+              for theta in [0.9998 + i * 0.00001 for i in range(11)]}  # fmt: skip
+    theta = max(api_at, key=lambda t: len(set(api_at[t].exit_layers.tolist())))
+    api = api_at[theta]
+    assert len(set(api.exit_layers.tolist())) >= 2, "no theta here gives mixed exits: the order is untested"
+    sizes = []
+    real = Encoder.encode_with_exits
+    monkeypatch.setattr(Encoder, "encode_with_exits", lambda self, chunk, **kw: sizes.append(len(chunk)) or real(
+        self, chunk, **kw))
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    encode_file(art, src, tmp_path / "e.npy", theta=theta, batch_size=1, chunk_size=4,
+                exit_layers_path=tmp_path / "x.json")  # fmt: skip
+    assert sizes == [4, 4, 2]
+    np.testing.assert_array_equal(np.load(tmp_path / "e.npy"), api.embeddings)
+    record = json.loads((tmp_path / "x.json").read_text())
+    assert record["exit_layers"] == api.exit_layers.tolist()
+    assert record["stats"]["samples"] == len(lines) and record["policy"]["theta"] == theta
