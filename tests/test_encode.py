@@ -140,3 +140,35 @@ def test_chunks_are_chunk_size_lines_and_exit_layers_keep_input_order(tiny_artif
     record = json.loads((tmp_path / "x.json").read_text())
     assert record["exit_layers"] == api.exit_layers.tolist()
     assert record["stats"]["samples"] == len(lines) and record["policy"]["theta"] == theta
+
+
+
+def test_the_space_check_counts_the_npy_bytes_exactly(tiny_artifacts, tmp_path, monkeypatch):
+    """Free space (and ``ulimit -f``) are checked against the file's real size: header + rows x dim x 4 bytes."""
+    import collections
+    import resource
+
+    import leap_export.encode as enc
+
+    src = tmp_path / "in" / "in.txt"
+    src.parent.mkdir()
+    src.write_text("one\ntwo\nthree\n", encoding="utf-8")
+    out = tmp_path / "out" / "e.npy"
+    need = 128 + 3 * 32 * 4
+    usage = collections.namedtuple("usage", "total used free")
+    real_disk_usage = enc.shutil.disk_usage
+    monkeypatch.setattr(enc.shutil, "disk_usage", lambda p: usage(10**9, 0, need - 1))
+    with pytest.raises(LeapError, match="MB free"):
+        encode_file(tiny_artifacts["bert"], src, out)
+    assert not out.parent.exists()
+    monkeypatch.setattr(enc.shutil, "disk_usage", lambda p: usage(10**9, 0, need))
+    encode_file(tiny_artifacts["bert"], src, out)
+    assert out.stat().st_size == need  # the estimate is the file's size
+    monkeypatch.setattr(enc.shutil, "disk_usage", real_disk_usage)
+    out.unlink()
+    real_getrlimit = resource.getrlimit
+    monkeypatch.setattr(resource, "getrlimit", lambda r: (need - 1, real_getrlimit(r)[1])
+                        if r == resource.RLIMIT_FSIZE else real_getrlimit(r))  # fmt: skip
+    with pytest.raises(LeapError, match="file-size limit"):  # before encoding, not a write that fails
+        encode_file(tiny_artifacts["bert"], src, out)
+    assert sorted(p.name for p in out.parent.iterdir()) == []
