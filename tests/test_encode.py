@@ -172,3 +172,25 @@ def test_the_space_check_counts_the_npy_bytes_exactly(tiny_artifacts, tmp_path, 
     with pytest.raises(LeapError, match="file-size limit"):  # before encoding, not a write that fails
         encode_file(tiny_artifacts["bert"], src, out)
     assert sorted(p.name for p in out.parent.iterdir()) == []
+
+
+
+def test_a_file_that_changes_while_it_is_read_publishes_nothing(tiny_artifacts, tmp_path, monkeypatch):
+    """The header's row count comes from the first pass; a second pass with fewer lines must not publish a
+    .npy whose header promises rows it does not hold."""
+    import leap_export.encode as enc
+
+    src = tmp_path / "in.txt"
+    src.write_text("one\ntwo\nthree\n", encoding="utf-8")
+    passes = []
+    real = enc.iter_lines
+
+    def shrinking(path, **kw):
+        passes.append(path)
+        lines = list(real(path, **kw))
+        return iter(lines if len(passes) == 1 else lines[:-1])
+
+    monkeypatch.setattr(enc, "iter_lines", shrinking)
+    with pytest.raises(RuntimeError, match="changed while it was read"):
+        encode_file(tiny_artifacts["bert"], src, tmp_path / "e.npy")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
