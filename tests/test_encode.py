@@ -194,3 +194,15 @@ def test_a_file_that_changes_while_it_is_read_publishes_nothing(tiny_artifacts, 
     with pytest.raises(RuntimeError, match="changed while it was read"):
         encode_file(tiny_artifacts["bert"], src, tmp_path / "e.npy")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+
+
+
+def test_the_library_refuses_to_write_over_its_input(tiny_artifacts, tmp_path):
+    """``encode_file`` itself (not only the CLI's option check) never replaces the sentences it reads."""
+    src = tmp_path / "in.txt"
+    src.write_text("one\n", encoding="utf-8")
+    with pytest.raises(LeapError, match="--output .* is the input file"):
+        encode_file(tiny_artifacts["bert"], src, src)
+    with pytest.raises(LeapError, match="--exit-layers .* is the input file"):
+        encode_file(tiny_artifacts["bert"], src, tmp_path / "e.npy", exit_layers_path=tmp_path / "." / "in.txt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"] and src.read_text() == "one\n"
