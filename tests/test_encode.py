@@ -206,3 +206,13 @@ def test_the_library_refuses_to_write_over_its_input(tiny_artifacts, tmp_path):
     with pytest.raises(LeapError, match="--exit-layers .* is the input file"):
         encode_file(tiny_artifacts["bert"], src, tmp_path / "e.npy", exit_layers_path=tmp_path / "." / "in.txt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"] and src.read_text() == "one\n"
+
+
+
+def test_a_byte_order_mark_is_dropped_from_the_first_line_only(tmp_path):
+    """A BOM starts a file; U+FEFF further on is text (a zero-width no-break space) and is kept as it is."""
+    from leap_export.textio import read_lines
+
+    src = tmp_path / "in.txt"
+    src.write_bytes(b"\xef\xbb\xbfa\n\xef\xbb\xbfb\n\xef\xbb\xbf\nc")
+    assert read_lines(src) == ["a", "\ufeffb", "\ufeff", "c"]
