@@ -3,7 +3,7 @@
 import os
 import threading
 
-from trt_runtime.fileio import atomic_write
+from trt_runtime.fileio import atomic_write, ordinary_modes, temp_folder
 
 
 def test_a_symlinked_output_replaces_its_target_and_keeps_the_link(tmp_path):
@@ -26,3 +26,19 @@ def test_a_pipe_is_written_to_not_replaced(tmp_path):
     reader.join(timeout=30)
     assert got == [b"through the pipe"]
     assert fifo.is_fifo()
+
+
+def test_published_folders_and_files_get_the_users_umask(tmp_path):
+    """mkdtemp makes a folder 0700: a build folder renamed into place from it must get 0777 & ~umask (and its
+    files 0666 & ~umask), as mkdir and open() would give them."""
+    old = os.umask(0o027)
+    try:
+        tmp = temp_folder(tmp_path, ".build.")
+        (tmp / "sub").mkdir(mode=0o700)
+        os.close(os.open(tmp / "sub" / "f.onnx", os.O_WRONLY | os.O_CREAT, 0o600))
+        assert oct(tmp.stat().st_mode & 0o777) == oct(0o750)
+        ordinary_modes(tmp)
+    finally:
+        os.umask(old)
+    assert oct((tmp / "sub").stat().st_mode & 0o777) == oct(0o750)
+    assert oct((tmp / "sub" / "f.onnx").stat().st_mode & 0o777) == oct(0o640)
