@@ -211,7 +211,7 @@ def test_python_dash_m_leap_export_is_the_command():
     assert proc.returncode == 0 and "Usage:" in proc.stdout and "calibrate" in proc.stdout, proc.stderr
 
 
-@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP", "SIGINT"])
 @pytest.mark.parametrize("phase", ["copying a piped input", "encoding"])
 def test_encode_stopped_by_a_service_manager_leaves_no_temporary_files(tiny_artifacts, tmp_path, signame, phase):
     """SIGTERM (systemd, Kubernetes, ``timeout``) and SIGHUP killed the process on the spot, leaving the hidden
@@ -251,7 +251,7 @@ def test_encode_stopped_by_a_service_manager_leaves_no_temporary_files(tiny_arti
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 128 + getattr(signal, signame), err  # as a shell reports the signal
-    assert f"aborted ({signame})" in err.decode()
+    assert (f"aborted ({signame})" if signame != "SIGINT" else "aborted") in err.decode()  # Ctrl-C: 130
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["emb.npy"]  # no .tmp, no input copy
     assert out.read_bytes() == b"earlier output"
 
@@ -303,3 +303,26 @@ def test_encode_running_out_of_room_midway_is_a_clear_error(tiny_artifacts, tmp_
     with pytest.raises(LeapError, match="No space left on device"):
         enc.encode_file(tiny_artifacts["bert"], src, tmp_path / "emb.npy")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+
+
+def test_termination_signals_unwind_once_and_an_ignored_one_stays_ignored():
+    """``nohup`` (SIGHUP ignored by the parent) must keep working; the handler unwinds the first SIGTERM with
+    status 143 and a second one kills on the spot, as a stuck unwind must not make the process unkillable."""
+    code = (
+        "import os, signal, sys\n"
+        "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
+        "from leap_export.cli import _exit_on_termination\n"
+        "_exit_on_termination()\n"
+        "os.kill(os.getpid(), signal.SIGHUP)\n"
+        "print('still here after SIGHUP', flush=True)\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "except SystemExit as e:\n"
+        "    print('unwound', e.code, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "print('not killed', flush=True)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.splitlines() == ["still here after SIGHUP", "unwound 143"], proc.stdout + proc.stderr
+    assert proc.returncode == -15, proc.stderr
