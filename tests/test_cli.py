@@ -84,6 +84,8 @@ def test_a_damaged_model_folder_gives_a_clear_error(damage, message, tiny_bert, 
          "same file as the input --input"),
         (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--exit-layers", "{tmp}/o.npy"],
          "same file as the output --output"),
+        (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--exit-layers", "{tmp}/./o.npy"],
+         "same file as the output --output"),  # one path spelt two ways
         (["verify", "{art}", "--sentences", "{tmp}/in.txt", "--report", "{tmp}/in.txt"], "same file as the input"),
         (["diagnose", "{model}", "--sentences", "{tmp}/in.txt", "--report", "{tmp}/in.txt"], "same file as the input"),
         (["verify", "{art}", "--report", "{art}/manifest.json"], "would overwrite a file the input folder"),
@@ -326,3 +328,10 @@ def test_termination_signals_unwind_once_and_an_ignored_one_stays_ignored():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.splitlines() == ["still here after SIGHUP", "unwound 143"], proc.stdout + proc.stderr
     assert proc.returncode == -15, proc.stderr
+
+
+def test_devices_are_never_the_same_file_as_each_other(tiny_artifacts, tmp_path):
+    """`--input /dev/null --exit-layers /dev/null` reads one device and writes the other: no file is replaced."""
+    out = tmp_path / "e.npy"
+    proc = run("encode", tiny_artifacts["bert"], "--input", "/dev/null", "--output", out, "--exit-layers", "/dev/null")
+    assert "0 embeddings" in proc.stderr and np.load(out).shape == (0, 32)
