@@ -42,3 +42,13 @@ def test_published_folders_and_files_get_the_users_umask(tmp_path):
         os.umask(old)
     assert oct((tmp / "sub").stat().st_mode & 0o777) == oct(0o750)
     assert oct((tmp / "sub" / "f.onnx").stat().st_mode & 0o777) == oct(0o640)
+
+
+def test_an_output_folder_that_is_not_writable_is_named_before_any_work(tmp_path, monkeypatch):
+    """(A test run as root cannot make a folder unwritable by its mode, so access() answers as for a user.)"""
+    import trt_runtime.fileio as fileio
+
+    monkeypatch.setattr(fileio.os, "access", lambda path, mode: os.fspath(path) != os.fspath(tmp_path))
+    problem = fileio.output_problem(tmp_path / "new" / "e.npy")
+    assert problem and f"folder {tmp_path} is not writable" in problem
+    assert fileio.output_problem(tmp_path / "new" / "e.npy", folder=True)
