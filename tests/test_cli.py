@@ -245,7 +245,9 @@ def test_encode_stopped_by_a_service_manager_leaves_no_temporary_files(tiny_arti
     try:
         deadline = time.monotonic() + 120
         while not list(tmp_path.glob(pattern)):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            if proc.poll() is not None or time.monotonic() > deadline:  # fail, not hang reading a live stderr
+                proc.kill()
+                pytest.fail(f"no {pattern} appeared: {proc.communicate(timeout=60)[1].decode()}")
             time.sleep(0.01)
         proc.send_signal(getattr(signal, signame))
         _, err = proc.communicate(timeout=120)
