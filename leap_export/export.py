@@ -506,19 +506,16 @@ def _copy_tokenizer(model_dir: Path, dest: Path, max_length: int) -> str:
     """The tokenizer files, with tokenizer.json set as the runtime tokenizes: no padding, truncation at
     ``max_length`` (the source's file often says otherwise: all-MiniLM-L6-v2's truncates and pads to 128
     where sentence-transformers uses 256), so a consumer loading the file as shipped gets the contract."""
-    from tokenizers import Tokenizer
+    from trt_runtime.tokenize import runtime_tokenizer
 
     src = model_dir / "tokenizer.json"
     if not src.is_file():
         raise LeapError(f"{model_dir} has no tokenizer.json (a fast tokenizer is required by the runtime)")
     (dest / "tokenizer").mkdir()
     for name in TOKENIZER_FILES:
-        if (model_dir / name).is_file():
+        if name != src.name and (model_dir / name).is_file():
             shutil.copy2(model_dir / name, dest / "tokenizer" / name)
-    tokenizer = Tokenizer.from_file(str(src))
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=max_length)
-    tokenizer.save(str(dest / "tokenizer" / "tokenizer.json"))
+    runtime_tokenizer(src, max_length).save(str(dest / "tokenizer" / src.name))
     return "tokenizer/tokenizer.json"
 
 

@@ -159,8 +159,7 @@ def verify(
         return report
 
     # the tolerance follows what the graphs are, not only what the manifest calls them
-    paths = manifest.segment_paths(variant) + [manifest.full_path(variant)]
-    kinds = graph_precisions(paths)
+    kinds = graph_precisions(manifest.segment_paths(variant) + [manifest.full_path(variant)])
     found = sorted(set(kinds.values()), key=PRECISION_ORDER.index)
     precision = found[0] if len(found) == 1 else "mixed: " + ", ".join(found)
     if found != [label]:
@@ -168,8 +167,7 @@ def verify(
             what = f"its graphs are {precision}"
         else:  # a graph of another build left in, e.g. an int8 variant whose full.onnx is the fp32 one
             what = "its graphs are mixed: " + ", ".join(
-                f"{path.relative_to(manifest.root)} is {kind}"
-                for path, kind in kinds.items() if kind != label)
+                f"{path.relative_to(manifest.root)} is {kind}" for path, kind in kinds.items() if kind != label)
         report.fail("precision", f"variant {variant} is labelled {label!r} in manifest.json, but {what}; "
                     "checked with the strictest tolerances. Rebuild it, or fix the label")
     strict = min((label, *kinds.values()), key=lambda p: PRECISION_ORDER.index(p) if p in PRECISION_ORDER else 0)

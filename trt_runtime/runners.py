@@ -186,7 +186,8 @@ class OrtRunner:
                  shared_pool: bool = True) -> None:
         if threads is not None and (isinstance(threads, bool | np.bool_) or not isinstance(threads, numbers.Integral)
                                     or threads < 1):
-            raise RuntimeInputError(f"threads must be an integer >= 1 (or None: the CPUs this process may use), got {threads!r}")
+            raise RuntimeInputError(
+                f"threads must be an integer >= 1 (or None: the CPUs this process may use), got {threads!r}")
         self.path = Path(path)
         self.threads = None if threads is None else int(threads)  # numpy integers welcome, as everywhere else
         self.providers = providers or ["CPUExecutionProvider"]

@@ -13,13 +13,20 @@ from pathlib import Path
 import numpy as np
 
 
+def runtime_tokenizer(tokenizer_json: str | Path, max_length: int):
+    """``tokenizers.Tokenizer`` from ``tokenizer_json`` set as the runtime tokenizes: no padding, truncation at
+    ``max_length``. ``build`` saves it into the artifact so a consumer loading the file as shipped agrees."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_json))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_length)
+    return tokenizer
+
+
 class TokenBatcher:
     def __init__(self, tokenizer_json: str | Path, *, max_length: int, pad_id: int) -> None:
-        from tokenizers import Tokenizer
-
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_json))
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(max_length=max_length)
+        self.tokenizer = runtime_tokenizer(tokenizer_json, max_length)  # older builds kept the source's settings
         self.pad_id = pad_id
         self.max_length = max_length
 
