@@ -633,6 +633,7 @@ def plot_png(report: dict[str, Any]) -> bytes:
     import io
 
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     batches = list(report["results"])
     configs = [
@@ -645,10 +646,16 @@ def plot_png(report: dict[str, Any]) -> bytes:
     width = 0.8 / len(configs)
     for i, c in enumerate(configs):
         ys = [report["results"][b][c]["mean_ms"] for b in batches]
-        ax.bar(np.arange(len(batches)) + i * width, ys, width, label=c)
+        bars = ax.bar(np.arange(len(batches)) + i * width, ys, width, label=c)
+        ax.bar_label(bars, labels=[f"{y:.3g}" for y in ys], fontsize=6, padding=1)
     ax.set_xticks(np.arange(len(batches)) + width * (len(configs) - 1) / 2, [f"batch {b}" for b in batches])
     ax.set_ylabel("mean latency (ms)")
     ax.set_yscale("log")
+    # 1-2-5 ticks in plain numbers: a range inside one decade otherwise gets minor labels like "6x10^1"
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.margins(y=0.08)  # room for the top bars' labels
     ax.set_title(
         f"{report['model']}: E[layers] {report['expected_layers']:.2f}/{report['num_layers']}, "
         f"theta {report['policy']['theta']}"
