@@ -598,6 +598,11 @@ def build_corpus(
     for path in files:
         if not path.is_file():
             raise LeapError(f"corpus file {path} does not exist")
+        if out_dir.exists() and Path(os.path.realpath(out_dir)) in Path(os.path.realpath(path)).parents:
+            # the whole folder is replaced: an earlier corpus's train.txt given back as --file was rewritten,
+            # and its val/test splits lost
+            raise LeapError(f"corpus file {path} is inside the output folder {out_dir}, which this run replaces; "
+                            "copy the file elsewhere first, or choose another --out")
     user_texts = [
         read_user_file(path, text_field) for path in files
     ]  # fail on a bad file before the slow part

@@ -137,6 +137,21 @@ def test_refuses_to_overwrite_a_foreign_folder(tmp_path: Path, user_txt: Path) -
     assert (out / "notes.md").read_text() == "keep me"
 
 
+def test_refuses_a_file_inside_the_folder_it_replaces(tmp_path: Path, user_txt: Path) -> None:
+    """An earlier corpus's train.txt given back as --file: the run would replace the folder holding it
+    (its val and test splits lost, the input rewritten). Refused, through the CLI too, with nothing changed."""
+    out = tmp_path / "c"
+    _build(out, [user_txt])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(LeapError, match="inside the output folder"):
+        _build(out, [out / "train.txt"])
+    result = CliRunner().invoke(corpus_command, ["--out", str(out), "--file", str(out / "train.txt"), "--no-debian",
+                                                 "--no-progress"])
+    assert isinstance(result.exception, LeapError) and "inside the output folder" in str(result.exception)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    _build(tmp_path / "other", [out / "train.txt"])  # into another folder: fine
+
+
 def test_bad_fractions_and_unknown_source(tmp_path: Path, user_txt: Path) -> None:
     with pytest.raises(LeapError, match="fraction"):
         _build(tmp_path / "c", [user_txt], val_fraction=0.6, test_fraction=0.5)
@@ -308,6 +323,22 @@ def test_cli_counts_what_length_and_duplicates_removed_and_warns_of_an_empty_spl
     assert "kept: 21-200 characters" in result.output
     assert "WARNING: the test split is empty" in result.output and "the val split" not in result.output
 
+
+
+def test_cli_names_the_seed_when_an_earlier_train_split_is_given_back(tmp_path: Path) -> None:
+    """Splits hash each sentence with the seed, so an earlier corpus's train.txt lands wholly in train again:
+    the warning says so (and --seed fixes it) instead of asking for more sentences."""
+    src = _write_txt(tmp_path / "many.txt", [f"Sentence number {i} is about topic {i * 7} and more." for i in range(300)])
+    fractions = ["--val-fraction", "0.2", "--test-fraction", "0.2", "--no-debian", "--no-progress"]
+    first = CliRunner().invoke(corpus_command, ["--out", str(tmp_path / "a"), "--file", str(src), *fractions])
+    assert first.exit_code == 0 and "WARNING" not in first.output, first.output
+    again = CliRunner().invoke(corpus_command, ["--out", str(tmp_path / "b"), "--file", str(tmp_path / "a" / "train.txt"),
+                                                *fractions])
+    assert again.exit_code == 0, again.output
+    assert "the val split is empty" in again.output and "pass another --seed" in again.output, again.output
+    reseeded = CliRunner().invoke(corpus_command, ["--out", str(tmp_path / "c"), "--file",
+                                                   str(tmp_path / "a" / "train.txt"), *fractions, "--seed", "1"])
+    assert reseeded.exit_code == 0 and "WARNING" not in reseeded.output, reseeded.output
 
 # ---------------------------------------------------------------------------------------------------------
 # The Debian sources (installed in CI by scripts/install_data_sources.sh)
