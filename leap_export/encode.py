@@ -107,13 +107,13 @@ def _space_problem(output: Path, size: int) -> str | None:
     if output.exists() and not output.is_file() and not output.is_dir():
         return None  # a device or a named pipe: written to, not stored here
     folder = nearest_existing(Path(os.path.realpath(output)).parent)
-    mb = f"{size / 1e6:,.1f} MB"
+    mb = _human_bytes(size)
     try:
         import resource
 
         limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
         if limit != resource.RLIM_INFINITY and size > limit:
-            return f"the embeddings need {mb}, over this process's file-size limit ({limit / 1e6:,.1f} MB, ulimit -f)"
+            return f"the embeddings need {mb}, over this process's file-size limit ({_human_bytes(limit)}, ulimit -f)"
     except (ImportError, OSError, ValueError):
         pass
     try:
@@ -121,8 +121,16 @@ def _space_problem(output: Path, size: int) -> str | None:
     except OSError:
         return None
     if size > free:
-        return f"the embeddings need {mb}, and {folder} has {free / 1e6:,.1f} MB free"
+        return f"the embeddings need {mb}, and {folder} has {_human_bytes(free)} free"
     return None
+
+
+def _human_bytes(n: int) -> str:
+    """``3.1 MB``, ``20.5 kB``: a limit of 20 KiB read "0.0 MB" before."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n} bytes"
 
 
 def _chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:

@@ -99,7 +99,12 @@ def plan_segments(num_layers: int, policy: ExitPolicy, boundaries: list[int] | N
         raise LeapError(f"min_layer {policy.min_layer} exceeds the model's {num_layers} layers")
     if boundaries is None:
         boundaries = list(range(policy.min_layer, num_layers + 1))
-    boundaries = sorted(set(int(b) for b in boundaries))
+    given = [int(b) for b in boundaries]
+    repeated = sorted({b for b in given if given.count(b) > 1})
+    if repeated:
+        raise LeapError(f"boundaries {given} name layer{'s' if len(repeated) > 1 else ''} "
+                        f"{', '.join(map(str, repeated))} more than once; give each layer once")
+    boundaries = sorted(given)
     if not boundaries or boundaries[0] < 1 or boundaries[-1] > num_layers:
         raise LeapError(f"boundaries must lie in 1..{num_layers}, got {boundaries}")
     if boundaries[-1] != num_layers:

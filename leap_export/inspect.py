@@ -44,7 +44,7 @@ def _print_summary(console, m, problems: dict[str, list[str]], check_files: bool
     )
     console.print(
         f"exit policy: theta {policy['theta']}, patience k {policy['patience']}, min_layer {policy['min_layer']}"
-        f"{'' if policy.get('enabled', True) else ' (disabled)'}; history: {len(d.get('policy_history', []))} entries"
+        f"{'' if policy.get('enabled', True) else ' (disabled)'}; history: {_entries(len(d.get('policy_history', [])))}"
     )
     table = Table(title="segments")
     for col in ("#", "layers", "inputs", "outputs", "ref", *m.variants()):
@@ -76,3 +76,7 @@ def _size(path) -> str:
     except OSError:
         return "missing"
     return f"{n / 1e6:.1f} MB"
+
+
+def _entries(n: int) -> str:
+    return f"{n} {'entry' if n == 1 else 'entries'}"

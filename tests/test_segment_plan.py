@@ -45,6 +45,14 @@ def test_boundaries_out_of_range(bad):
         plan_segments(6, ExitPolicy(min_layer=3), bad)
 
 
+def test_a_boundary_given_twice_is_refused():
+    """``--boundaries 4,4`` was silently read as ``4``."""
+    with pytest.raises(LeapError, match=r"name layer 4 more than once"):
+        plan_segments(6, ExitPolicy(min_layer=3), [4, 4])
+    with pytest.raises(LeapError, match=r"name layers 3, 5 more than once"):
+        plan_segments(6, ExitPolicy(min_layer=3), [5, 3, 5, 3])
+
+
 def test_min_layer_beyond_the_depth_is_refused_with_explicit_boundaries_too():
     """The runtime refuses a manifest whose min_layer exceeds the depth, so the build must refuse it first."""
     with pytest.raises(LeapError, match="min_layer 9 exceeds the model's 6 layers"):

@@ -99,7 +99,9 @@ def load_bible_paraphrase(
     if corpus_limit is not None:
         needed = set(target.values())
         if corpus_limit < len(needed):
-            raise LeapError(f"corpus_limit {corpus_limit} is smaller than the {len(needed)} queries' verses")
+            raise LeapError(f"--bible-corpus-limit {corpus_limit} is smaller than the {len(needed)} verses the queries "
+                            f"need (each query's own verse stays in the corpus); pass at least {len(needed)}, or "
+                            "lower --bible-limit")
         others = [r for r in corpus_refs if r not in needed]
         extra = set(_subset(others, corpus_limit - len(needed), b"bible-corpus"))
         corpus_refs = [r for r in corpus_refs if r in needed or r in extra]

@@ -197,8 +197,14 @@ def parse_settings(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
     for item in items:
         key, sep, raw = item.partition("=")
         key = key.strip().replace("-", "_")
-        if not sep or key not in known:
-            raise LeapError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(known))}")
+        if not sep:
+            raise LeapError(f"--set {item!r}: expected KEY=VALUE, e.g. beta_exit=2.0")
+        if key not in known:
+            import difflib
+
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise LeapError(f"--set {item!r}: unknown setting {key!r}; {hint}settings: {', '.join(sorted(known))}")
         try:
             out[key] = None if raw.strip().lower() in ("none", "null") else json.loads(raw)
         except json.JSONDecodeError:

@@ -60,7 +60,7 @@ def test_bible_limits_are_deterministic_and_keep_the_answers() -> None:
     full_q, full_c, full_r = load_bible_paraphrase()
     answer = dict(zip(full_q, (full_c[r] for r in full_r), strict=True))
     assert all(c1[r] == answer[q] for q, r in zip(q1, r1, strict=True))
-    with pytest.raises(LeapError, match="corpus_limit"):
+    with pytest.raises(LeapError, match="--bible-corpus-limit 10 is smaller"):
         load_bible_paraphrase(limit=50, corpus_limit=10)
 
 

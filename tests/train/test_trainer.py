@@ -306,6 +306,8 @@ def test_cli_help_and_option_errors():
         (["--lr", "nan"], "lr must be float (finite), got nan"),  # a model of NaNs, trained silently, before
         (["--set", "tau=abc"], "tau must be float (finite), got 'abc'"),  # a TypeError traceback, before
         (["--seed", "-1"], "seed must be >= 0"),  # a numpy traceback, before
+        (["--set", "tua=0.9"], "unknown setting 'tua'; did you mean tau?"),  # "expected KEY=VALUE", before
+        (["--set", "tau"], "expected KEY=VALUE"),
     ]:
         result = runner.invoke(command, ["--out", "x", *args])
         assert isinstance(result.exception, LeapError) and message in str(result.exception), result.output
