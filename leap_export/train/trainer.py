@@ -333,6 +333,9 @@ def _train(
     teacher_src = resolve_model(teacher_spec if teacher_spec is not None else student_spec)
     checkpoint_path = out / CHECKPOINT
     if checkpoint_path.is_file() and not resume:
+        if (out / "model.safetensors").is_file():  # exported: the run reached its last step
+            raise LeapError(f"{out} holds a finished run; to train it further, start a new run from it "
+                            f"(--student {out} --out NEW_FOLDER), or pick a new --out")
         raise LeapError(
             f"{out} already holds a training checkpoint: pass --resume to continue it, or pick a new --out"
         )
@@ -350,6 +353,12 @@ def _train(
         if config.max_length > src.max_seq_length:
             raise LeapError(f"--max-length {config.max_length} exceeds the {role}'s maximum sequence length "
                             f"{src.max_seq_length}; pass at most that")
+    inputs = _run_inputs(student_src, teacher_src, sentences)
+    state = None
+    if resume and checkpoint_path.is_file():  # before the teacher: a refusal costs no embedding
+        state = _load_checkpoint(checkpoint_path)
+        _check_resumable(state["config"], config)
+        _check_same_inputs(state.get("inputs"), inputs)
     out.mkdir(parents=True, exist_ok=True)
     if d.main and d.device.type == "cpu" and config.batch_size >= 64 and config.max_length >= 128:
         print(
@@ -391,12 +400,8 @@ def _train(
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = _scheduler(optimizer, config, total)
 
-    inputs = _run_inputs(student_src, teacher_src, sentences)
     start, elapsed_before = 0, 0.0
-    if resume and checkpoint_path.is_file():
-        state = _load_checkpoint(checkpoint_path)
-        _check_resumable(state["config"], config)
-        _check_same_inputs(state.get("inputs"), inputs)
+    if state is not None:
         try:
             encoder.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])

@@ -183,8 +183,15 @@ def test_existing_checkpoint_needs_resume_and_same_settings(models, sentences, t
         train(models["student"], sentences, out, config=small(), stop_after=4, show_progress_bar=False)
     with pytest.raises(LeapError, match="--resume"):
         train(models["student"], sentences, out, config=small(), show_progress_bar=False)
+    cache = tmp_path / "teacher-cache"
     with pytest.raises(LeapError, match="lr"):
-        train(models["student"], sentences, out, config=small(lr=5e-4), resume=True, show_progress_bar=False)
+        train(models["student"], sentences, out, config=small(lr=5e-4), resume=True, teacher_cache=cache,
+              show_progress_bar=False)
+    assert not cache.exists() or not any(cache.rglob("*.npy")), "refused only after the teacher embedded"
+    train(models["student"], sentences, out, config=small(), resume=True, show_progress_bar=False)
+    with pytest.raises(LeapError, match=r"holds a finished run; to train it further, start a new run from it "
+                                        r"\(--student .*out --out NEW_FOLDER\)"):
+        train(models["student"], sentences, out, config=small(), show_progress_bar=False)
 
 
 def test_a_folder_with_other_files_is_refused_untouched(models, sentences, tmp_path):
