@@ -337,3 +337,9 @@ def test_devices_are_never_the_same_file_as_each_other(tiny_artifacts, tmp_path)
     out = tmp_path / "e.npy"
     proc = run("encode", tiny_artifacts["bert"], "--input", "/dev/null", "--output", out, "--exit-layers", "/dev/null")
     assert "0 embeddings" in proc.stderr and np.load(out).shape == (0, 32)
+
+
+def test_inspect_counts_policy_history_entries_in_words():
+    from leap_export.inspect import _entries
+
+    assert [_entries(n) for n in (0, 1, 2)] == ["0 entries", "1 entry", "2 entries"]  # inspect's "history: ..."
