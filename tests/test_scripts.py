@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,6 +62,29 @@ def test_handoff_cost(tiny_artifacts, tmp_path):
     assert len(rows) == 4
 
 
+@pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None, reason="needs a C compiler")
+@pytest.mark.parametrize("arch", ["bert", "mpnet"])
+def test_c_host_loop(tiny_artifacts, tmp_path, arch):
+    # the C chain must compute the runtime's exit scores (the script refuses to time otherwise), then time
+    out_json = tmp_path / "c.json"
+    out = _run("scripts/c_host_loop.py", str(tiny_artifacts[arch]), "--rounds", "2", "--blocks", "2", "--rows", "6",
+               "--threads", "1", "--json", str(out_json))
+    parity = re.search(r"parity: the C chain's exit scores match the runtime's on 6 sentences \(max abs diff (\S+)\)",
+                       out)
+    assert parity and float(parity.group(1)) <= 1e-4, out
+    data = json.loads(out_json.read_text())
+    assert data["threads"] == 1 and data["rows"] == 6 and len(data["rounds"]) == 2
+    for row in data["rounds"]:
+        for host in ("python", "c"):
+            assert len(row[host]["ratios"]) == 2 and all(math.isfinite(r) and r > 0 for r in row[host]["ratios"])
+            assert all(m > 0 for m in row[host]["monolithic_ms"] + row[host]["segmented_ms"])
+    for host, label in (("python", "Python host"), ("c", "C host")):
+        s = data["summary"][host]
+        assert s["min"] <= s["median"] <= s["max"]
+        assert f"{label}: median {s['median']:+.1%}" in out
+    assert f"C lower than Python in {data['c_lower_in']} of 2 rounds" in out
+
+
 def test_handoff_cost_rejects_bad_settings(tiny_artifacts):
     res = subprocess.run([sys.executable, "scripts/handoff_cost.py", str(tiny_artifacts["bert"]), "--rounds", "1"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -78,6 +104,9 @@ def test_scripts_refuse_bad_input_before_timing(tiny_artifacts, tmp_path):
         (["scripts/overhead_spread.py", art, "--json", str(tmp_path)], "--json: "),
         (["scripts/handoff_cost.py", art, "--json", str(tmp_path)], "--json: "),
         (["scripts/handoff_cost.py", str(tmp_path / "nope")], "is not a folder"),
+        (["scripts/c_host_loop.py", art, "--rounds", "0"], "must be at least 1"),
+        (["scripts/c_host_loop.py", art, "--json", str(tmp_path)], "--json: "),
+        (["scripts/c_host_loop.py", str(tmp_path / "nope")], "is not a folder"),
     ]
     for args, message in cases:
         res = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -92,8 +121,6 @@ def test_demo_report_runs_from_any_folder_and_names_a_wrong_one(tmp_path):
 
 
 def test_handoff_cost_on_the_int8_variant(tiny_artifacts, tmp_path):
-    import shutil
-
     from leap_export.export import build
 
     art = tmp_path / "art"
