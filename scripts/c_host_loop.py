@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 from _checks import check_inputs, positive_int  # scripts/, on sys.path when run as a script
+from overhead_spread import run_worker, summarize, worker_command  # scripts/, likewise
 
 from trt_runtime.fileio import write_json_atomic
 
@@ -133,19 +134,14 @@ def main() -> None:
                      "not timing two different computations")
         print(f"parity: the C chain's exit scores match the runtime's on {len(texts)} sentences "
               f"(max abs diff {worst:.1e})")
-        py_cmd = [sys.executable, str(HERE / "overhead_spread.py"), args.artifacts, "--worker", "--blocks",
-                  str(args.blocks), "--rows", str(args.rows), "--threads", str(threads)]
-        if args.sentences:
-            py_cmd += ["--sentences", args.sentences]
+        py_cmd = worker_command(args.artifacts, blocks=args.blocks, rows=args.rows, sentences=args.sentences,
+                                threads=threads)
         rounds = []
         print(f"\n{len(texts)} sentences per block, {args.blocks} blocks per process, {threads} threads\n")
         print("| round | Python host: overhead (monolithic ms) | C host: overhead (monolithic ms) | C - Python |")
         print("|---|---|---|---|")
         for r in range(args.rounds):
-            proc = subprocess.run(py_cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                sys.exit(f"c_host_loop: the Python worker failed:\n{proc.stderr.strip()}")
-            py = json.loads(proc.stdout.strip().splitlines()[-1])
+            py = run_worker(py_cmd, "c_host_loop: the Python worker")
             c = json.loads(run_c(exe, lib, plan, tok, threads, args.blocks, "time"))
             row = {"python": py, "c": c}
             for host in ("python", "c"):
@@ -154,11 +150,7 @@ def main() -> None:
             print(f"| {r + 1} | {py['median']:+.1%} ({statistics.mean(py['monolithic_ms']):.2f}) "
                   f"| {c['median']:+.1%} ({statistics.mean(c['monolithic_ms']):.2f}) "
                   f"| {(c['median'] - py['median']) * 100:+.1f} points |", flush=True)
-    summary = {}
-    for host in ("python", "c"):
-        meds = sorted(r[host]["median"] for r in rounds)
-        summary[host] = {"median": statistics.median(meds), "min": meds[0], "max": meds[-1],
-                         "at_most_3pct": sum(m <= 0.03 for m in meds), "at_most_5pct": sum(m <= 0.05 for m in meds)}
+    summary = {host: summarize([r[host]["median"] for r in rounds]) for host in ("python", "c")}
     lower = sum(r["c"]["median"] < r["python"]["median"] for r in rounds)
     for host, label in (("python", "Python host"), ("c", "C host")):
         s = summary[host]

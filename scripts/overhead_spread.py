@@ -63,6 +63,32 @@ def worker(artifacts: str, sentences: str | None, blocks: int, rows: int, thread
     return {"ratios": ratios, "monolithic_ms": mono_ms, "segmented_ms": seg_ms}
 
 
+def worker_command(artifacts: str, *, blocks: int, rows: int, sentences: str | None = None,
+                   threads: int | None = None) -> list[str]:
+    """The command line of one fresh worker process (also used by scripts/c_host_loop.py)."""
+    cmd = [sys.executable, __file__, artifacts, "--worker", "--blocks", str(blocks), "--rows", str(rows)]
+    if sentences:
+        cmd += ["--sentences", sentences]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    return cmd
+
+
+def run_worker(cmd: list[str], what: str) -> dict:
+    """Run one worker process; its result, or exit naming ``what`` failed."""
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{what} failed:\n{proc.stderr.strip()}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def summarize(overheads: list[float]) -> dict:
+    """Median, range and the target counts of per-process overheads (fractions: 0.05 is +5 %)."""
+    ordered = sorted(overheads)
+    return {"median": statistics.median(ordered), "min": ordered[0], "max": ordered[-1],
+            "at_most_3pct": sum(m <= 0.03 for m in ordered), "at_most_5pct": sum(m <= 0.05 for m in ordered)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("artifacts")
@@ -78,33 +104,19 @@ def main() -> None:
         print(json.dumps(worker(args.artifacts, args.sentences, args.blocks, args.rows, args.threads)))
         return
     check_inputs(ap, args.artifacts, sentences=args.sentences, json_out=args.json)
-    cmd = [sys.executable, __file__, args.artifacts, "--worker", "--blocks", str(args.blocks), "--rows", str(args.rows)]
-    if args.sentences:
-        cmd += ["--sentences", args.sentences]
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
+    cmd = worker_command(args.artifacts, blocks=args.blocks, rows=args.rows, sentences=args.sentences,
+                         threads=args.threads)
     results = []
     print("| process | monolithic ms | segmented, exits off ms | overhead per block | median |")
     print("|---|---|---|---|---|")
     for k in range(args.processes):
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(f"worker process {k + 1} failed:\n{proc.stderr.strip()}")
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        r = run_worker(cmd, f"worker process {k + 1}")
         r["median"] = statistics.median(r["ratios"])
         results.append(r)
         blocks = " ".join(f"{x - 1:+.1%}" for x in r["ratios"])
         print(f"| {k + 1} | {statistics.mean(r['monolithic_ms']):.2f} | {statistics.mean(r['segmented_ms']):.2f} "
               f"| {blocks} | {r['median'] - 1:+.1%} |", flush=True)
-    medians = sorted(r["median"] for r in results)
-    summary = {
-        "processes": len(results),
-        "median": statistics.median(medians) - 1,
-        "min": medians[0] - 1,
-        "max": medians[-1] - 1,
-        "at_most_3pct": sum(m <= 1.03 for m in medians),
-        "at_most_5pct": sum(m <= 1.05 for m in medians),
-    }
+    summary = {"processes": len(results), **summarize([r["median"] - 1 for r in results])}
     print(f"\nbatch-1 overhead over {summary['processes']} processes: median {summary['median']:+.1%}, "
           f"range {summary['min']:+.1%} .. {summary['max']:+.1%}; <= 3 % in {summary['at_most_3pct']}, "
           f"<= 5 % in {summary['at_most_5pct']}")
