@@ -157,12 +157,13 @@ def bench(
     breakdown: bool = False,
     schedule: str = "round-robin",
     progress: bool = True,
+    loop: str = "auto",
 ) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from leap_export.textio import sample_sentences
     from trt_runtime.encoder import EarlyExitEncoder
-    from trt_runtime.runners import OrtRunner, default_threads
+    from trt_runtime.runners import default_threads
 
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
@@ -180,10 +181,10 @@ def bench(
                     "few sentences; pass --sentences with at least %d lines", len(sentences), max(batch_sizes),
                     max(batch_sizes))
     threads = threads or default_threads()
-    ee = EarlyExitEncoder(artifacts, theta=theta, min_layer=min_layer, variant=variant, threads=threads)
-    seg = EarlyExitEncoder(artifacts, exits=False, variant=variant, threads=threads, check_files=False)
-    mono = OrtRunner(ee.manifest.full_path(variant), threads=threads)
-    mono.activate()
+    ee = EarlyExitEncoder(artifacts, theta=theta, min_layer=min_layer, variant=variant, threads=threads, loop=loop)
+    seg = EarlyExitEncoder(artifacts, exits=False, variant=variant, threads=threads, check_files=False, loop=loop)
+    # the baseline in the same ONNX Runtime as the segments (the C loop's copy or the Python binding's)
+    mono = ee.monolithic_runner()
     # other builds (e.g. int8) timed in the same rounds: their own monolithic graph and early exit
     extra: dict[str, tuple] = {}
     main_variant = variant or ee.manifest.data.get("default_variant", "fp32")
@@ -193,11 +194,10 @@ def bench(
     for v in also_variants:
         if v in extra:
             continue
-        ee_v = EarlyExitEncoder(artifacts, theta=theta, min_layer=min_layer, variant=v, threads=threads)
-        mono_v = OrtRunner(ee_v.manifest.full_path(v), threads=threads)
-        mono_v.activate()
+        ee_v = EarlyExitEncoder(artifacts, theta=theta, min_layer=min_layer, variant=v, threads=threads, loop=loop)
+        mono_v = ee_v.monolithic_runner()
         extra[v] = (ee_v, mono_v)
-    merged = _merged_runner(artifacts, variant, threads) if breakdown else None
+    merged = _merged_runner(artifacts, variant, threads, ee) if breakdown else None
     if baselines:
         st_models, baseline_errors = _load_st(ee.manifest, threads)
     else:
@@ -217,6 +217,7 @@ def bench(
         "num_layers": num_layers,
         "sentences": len(sentences),
         "threads": threads,
+        "host_loop": ee.loop,
         "warmup": warmup,
         "iters": iters,
         "schedule": schedule,
@@ -420,8 +421,9 @@ def summarise(reports: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _merged_runner(artifacts, variant, threads):
-    """An ONNX Runtime runner for the one-graph composition of the segments (bench --breakdown)."""
+def _merged_runner(artifacts, variant, threads, encoder):
+    """A runner for the one-graph composition of the segments (bench --breakdown), in the same ONNX
+    Runtime as ``encoder``'s segments (the C loop's or the Python binding's)."""
     import tempfile
 
     import onnx
@@ -431,10 +433,18 @@ def _merged_runner(artifacts, variant, threads):
 
     with tempfile.TemporaryDirectory(prefix="leap-merged-", ignore_cleanup_errors=True) as tmp:
         path = Path(tmp) / "merged.onnx"  # weights in a side file: no 2 GB protobuf limit
-        onnx.save_model(merge_segments(artifacts, variant), str(path), save_as_external_data=True,
-                        all_tensors_to_one_file=True, location="merged.onnx.data")
+        model = merge_segments(artifacts, variant)
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="merged.onnx.data")
+        if encoder.loop == "native":  # the session holds its own copy; the files may go
+            from trt_runtime.native import NativeRunner
+
+            # every output (each segment's pooled vector and score) computed, as the segments compute them
+            outputs = [{"name": o.name} for o in model.graph.output]
+            outputs.insert(0, outputs.pop(next(i for i, o in enumerate(outputs) if o["name"].startswith("pooled"))))
+            return NativeRunner(path, outputs, encoder.manifest.hidden_size, pooled=outputs[0]["name"])
         runner = OrtRunner(path, threads=threads)
-        runner.activate()  # the session holds its own copy; the file may go
+        runner.activate()
     return runner
 
 
@@ -535,7 +545,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"Model `{report['model']}` ({report['variant']}), theta {report['policy']['theta']}, "
         f"min_layer {report['policy']['min_layer']}, {report['sentences']} sentences, {report['threads']} threads, "
-        f"{report['warmup']} warmup + {report['iters']} timed iterations per configuration, "
+        + (f"{report['host_loop']} host loop, " if "host_loop" in report else "")
+        + f"{report['warmup']} warmup + {report['iters']} timed iterations per configuration, "
         f"{report.get('schedule', 'round-robin')}. "
         f"E[layers] = {report['expected_layers']:.2f} of {report['num_layers']} -> theoretical "
         f"{report['theoretical_speedup']:.2f}x.",

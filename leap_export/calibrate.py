@@ -100,7 +100,8 @@ def trace_boundaries(
 
     from trt_runtime.encoder import EarlyExitEncoder
 
-    enc = EarlyExitEncoder(artifacts, exits=False, variant=variant, check_files=check_files)
+    # the Python loop: it traces every segment's outputs (the C loop would only add sessions)
+    enc = EarlyExitEncoder(artifacts, exits=False, variant=variant, check_files=check_files, loop="python")
     boundaries = enc.manifest.boundaries
     n, hidden = len(texts), enc.manifest.hidden_size
     pooled = np.zeros((len(boundaries), n, hidden), dtype=np.float32)

@@ -270,7 +270,9 @@ def _run_checks(report, artifacts, manifest, source, sentences, variant, batch_s
     ref_layers = {seg.end: seg.ref_layer for seg in manifest.segments}
 
     # per segment, and the segment chain at full depth
-    full_depth = EarlyExitEncoder(artifacts, exits=False, variant=variant, check_files=False)
+    # the Python loop traces every segment's outputs; the exit checks below run the default loop (the C one
+    # where it is built) and compare it with this one
+    full_depth = EarlyExitEncoder(artifacts, exits=False, variant=variant, check_files=False, loop="python")
     ids = full_depth.tokenizer.encode(sentences)
     lengths_seen = np.array([len(x) for x in ids])
     report.info["tokens"] = {"max_length": max_length, "min": int(lengths_seen.min()),
@@ -360,6 +362,15 @@ def _check_exits(report, label, artifacts, variant, sentences, ref, policy, boun
 
     enc = EarlyExitEncoder(artifacts, policy=policy, variant=variant, check_files=False)
     got = enc.encode_with_exits(sentences, batch_size=batch_size)
+    report.info["host_loop"] = enc.loop
+    if enc.loop == "native":  # the C loop against the Python loop, the reference implementation of the same rule
+        python_loop = EarlyExitEncoder(artifacts, policy=policy, variant=variant, check_files=False, loop="python")
+        other = python_loop.encode_with_exits(sentences, batch_size=batch_size)
+        del python_loop
+        report.add(f"C loop vs Python loop at {label}", "exit_layer_agreement",
+                   float((other.exit_layers == got.exit_layers).mean()), 1.0, higher_is_better=True)
+        report.add(f"C loop vs Python loop at {label}", "max_abs_diff",
+                   float(np.abs(other.embeddings - got.embeddings).max()), tol["max_abs_diff"], higher_is_better=False)
     want_layers = policy.simulate(ref, layers=boundaries)
     # a sample may flip legitimately where its reference score lies within the graphs' score error of theta
     # at a check it reaches (up to its reference exit layer; later checks never decide it). The band is

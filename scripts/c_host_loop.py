@@ -64,7 +64,8 @@ def write_inputs(artifacts: str, texts: list[str], tmp: Path) -> tuple[Path, Pat
 
     from trt_runtime.encoder import EarlyExitEncoder
 
-    enc = EarlyExitEncoder(artifacts, exits=False, check_files=False)  # check_inputs hashed the files
+    # the Python loop: it traces each segment's scores (check_inputs hashed the files)
+    enc = EarlyExitEncoder(artifacts, exits=False, check_files=False, loop="python")
     m = enc.manifest
     lines = [f"full {m.full_path()}"]
     outputs = [list(s.outputs) for s in m.segments]
@@ -134,8 +135,9 @@ def main() -> None:
                      "not timing two different computations")
         print(f"parity: the C chain's exit scores match the runtime's on {len(texts)} sentences "
               f"(max abs diff {worst:.1e})")
+        # the runtime's Python loop (its C loop, trt_runtime/native.py, grew out of this script)
         py_cmd = worker_command(args.artifacts, blocks=args.blocks, rows=args.rows, sentences=args.sentences,
-                                threads=threads)
+                                threads=threads, loop="python")
         rounds = []
         print(f"\n{len(texts)} sentences per block, {args.blocks} blocks per process, {threads} threads\n")
         print("| round | Python host: overhead (monolithic ms) | C host: overhead (monolithic ms) | C - Python |")

@@ -74,8 +74,9 @@ def main() -> None:
     if args.rounds < 2 or args.rows < 1 or args.flush_mb <= 0:
         ap.error("need --rounds >= 2, --rows >= 1 and --flush-mb > 0")
     texts = check_inputs(ap, args.artifacts, sentences=args.sentences, json_out=args.json, variant=args.variant)
+    # the segments' sessions in the Python binding, as the monolithic graph's (check_inputs hashed the files)
     enc = EarlyExitEncoder(args.artifacts, exits=False, threads=args.threads, variant=args.variant,
-                           check_files=False)  # check_inputs hashed them
+                           check_files=False, loop="python")
     mono = OrtRunner(enc.manifest.full_path(args.variant), threads=args.threads)
     mono.activate()
     mono_raw, mono_outs = mono.session._sess, mono.output_names

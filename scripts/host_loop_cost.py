@@ -71,7 +71,8 @@ def main() -> None:
     if max(args.batch_sizes) > len(sentences):
         ap.error(f"batch size {max(args.batch_sizes)} is larger than the {len(sentences)} sentences; pass more "
                  "--sentences or smaller --batch-sizes")
-    enc = EarlyExitEncoder(args.artifacts, exits=False, check_files=False)  # check_inputs hashed them
+    # the Python loop, against bare binding calls (check_inputs hashed the files)
+    enc = EarlyExitEncoder(args.artifacts, exits=False, check_files=False, loop="python")
     chain = bare_chain(enc)
     ids = enc.tokenizer.encode(sentences)
     clock = time.perf_counter

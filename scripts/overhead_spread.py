@@ -1,7 +1,7 @@
 """Batch-1 segment overhead (exits off vs monolithic) across fresh processes: its spread, not one draw.
 
     python scripts/overhead_spread.py ARTIFACTS [--sentences FILE] [--processes 8] [--blocks 5] [--rows 400]
-        [--threads N] [--json OUT.json]
+        [--threads N] [--loop auto|native|python] [--json OUT.json]
 
 ``leap-export bench`` measures the overhead in one process. At batch 1 that figure moves by a few
 points from one process to the next, while it is stable within a process (blocks of the same run agree
@@ -9,7 +9,9 @@ to about a point); where the weights and buffers of each session land in memory 
 One run is therefore one draw. This script starts ``--processes`` fresh workers; each loads the
 monolithic graph and the segment chain, then times them in strict alternation per sentence (A B, then
 B A) over ``--rows`` sentences, ``--blocks`` times, and reports the ratio of mean latencies per block.
-The summary is the median over processes of each process's median block, and the range.
+The summary is the median over processes of each process's median block, and the range. ``--loop``
+picks the runtime's host loop (``EarlyExitEncoder(loop=...)``); the monolithic graph runs in the same
+ONNX Runtime copy as the segments (``EarlyExitEncoder.monolithic_runner``).
 """
 
 from __future__ import annotations
@@ -26,17 +28,17 @@ from _checks import check_inputs, positive_int  # scripts/, on sys.path when run
 from trt_runtime.fileio import write_json_atomic
 
 
-def worker(artifacts: str, sentences: str | None, blocks: int, rows: int, threads: int | None) -> dict:
+def worker(artifacts: str, sentences: str | None, blocks: int, rows: int, threads: int | None,
+           loop: str = "auto") -> dict:
     import numpy as np
 
     from leap_export.textio import read_lines, sample_sentences
     from trt_runtime.encoder import EarlyExitEncoder
-    from trt_runtime.runners import OrtRunner
 
     texts = read_lines(sentences, skip_empty=True) if sentences else sample_sentences()
-    seg = EarlyExitEncoder(artifacts, exits=False, threads=threads, check_files=False)  # the parent hashed them
-    mono = OrtRunner(seg.manifest.full_path(), threads=threads)
-    mono.activate()
+    # check_files=False: the parent hashed them
+    seg = EarlyExitEncoder(artifacts, exits=False, threads=threads, check_files=False, loop=loop)
+    mono = seg.monolithic_runner()
     padded = [seg.tokenizer.pad([x]) for x in seg.tokenizer.encode(texts[:rows])]
 
     def run_mono(p):
@@ -60,13 +62,14 @@ def worker(artifacts: str, sentences: str | None, blocks: int, rows: int, thread
         ratios.append(float(np.mean(ts) / np.mean(tm)))
         mono_ms.append(float(np.mean(tm)) * 1e3)
         seg_ms.append(float(np.mean(ts)) * 1e3)
-    return {"ratios": ratios, "monolithic_ms": mono_ms, "segmented_ms": seg_ms}
+    return {"ratios": ratios, "monolithic_ms": mono_ms, "segmented_ms": seg_ms, "loop": seg.loop}
 
 
 def worker_command(artifacts: str, *, blocks: int, rows: int, sentences: str | None = None,
-                   threads: int | None = None) -> list[str]:
+                   threads: int | None = None, loop: str = "auto") -> list[str]:
     """The command line of one fresh worker process (also used by scripts/c_host_loop.py)."""
-    cmd = [sys.executable, __file__, artifacts, "--worker", "--blocks", str(blocks), "--rows", str(rows)]
+    cmd = [sys.executable, __file__, artifacts, "--worker", "--blocks", str(blocks), "--rows", str(rows),
+           "--loop", loop]
     if sentences:
         cmd += ["--sentences", sentences]
     if threads:
@@ -97,15 +100,17 @@ def main() -> None:
     ap.add_argument("--blocks", type=positive_int, default=5)
     ap.add_argument("--rows", type=positive_int, default=400, help="sentences per block (batch 1)")
     ap.add_argument("--threads", type=positive_int, default=None)
+    ap.add_argument("--loop", choices=("auto", "native", "python"), default="auto",
+                    help="the runtime's host loop (default: auto, the C loop where it is built)")
     ap.add_argument("--json", help="also write the per-process results here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.artifacts, args.sentences, args.blocks, args.rows, args.threads)))
+        print(json.dumps(worker(args.artifacts, args.sentences, args.blocks, args.rows, args.threads, args.loop)))
         return
     check_inputs(ap, args.artifacts, sentences=args.sentences, json_out=args.json)
     cmd = worker_command(args.artifacts, blocks=args.blocks, rows=args.rows, sentences=args.sentences,
-                         threads=args.threads)
+                         threads=args.threads, loop=args.loop)
     results = []
     print("| process | monolithic ms | segmented, exits off ms | overhead per block | median |")
     print("|---|---|---|---|---|")
@@ -116,8 +121,9 @@ def main() -> None:
         blocks = " ".join(f"{x - 1:+.1%}" for x in r["ratios"])
         print(f"| {k + 1} | {statistics.mean(r['monolithic_ms']):.2f} | {statistics.mean(r['segmented_ms']):.2f} "
               f"| {blocks} | {r['median'] - 1:+.1%} |", flush=True)
-    summary = {"processes": len(results), **summarize([r["median"] - 1 for r in results])}
-    print(f"\nbatch-1 overhead over {summary['processes']} processes: median {summary['median']:+.1%}, "
+    summary = {"processes": len(results), "loop": results[0]["loop"],
+               **summarize([r["median"] - 1 for r in results])}
+    print(f"\nbatch-1 overhead ({summary['loop']} host loop) over {summary['processes']} processes: median {summary['median']:+.1%}, "
           f"range {summary['min']:+.1%} .. {summary['max']:+.1%}; <= 3 % in {summary['at_most_3pct']}, "
           f"<= 5 % in {summary['at_most_5pct']}")
     if args.json:

@@ -347,7 +347,7 @@ def test_exit_test_decides_in_float32_like_numpy(tiny_artifacts, sentences):
 def test_full_depth_results_are_the_callers_own(tiny_artifacts, sentences):
     """A batch that leaves together returns the segment's pooled output and a shared read-only layer
     array; ``encode_with_exits`` copies both, so what a caller gets is writable and independent."""
-    enc = EarlyExitEncoder(tiny_artifacts["bert"], exits=False)
+    enc = EarlyExitEncoder(tiny_artifacts["bert"], exits=False, loop="python")  # the C loop: tests/test_native.py
     a = enc.encode_with_exits(sentences, batch_size=4)
     b = enc.encode_with_exits(sentences, batch_size=4)
     a.exit_layers[:] = 0
@@ -578,7 +578,8 @@ def test_a_compacted_batch_is_trimmed_to_its_longest_survivor(tiny_artifacts, ti
     cut to the longest survivor (int8's per-batch activation scales depend on it; fp32 results do not)."""
     texts = sentences * 2
     ref = layer_embeddings(tiny_models["bert"], texts)
-    enc = EarlyExitEncoder(tiny_artifacts["bert"], theta=split_theta(convergence_scores(ref, 2, 1)))
+    # the Python loop's feeds are visible; the C loop must match it (tests/test_native.py, int8)
+    enc = EarlyExitEncoder(tiny_artifacts["bert"], theta=split_theta(convergence_scores(ref, 2, 1)), loop="python")
     seen = _record_feeds(enc)
     ids = enc.tokenizer.encode(texts)
     _, layers = enc._run_batch(ids)
@@ -597,7 +598,7 @@ def test_batches_are_cut_from_the_texts_sorted_longest_first_stably(tiny_artifac
     """docs/MANIFEST.md step 4: each call's texts are sorted by token count, longest first (ties in input
     order), then cut into batches of batch_size. A consumer reproduces int8 output only on the same batches."""
     texts = ["ok", *sentences, "ok", "yes", "How do I reset my password?"]  # ties in token count
-    enc = EarlyExitEncoder(tiny_artifacts["bert"], exits=False)
+    enc = EarlyExitEncoder(tiny_artifacts["bert"], exits=False, loop="python")  # its feeds are visible
     seen = _record_feeds(enc)
     enc.encode_with_exits(texts, batch_size=4)
     ids = enc.tokenizer.encode(texts)

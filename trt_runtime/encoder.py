@@ -12,6 +12,11 @@ Per batch::
 
 Sentences are sorted by token length before batching (sentence-transformers sorts by characters) so
 padding does not dominate, and results are returned in input order.
+
+Two implementations of that loop give the same results: the C one (``trt_runtime.native``, the default
+where its extension is built) runs a whole batch in one call, with no Python between segment runs; the
+Python one (``_run_padded_python``) is the reference, the fallback, and the one that can ``trace`` each
+segment's outputs for ``verify`` and ``calibrate``.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import numpy as np
 from trt_runtime.errors import RuntimeInputError
 from trt_runtime.manifest import Manifest, load_manifest
 from trt_runtime.policy import ExitPolicy
-from trt_runtime.runners import OrtRunner
+from trt_runtime.runners import OrtRunner, default_threads
 from trt_runtime.tokenize import TokenBatcher
 
 log = logging.getLogger(__name__)
@@ -48,8 +53,9 @@ class ExitStats:
     score_sum: dict[int, float] = field(default_factory=dict)
     score_count: dict[int, int] = field(default_factory=dict)
     # one encoder may serve several threads: each update is a read-modify-write of three dicts
-    # (reentrant: as_dict reads samples / expected_layers under the same lock)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+    # counters kept elsewhere (the C loop's, kept in C): read(reset) -> rows of (layer, score sum, rows, exits)
+    _sources: list = field(default_factory=list, repr=False, compare=False)
 
     def record(self, layer: int, score_sum: float, count: int, exited: int) -> None:
         """``count`` rows reached ``layer`` with convergence scores summing to ``score_sum``; ``exited`` left there."""
@@ -59,32 +65,46 @@ class ExitStats:
             if exited:
                 self.exits[layer] = self.exits.get(layer, 0) + exited
 
+    def attach(self, read: Callable[[bool], Sequence[tuple[int, float, float, float]]]) -> None:
+        """Counters kept outside this object (the C loop's) count in every figure and are reset with it."""
+        self._sources.append(read)
+
+    def _merged(self) -> tuple[dict, dict, dict]:
+        with self._lock:
+            exits, total, count = dict(self.exits), dict(self.score_sum), dict(self.score_count)
+        for read in self._sources:
+            for layer, s, c, e in read(False):
+                if c:
+                    total[layer] = total.get(layer, 0.0) + s
+                    count[layer] = count.get(layer, 0) + int(c)
+                if e:
+                    exits[layer] = exits.get(layer, 0) + int(e)
+        return exits, total, count
+
     @property
     def samples(self) -> int:
-        with self._lock:
-            return sum(self.exits.values())
+        return sum(self._merged()[0].values())
 
     def expected_layers(self) -> float:
-        with self._lock:
-            n = self.samples
-            return sum(layer * c for layer, c in self.exits.items()) / n if n else float("nan")
+        return self._expected(self._merged()[0])
+
+    @staticmethod
+    def _expected(exits: dict) -> float:
+        n = sum(exits.values())
+        return sum(layer * c for layer, c in exits.items()) / n if n else float("nan")
 
     def as_dict(self) -> dict:
-        with self._lock:
-            return self._as_dict()
-
-    def _as_dict(self) -> dict:
-        n = self.samples
+        exits, total, count = self._merged()  # one snapshot for every figure
+        n = sum(exits.values())
         layers = self.boundaries
+        expected = self._expected(exits)
         return {
             "samples": n,
-            "exit_counts": {str(layer): self.exits.get(layer, 0) for layer in layers},
-            "exit_rate": {str(layer): (self.exits.get(layer, 0) / n if n else 0.0) for layer in layers},
-            "mean_score": {
-                str(layer): self.score_sum[layer] / self.score_count[layer] for layer in layers if self.score_count.get(layer)
-            },
-            "expected_layers": self.expected_layers() if n else None,
-            "layer_reduction": self.num_layers / self.expected_layers() if n else None,
+            "exit_counts": {str(layer): exits.get(layer, 0) for layer in layers},
+            "exit_rate": {str(layer): (exits.get(layer, 0) / n if n else 0.0) for layer in layers},
+            "mean_score": {str(layer): total[layer] / count[layer] for layer in layers if count.get(layer)},
+            "expected_layers": expected if n else None,
+            "layer_reduction": self.num_layers / expected if n else None,
         }
 
     def reset(self) -> None:
@@ -92,6 +112,8 @@ class ExitStats:
             self.exits.clear()
             self.score_sum.clear()
             self.score_count.clear()
+            for read in self._sources:
+                read(True)
 
 
 @dataclass
@@ -107,15 +129,24 @@ class EarlyExitEncoder:
     ``min_layer`` override it; ``exits=False`` runs every sample to full depth through the same segments
     (the comparison setting).
 
+    ``loop``: ``"auto"`` (the default) runs each batch through the C host loop (``trt_runtime.native``)
+    where its extension was built at install, else through the Python loop; ``"native"`` insists on the
+    C loop (an error says why it cannot run), ``"python"`` takes the Python loop. The environment
+    variable ``TRT_RUNTIME_LOOP`` (auto / native / python) overrides ``"auto"``. ``encoder.loop`` says
+    which runs and ``encoder.loop_reason`` why. Both give the same results (``tests/test_native.py``).
+
     ``shared_pool=True`` (the default) runs every segment on ONE process-wide ONNX Runtime thread pool
-    (``trt_runtime.runners``; all segments allocate from one process-wide CPU arena either way). ONNX
-    Runtime then requires every later session in the process to opt into that pool: a library that
-    creates its own session with default options fails with "use_per_session_threads must be false when
-    using a global thread pool". Give such sessions
+    (``trt_runtime.runners``; all segments allocate from one process-wide CPU arena either way). The C
+    loop keeps that pool in its own copy of ONNX Runtime (the C library the onnxruntime wheel ships), so
+    other libraries' sessions in the process are unaffected. The Python loop keeps it in the Python
+    binding's ONNX Runtime, which then requires every later session in the process to opt into that
+    pool: a library that creates its own session with default options fails with
+    "use_per_session_threads must be false when using a global thread pool". Give such sessions
     ``trt_runtime.ort_session_options()``, or pass ``shared_pool=False`` here: per-session pools
-    without spinning, which leave the process's ONNX Runtime environment as other libraries expect it
-    (slower at small batches). That choice belongs to the first encoder of the process: once the shared
-    pool exists, a later ``shared_pool=False`` or other ``threads`` joins it, with a warning.
+    without spinning in the Python binding (the Python loop), which leave the process's ONNX Runtime
+    environment as other libraries expect it (slower at small batches). The pool's size belongs to the
+    first encoder of the process: a later encoder asking for other ``threads`` (or, in the Python
+    binding, for ``shared_pool=False``) joins it, with a warning.
     """
 
     def __init__(
@@ -132,21 +163,34 @@ class EarlyExitEncoder:
         providers: list[str] | None = None,
         check_files: bool = True,
         shared_pool: bool = True,
+        loop: str = "auto",
     ) -> None:
+        if threads is not None and (isinstance(threads, bool | np.bool_) or not isinstance(threads, numbers.Integral)
+                                    or threads < 1):
+            raise RuntimeInputError(
+                f"threads must be an integer >= 1 (or None: the CPUs this process may use), got {threads!r}")
         self.manifest: Manifest = load_manifest(artifacts, check_files=check_files, variant=variant)
         self.segments = self.manifest.segments
         self._apply_policy(self._policy(policy, theta, min_layer, patience, exits))
-        self.runners = [
-            OrtRunner(p, threads=threads, providers=providers, shared_pool=shared_pool)
-            for p in self.manifest.segment_paths(variant)
-        ]
-        for runner in self.runners:
-            runner.activate()
+        self._variant = variant
+        self._threads = None if threads is None else int(threads)
+        self._providers = providers
+        self._shared_pool = shared_pool
+        self._runners: list[OrtRunner] | None = None
+        self._native = None
+        self.loop, self.loop_reason = self._choose_loop(loop)
+        if self.loop == "python":
+            self.runners  # noqa: B018 - sessions now, not at the first batch
         tok = self.manifest.data["tokenizer"]
         self.tokenizer = TokenBatcher(
             self.manifest.tokenizer_path(), max_length=int(tok["max_length"]), pad_id=int(tok["pad_id"])
         )
         self.stats = ExitStats(self.manifest.num_layers, self.manifest.boundaries)
+        if self._native is not None:  # the C loop counts in C (no Python per batch for the statistics)
+            ends = [s.end for s in self.segments]
+            native_chain = self._native
+            self.stats.attach(lambda reset: [(end, *row) for end, row in
+                                             zip(ends, native_chain.totals(reset).tolist(), strict=True)])
         # (segment, output) pairs a later segment takes as its reference pooled vector
         self._refs_needed = {(s.ref_from, s.ref_output) for s in self.segments if s.ref_from is not None}
         self._uniform: dict[tuple[int, int], np.ndarray] = {}
@@ -170,7 +214,89 @@ class EarlyExitEncoder:
         # per segment: may a sample exit after it? (decided once, not per batch)
         can_exit = tuple(policy.may_exit_at(s.end) and s.end < self.manifest.num_layers for s in self.segments)
         self._exit_policy = policy
-        self._rule = (float(np.float32(policy.theta)), can_exit)
+        self._rule = (float(np.float32(policy.theta)), can_exit, bytes(can_exit))
+
+    def _choose_loop(self, loop: str) -> tuple[str, str]:
+        """("native" | "python", why). ``loop="auto"`` (``TRT_RUNTIME_LOOP`` may name one) takes the C loop
+        where it can run: CPU sessions on the shared pool (the default), the extension built, graphs whose
+        inputs the C loop knows. ``loop="native"`` where it cannot is an error that says why."""
+        if loop not in ("auto", "native", "python"):
+            raise RuntimeInputError(f"loop must be 'auto', 'native' or 'python', got {loop!r}")
+        asked = loop
+        if loop == "auto":
+            loop = os.environ.get("TRT_RUNTIME_LOOP", "auto").strip().lower() or "auto"
+            if loop not in ("auto", "native", "python"):
+                raise RuntimeInputError(f"TRT_RUNTIME_LOOP must be auto, native or python, got {loop!r}")
+        if loop == "python":
+            return "python", f"loop={asked!r}" if asked == "python" else "TRT_RUNTIME_LOOP=python"
+        why = None
+        if not self._shared_pool:
+            why = "shared_pool=False (private per-session pools run on the Python binding)"
+        elif self._providers not in (None, ["CPUExecutionProvider"]):
+            why = f"providers {self._providers} (the C loop runs CPU sessions only)"
+        else:
+            plan, why = self._native_plan()
+            if plan is not None:
+                from trt_runtime import native
+
+                why = native.status(self._threads or default_threads())
+                if why is None:
+                    self._native = native.NativeChain(plan, self.manifest.hidden_size)
+                    return "native", "the C host loop"
+        if loop == "native":
+            raise RuntimeInputError(f"loop='native': the C host loop cannot run here: {why}; use loop='auto' or 'python'")
+        log.debug("Python host loop: %s", why)
+        return "python", why
+
+    def _native_plan(self) -> tuple[list[dict] | None, str | None]:
+        """The segments as ``trt_runtime.native.NativeChain`` takes them, or (None, why not)."""
+        plan = []
+        paths = self.manifest.segment_paths(self._variant)
+        for seg, entry, path in zip(self.segments, self.manifest.data["segments"], paths, strict=True):
+            inputs: dict = {}
+            for name in seg.inputs:
+                if seg.index == 0 and name in ("input_ids", "attention_mask"):
+                    inputs[name] = "ids" if name == "input_ids" else "mask"
+                elif seg.index > 0 and name == "hidden_in":
+                    inputs[name] = (seg.index - 1, "hidden_out")
+                elif seg.index > 0 and name in CARRIED:
+                    inputs[name] = (0, name)
+                elif name == "ref_pooled" and seg.ref_from is not None:
+                    inputs[name] = (seg.ref_from, seg.ref_output)
+                else:
+                    return None, f"segment {seg.index} takes an input the C loop does not know: {name}"
+            if "pooled" not in seg.outputs or "score" not in seg.outputs:
+                return None, f"segment {seg.index} has no pooled or score output"
+            plan.append({"path": str(path), "end": seg.end, "inputs": inputs, "outputs": entry["outputs"],
+                         "score": "score"})
+        return plan, None
+
+    @property
+    def runners(self) -> list[OrtRunner]:
+        """The segments' ONNX Runtime sessions in the Python binding: the Python loop's (with the C loop,
+        made at the first ``trace``)."""
+        if self._runners is None:
+            runners = [OrtRunner(p, threads=self._threads, providers=self._providers, shared_pool=self._shared_pool)
+                       for p in self.manifest.segment_paths(self._variant)]
+            for runner in runners:
+                runner.activate()
+            self._runners = runners
+        return self._runners
+
+    def monolithic_runner(self):
+        """The build's monolithic full-depth graph, run by the same ONNX Runtime as this encoder's segments
+        (the C library's with the C loop, the Python binding's otherwise) with the same settings: the
+        baseline a comparison with this encoder must time."""
+        if self.loop == "native":
+            from trt_runtime.native import NativeRunner
+
+            full = self.manifest.variant(self._variant)["full"]
+            outputs = full.get("outputs") or [{"name": "pooled", "shape": ["batch", "hidden"]}]
+            return NativeRunner(self.manifest.full_path(self._variant), outputs, self.manifest.hidden_size)
+        runner = OrtRunner(self.manifest.full_path(self._variant), threads=self._threads, providers=self._providers,
+                           shared_pool=self._shared_pool)
+        runner.activate()
+        return runner
 
     @property
     def root(self) -> Path:
@@ -318,7 +444,18 @@ class EarlyExitEncoder:
         return self._run_padded(input_ids, mask, trace)
 
     def _run_padded(self, input_ids: np.ndarray, mask: np.ndarray, trace: list | None = None):
-        """The loop of the module docstring, written for the batch-1 latency it adds.
+        """One padded batch: (pooled vector at each row's exit, exit layers). The C loop where it runs,
+        unless ``trace`` asks for each segment's outputs."""
+        if self._native is not None and trace is None:
+            return self._run_padded_native(input_ids, mask)
+        return self._run_padded_python(input_ids, mask, trace)
+
+    def _run_padded_native(self, input_ids: np.ndarray, mask: np.ndarray):
+        theta, _, can_exit = self._rule
+        return self._native.run(input_ids, mask, theta, can_exit)  # the statistics are counted in C
+
+    def _run_padded_python(self, input_ids: np.ndarray, mask: np.ndarray, trace: list | None = None):
+        """The loop of the module docstring in Python, written for the batch-1 latency it adds.
 
         Between two segment runs the host does as little as it can: the CPU caches are full of the
         weights the segment just streamed, so every numpy call there runs cold and costs several
@@ -329,7 +466,7 @@ class EarlyExitEncoder:
         ``scripts/host_loop_cost.py``.
         """
         batch = input_ids.shape[0]
-        stats, (theta, can_exit) = self.stats, self._rule
+        stats, (theta, can_exit, _) = self.stats, self._rule
         feeds = {"input_ids": input_ids, "attention_mask": mask}
         carried: dict[str, np.ndarray] = {}  # mask_bias, pool_weights: from the first segment on
         refs: dict[tuple[int, str], np.ndarray] = {}

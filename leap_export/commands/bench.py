@@ -61,6 +61,14 @@ from leap_export.commands._options import (
     "monitoring overhead into monitoring ops and graph breaks.",
 )
 @click.option(
+    "--loop",
+    type=click.Choice(["auto", "native", "python"]),
+    default="auto",
+    show_default=True,
+    help="The runtime's host loop: native (C; the monolithic baseline then runs in the same ONNX Runtime "
+    "copy), python, or auto (native where its extension is built).",
+)
+@click.option(
     "--processes",
     type=click.IntRange(min=1),
     default=1,
@@ -78,7 +86,7 @@ from leap_export.commands._options import (
 @distinct_files
 def command(
     artifacts, sentences, batch_sizes, warmup, iters, theta, min_layer, variant, threads, baselines,
-    also_variants, schedule, breakdown, processes, out, no_progress
+    also_variants, schedule, breakdown, loop, processes, out, no_progress
 ):
     """Latency: monolithic vs segmented (exits off) vs early exit, and sentence-transformers, side by side."""
     from leap_export.bench import bench_processes, markdown, save
@@ -104,6 +112,7 @@ def command(
         also_variants=tuple(also_variants),
         breakdown=breakdown,
         schedule=schedule,
+        loop=loop,
         progress=not no_progress,
     )
     click.echo(markdown(report))
