@@ -1,7 +1,7 @@
 """Batch-1 segment overhead (exits off vs monolithic) across fresh processes: its spread, not one draw.
 
     python scripts/overhead_spread.py ARTIFACTS [--sentences FILE] [--processes 8] [--blocks 5] [--rows 400]
-        [--threads N] [--loop auto|native|python] [--json OUT.json]
+        [--threads N] [--loop auto|native|python|both] [--json OUT.json]
 
 ``leap-export bench`` measures the overhead in one process. At batch 1 that figure moves by a few
 points from one process to the next, while it is stable within a process (blocks of the same run agree
@@ -11,7 +11,9 @@ monolithic graph and the segment chain, then times them in strict alternation pe
 B A) over ``--rows`` sentences, ``--blocks`` times, and reports the ratio of mean latencies per block.
 The summary is the median over processes of each process's median block, and the range. ``--loop``
 picks the runtime's host loop (``EarlyExitEncoder(loop=...)``); the monolithic graph runs in the same
-ONNX Runtime copy as the segments (``EarlyExitEncoder.monolithic_runner``).
+ONNX Runtime copy as the segments (``EarlyExitEncoder.monolithic_runner``). ``--loop both`` pairs the
+two loops: each round runs one process with the C loop and one with the Python loop (which goes first
+alternates), and reports both distributions and in how many rounds the C loop was lower.
 """
 
 from __future__ import annotations
@@ -100,8 +102,8 @@ def main() -> None:
     ap.add_argument("--blocks", type=positive_int, default=5)
     ap.add_argument("--rows", type=positive_int, default=400, help="sentences per block (batch 1)")
     ap.add_argument("--threads", type=positive_int, default=None)
-    ap.add_argument("--loop", choices=("auto", "native", "python"), default="auto",
-                    help="the runtime's host loop (default: auto, the C loop where it is built)")
+    ap.add_argument("--loop", choices=("auto", "native", "python", "both"), default="auto",
+                    help="the runtime's host loop (default: auto, the C loop where it is built); both: paired rounds")
     ap.add_argument("--json", help="also write the per-process results here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -109,6 +111,9 @@ def main() -> None:
         print(json.dumps(worker(args.artifacts, args.sentences, args.blocks, args.rows, args.threads, args.loop)))
         return
     check_inputs(ap, args.artifacts, sentences=args.sentences, json_out=args.json)
+    if args.loop == "both":
+        paired(args)
+        return
     cmd = worker_command(args.artifacts, blocks=args.blocks, rows=args.rows, sentences=args.sentences,
                          threads=args.threads, loop=args.loop)
     results = []
@@ -126,6 +131,35 @@ def main() -> None:
     print(f"\nbatch-1 overhead ({summary['loop']} host loop) over {summary['processes']} processes: median {summary['median']:+.1%}, "
           f"range {summary['min']:+.1%} .. {summary['max']:+.1%}; <= 3 % in {summary['at_most_3pct']}, "
           f"<= 5 % in {summary['at_most_5pct']}")
+    if args.json:
+        write_json_atomic(args.json, {"summary": summary, "processes": results})
+
+
+def paired(args) -> None:
+    """--loop both: per round one fresh process per loop, the order alternating."""
+    cmds = {loop: worker_command(args.artifacts, blocks=args.blocks, rows=args.rows, sentences=args.sentences,
+                                 threads=args.threads, loop=loop) for loop in ("native", "python")}
+    results: dict[str, list] = {"native": [], "python": []}
+    print("| round | C loop: overhead (monolithic ms) | Python loop: overhead (monolithic ms) | C - Python |")
+    print("|---|---|---|---|")
+    for k in range(args.processes):
+        for loop in ("native", "python") if k % 2 == 0 else ("python", "native"):
+            r = run_worker(cmds[loop], f"round {k + 1}, {loop} loop")
+            r["median"] = statistics.median(r["ratios"])
+            results[loop].append(r)
+        c, py = results["native"][-1], results["python"][-1]
+        print(f"| {k + 1} | {c['median'] - 1:+.1%} ({statistics.mean(c['monolithic_ms']):.2f}) "
+              f"| {py['median'] - 1:+.1%} ({statistics.mean(py['monolithic_ms']):.2f}) "
+              f"| {(c['median'] - py['median']) * 100:+.1f} points |", flush=True)
+    summary = {loop: {"processes": len(rs), **summarize([r["median"] - 1 for r in rs])} for loop, rs in results.items()}
+    summary["native_lower"] = sum(c["median"] < p["median"] for c, p in zip(results["native"], results["python"],
+                                                                             strict=True))
+    print()
+    for loop, label in (("native", "C loop"), ("python", "Python loop")):
+        s = summary[loop]
+        print(f"{label}: median {s['median']:+.1%}, range {s['min']:+.1%} .. {s['max']:+.1%}; "
+              f"<= 3 % in {s['at_most_3pct']} of {s['processes']}, <= 5 % in {s['at_most_5pct']}")
+    print(f"C loop lower in {summary['native_lower']} of {args.processes} rounds")
     if args.json:
         write_json_atomic(args.json, {"summary": summary, "processes": results})
 

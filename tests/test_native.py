@@ -155,9 +155,9 @@ def test_loop_choice_is_checked_and_explained(tiny_artifacts, monkeypatch):
         EarlyExitEncoder(tiny_artifacts["bert"])
 
 
-def test_without_the_extension_the_python_loop_runs(tiny_artifacts, sentences, tmp_path):
+def test_without_the_extension_the_python_loop_runs(tiny_artifacts):
     """A runtime installed without a C compiler: auto falls back, loop='native' says why."""
-    script = f"""
+    script = """
 import sys
 from trt_runtime import native, EarlyExitEncoder, RuntimeInputError
 native.extension_path = lambda: None

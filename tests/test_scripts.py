@@ -35,6 +35,28 @@ def test_overhead_spread(tiny_artifacts, tmp_path):
     s = data["summary"]
     assert s["processes"] == 2 and s["min"] <= s["median"] <= s["max"]
     assert f"median {s['median']:+.1%}" in out
+    assert s["loop"] == data["processes"][0]["loop"] and s["loop"] in ("native", "python")
+
+
+def test_overhead_spread_pairs_the_two_host_loops(tiny_artifacts, tmp_path):
+    from trt_runtime import native
+
+    if native.extension_path() is None:
+        pytest.skip("the C extension is not built here")
+    out_json = tmp_path / "paired.json"
+    out = _run("scripts/overhead_spread.py", str(tiny_artifacts["mpnet"]), "--processes", "2", "--blocks", "2",
+               "--rows", "6", "--loop", "both", "--json", str(out_json))
+    rows = [line for line in out.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert len(rows) == 2
+    data = json.loads(out_json.read_text())
+    for loop in ("native", "python"):
+        assert [p["loop"] for p in data["processes"][loop]] == [loop, loop]
+        s = data["summary"][loop]
+        assert s["processes"] == 2 and s["min"] <= s["median"] <= s["max"]
+    lower = sum(c["median"] < p["median"] for c, p in zip(data["processes"]["native"], data["processes"]["python"],
+                                                           strict=True))
+    assert data["summary"]["native_lower"] == lower
+    assert f"C loop lower in {lower} of 2 rounds" in out
 
 
 def test_host_loop_cost(tiny_artifacts):
