@@ -240,3 +240,22 @@ def test_timing_stats_are_the_named_percentiles():
     got = _stats([t / 1000 for t in range(1, 101)])  # 1..100 ms
     assert got["p50_ms"] == pytest.approx(50.5) and got["p99_ms"] == pytest.approx(99.01)
     assert got["mean_ms"] == pytest.approx(50.5) and got["n"] == 100
+
+
+def test_bench_times_each_host_loop_with_its_own_baseline(tiny_artifacts, sentences):
+    """The monolithic baseline runs in the same ONNX Runtime copy as the segments: the C library's with the
+    C loop, the Python binding's with the Python loop (two copies would be two spinning pools)."""
+    from trt_runtime import native
+    from trt_runtime.native import NativeRunner
+    from trt_runtime.runners import OrtRunner
+
+    loops = ["python"] + (["native"] if native.extension_path() is not None else [])
+    for loop in loops:
+        report = bench(tiny_artifacts["mpnet"], sentences, batch_sizes=(1,), warmup=1, iters=3, baselines=False,
+                       breakdown=True, loop=loop, progress=False)
+        assert report["host_loop"] == loop and f"{loop} host loop" in markdown(report)
+        assert report["results"]["1"]["one graph"]["mean_ms"] > 0
+    from trt_runtime import EarlyExitEncoder
+
+    runner = EarlyExitEncoder(tiny_artifacts["mpnet"], loop=loops[-1]).monolithic_runner()
+    assert isinstance(runner, NativeRunner if loops[-1] == "native" else OrtRunner)

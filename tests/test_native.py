@@ -150,6 +150,9 @@ def test_loop_choice_is_checked_and_explained(tiny_artifacts, monkeypatch):
     monkeypatch.setenv("TRT_RUNTIME_LOOP", "python")
     enc = EarlyExitEncoder(tiny_artifacts["bert"])
     assert (enc.loop, enc.loop_reason) == ("python", "TRT_RUNTIME_LOOP=python")
+    monkeypatch.setenv("TRT_RUNTIME_LOOP", "native")
+    with pytest.raises(RuntimeInputError, match="TRT_RUNTIME_LOOP=native: the C host loop cannot run here: shared_pool"):
+        EarlyExitEncoder(tiny_artifacts["bert"], shared_pool=False)
     monkeypatch.setenv("TRT_RUNTIME_LOOP", "fast")
     with pytest.raises(RuntimeInputError, match="TRT_RUNTIME_LOOP must be auto, native or python"):
         EarlyExitEncoder(tiny_artifacts["bert"])

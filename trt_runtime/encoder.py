@@ -244,7 +244,8 @@ class EarlyExitEncoder:
                     self._native = native.NativeChain(plan, self.manifest.hidden_size)
                     return "native", "the C host loop"
         if loop == "native":
-            raise RuntimeInputError(f"loop='native': the C host loop cannot run here: {why}; use loop='auto' or 'python'")
+            asked_by = "loop='native'" if asked == "native" else "TRT_RUNTIME_LOOP=native"
+            raise RuntimeInputError(f"{asked_by}: the C host loop cannot run here: {why}; use loop='auto' or 'python'")
         log.debug("Python host loop: %s", why)
         return "python", why
 
