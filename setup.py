@@ -12,6 +12,7 @@ setup(
         Extension(
             "trt_runtime._chain",
             sources=["trt_runtime/_native/chain.c"],
+            depends=["trt_runtime/_native/ort_api.h"],
             libraries=["dl", "pthread"],
             extra_compile_args=["-O2", "-std=c11"],
             optional=True,

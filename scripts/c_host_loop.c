@@ -20,7 +20,8 @@
  * the Python runtime before it times anything).
  *
  * ONNX Runtime's C API is a table of function pointers (OrtApi) that only ever grows at the end; the
- * slots used here are named below by their index in that table (API version 22, ONNX Runtime >= 1.22). */
+ * slots used here are named by their index in that table in trt_runtime/_native/ort_api.h (API version 22,
+ * ONNX Runtime >= 1.22). */
 #define _POSIX_C_SOURCE 200809L
 #include <dlfcn.h>
 #include <stdint.h>
@@ -29,25 +30,10 @@
 #include <string.h>
 #include <time.h>
 
-typedef void Obj; /* every ONNX Runtime object is opaque here */
-typedef Obj* Status;
-typedef struct {
-  const void* const* (*get_api)(uint32_t version);
-  const char* (*get_version_string)(void);
-} ApiBase;
+#include "ort_api.h" /* trt_runtime/_native/: the C API's slots, shared with the runtime's C loop */
 
-enum {
-  GET_ERROR_MESSAGE = 2, CREATE_SESSION = 7, RUN = 9, CREATE_SESSION_OPTIONS = 10,
-  SET_GRAPH_OPTIMIZATION_LEVEL = 23, CREATE_TENSOR_WITH_DATA = 49, GET_TENSOR_MUTABLE_DATA = 51,
-  CREATE_CPU_MEMORY_INFO = 69, RELEASE_VALUE = 96, CREATE_ENV_WITH_GLOBAL_THREAD_POOLS = 119,
-  DISABLE_PER_SESSION_THREADS = 120, CREATE_THREADING_OPTIONS = 121, ADD_SESSION_CONFIG_ENTRY = 130,
-  CREATE_AND_REGISTER_ALLOCATOR = 144, SET_GLOBAL_INTRA_OP_NUM_THREADS = 147,
-  SET_GLOBAL_INTER_OP_NUM_THREADS = 148, API_VERSION = 22
-};
-enum { TENSOR_INT32 = 6, ARENA_ALLOCATOR = 1, MEM_DEFAULT = 0, LOG_ERROR = 3, ENABLE_ALL = 99 };
 
 static const void* const* api;
-#define FN(slot, type) ((type)api[slot])
 
 static void check(Status s, const char* what) {
   if (s) {
@@ -89,15 +75,13 @@ static Obj* tensor(int32_t* data, int len) {
   int64_t shape[2] = {1, len};
   Obj* v = NULL;
   check(FN(CREATE_TENSOR_WITH_DATA, Status (*)(Obj*, void*, size_t, const int64_t*, size_t, int, Obj**))(
-            mem_info, data, sizeof(int32_t) * (size_t)len, shape, 2, TENSOR_INT32, &v),
+            mem_info, data, sizeof(int32_t) * (size_t)len, shape, 2, T_INT32, &v),
         "CreateTensorWithDataAsOrtValue");
   return v;
 }
 
 static void release(Obj* v) { FN(RELEASE_VALUE, void (*)(Obj*))(v); }
 
-typedef Status (*RunFn)(Obj*, const Obj*, const char* const*, const Obj* const*, size_t, const char* const*,
-                        size_t, Obj**);
 
 static void run_full(int row) {
   static const char* in_names[2] = {"input_ids", "attention_mask"};

@@ -50,7 +50,8 @@ def compile_c(tmp: Path) -> Path:
     if cc is None:
         sys.exit("c_host_loop: needs a C compiler (gcc); install it, e.g. apt-get install gcc")
     exe = tmp / "c_host_loop"
-    res = subprocess.run([cc, "-O2", "-std=c11", "-Wall", "-o", str(exe), str(HERE / "c_host_loop.c"), "-ldl"],
+    res = subprocess.run([cc, "-O2", "-std=c11", "-Wall", f"-I{HERE.parent / 'trt_runtime' / '_native'}", "-o",
+                          str(exe), str(HERE / "c_host_loop.c"), "-ldl"],
                          capture_output=True, text=True)
     if res.returncode != 0:
         sys.exit(f"c_host_loop: compiling scripts/c_host_loop.c failed:\n{res.stderr}")

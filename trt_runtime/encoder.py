@@ -34,7 +34,7 @@ import numpy as np
 from trt_runtime.errors import RuntimeInputError
 from trt_runtime.manifest import Manifest, load_manifest
 from trt_runtime.policy import ExitPolicy
-from trt_runtime.runners import OrtRunner, default_threads
+from trt_runtime.runners import OrtRunner, check_threads, default_threads
 from trt_runtime.tokenize import TokenBatcher
 
 log = logging.getLogger(__name__)
@@ -165,15 +165,12 @@ class EarlyExitEncoder:
         shared_pool: bool = True,
         loop: str = "auto",
     ) -> None:
-        if threads is not None and (isinstance(threads, bool | np.bool_) or not isinstance(threads, numbers.Integral)
-                                    or threads < 1):
-            raise RuntimeInputError(
-                f"threads must be an integer >= 1 (or None: the CPUs this process may use), got {threads!r}")
+        threads = check_threads(threads)  # before any work, whichever loop runs
         self.manifest: Manifest = load_manifest(artifacts, check_files=check_files, variant=variant)
         self.segments = self.manifest.segments
         self._apply_policy(self._policy(policy, theta, min_layer, patience, exits))
         self._variant = variant
-        self._threads = None if threads is None else int(threads)
+        self._threads = threads
         self._providers = providers
         self._shared_pool = shared_pool
         self._runners: list[OrtRunner] | None = None

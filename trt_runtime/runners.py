@@ -53,6 +53,15 @@ class Runner(Protocol):
     def deactivate(self) -> None: ...
 
 
+def check_threads(threads) -> int | None:
+    """``threads`` as an int, or None (the CPUs this process may use); anything else is refused."""
+    if threads is not None and (isinstance(threads, bool | np.bool_) or not isinstance(threads, numbers.Integral)
+                                or threads < 1):
+        raise RuntimeInputError(
+            f"threads must be an integer >= 1 (or None: the CPUs this process may use), got {threads!r}")
+    return None if threads is None else int(threads)  # numpy integers welcome, as everywhere else
+
+
 def default_threads() -> int:
     """The CPUs this process may use: its CPU affinity, capped by a container's CPU quota.
 
@@ -184,12 +193,8 @@ class OrtRunner:
 
     def __init__(self, path: str | os.PathLike, *, threads: int | None = None, providers: list[str] | None = None,
                  shared_pool: bool = True) -> None:
-        if threads is not None and (isinstance(threads, bool | np.bool_) or not isinstance(threads, numbers.Integral)
-                                    or threads < 1):
-            raise RuntimeInputError(
-                f"threads must be an integer >= 1 (or None: the CPUs this process may use), got {threads!r}")
+        self.threads = check_threads(threads)
         self.path = Path(path)
-        self.threads = None if threads is None else int(threads)  # numpy integers welcome, as everywhere else
         self.providers = providers or ["CPUExecutionProvider"]
         self.shared_pool = shared_pool
         self.session = None

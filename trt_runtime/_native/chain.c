@@ -4,9 +4,8 @@
  * the install goes on and trt_runtime keeps its Python loop) and loaded with ctypes by
  * trt_runtime/native.py. It needs no ONNX Runtime headers or link step: it dlopen()s the libonnxruntime.so
  * that the onnxruntime wheel ships beside its Python module and calls ONNX Runtime's C API, a table of
- * function pointers (OrtApi) that only ever grows at its end; the slots used are named below by their
- * index in that table (API version 22, ONNX Runtime >= 1.22), and lx_init checks a few of them on a tensor
- * of known shape before anything else runs.
+ * function pointers (OrtApi) whose slots ort_api.h names by index (API version 22, ONNX Runtime >= 1.22),
+ * and lx_init checks a few of them on a tensor of known shape before anything else runs.
  *
  * Why: between two segment runs at batch 1 the Python loop pays the Python binding's per-run work (numpy
  * in, a list of new arrays out) with caches the weights just flushed; scripts/c_host_loop.py measured it
@@ -28,25 +27,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef void Obj; /* every ONNX Runtime object is opaque here */
-typedef Obj* Status;
-typedef struct {
-  const void* const* (*get_api)(uint32_t version);
-  const char* (*get_version_string)(void);
-} ApiBase;
+#include "ort_api.h"
 
-enum {
-  GET_ERROR_MESSAGE = 2, CREATE_SESSION = 7, RUN = 9, CREATE_SESSION_OPTIONS = 10,
-  SET_GRAPH_OPTIMIZATION_LEVEL = 23, CREATE_TENSOR_WITH_DATA = 49, GET_TENSOR_MUTABLE_DATA = 51,
-  GET_TENSOR_ELEMENT_TYPE = 60, GET_DIMENSIONS_COUNT = 61, GET_DIMENSIONS = 62, GET_TENSOR_TYPE_AND_SHAPE = 65,
-  CREATE_CPU_MEMORY_INFO = 69, RELEASE_STATUS = 93, RELEASE_SESSION = 95, RELEASE_VALUE = 96,
-  RELEASE_TENSOR_TYPE_AND_SHAPE_INFO = 99, CREATE_ENV_WITH_GLOBAL_THREAD_POOLS = 119,
-  DISABLE_PER_SESSION_THREADS = 120, CREATE_THREADING_OPTIONS = 121, ADD_SESSION_CONFIG_ENTRY = 130,
-  CREATE_AND_REGISTER_ALLOCATOR = 144, SET_GLOBAL_INTRA_OP_NUM_THREADS = 147,
-  SET_GLOBAL_INTER_OP_NUM_THREADS = 148, API_VERSION = 22
-};
-enum { T_FLOAT = 1, T_INT32 = 6, T_INT64 = 7, T_DOUBLE = 11 };
-enum { ARENA_ALLOCATOR = 1, MEM_DEFAULT = 0, LOG_ERROR = 3, ENABLE_ALL = 99 };
 enum { SRC_IDS = -1, SRC_MASK = -2 };
 
 #define MAX_SEG 64
@@ -60,10 +42,7 @@ static Obj* mem_info;
 static char version[64];
 static _Thread_local char last_err[1024]; /* the calling thread's last error: lx_last_error() */
 #define ERR last_err, (int)sizeof last_err
-#define FN(slot, type) ((type)api[slot])
 
-typedef Status (*RunFn)(Obj*, const Obj*, const char* const*, const Obj* const*, size_t, const char* const*,
-                        size_t, Obj**);
 typedef Status (*TensorWithDataFn)(Obj*, void*, size_t, const int64_t*, size_t, int, Obj**);
 
 static void set_err(char* err, int len, const char* a, const char* b) {
@@ -360,7 +339,7 @@ int lx_chain_run(Chain* c, void* ids, void* mask, int id_type, int64_t B, int64_
     return -1;
   }
   Held held[MAX_SEG][MAX_IO];
-  memset(held, 0, sizeof held);
+  memset(held, 0, sizeof held[0] * (size_t)c->n_seg); /* only this chain's rows are read */
   int64_t* active = malloc(sizeof(int64_t) * (size_t)B * 3); /* rows still running; keep list; row lengths */
   if (!active) {
     set_err(err, len, "out of memory", NULL);
