@@ -51,7 +51,8 @@ test-fast: install
 	$(BIN)/pytest -q -m "not slow"
 
 lint: install
-	$(BIN)/ruff check leap_export trt_runtime tests scripts
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: install
 	$(BIN)/leap-export build minilm-l6 --out $(DEMO)/minilm-l6 --force

@@ -54,7 +54,9 @@ class MPNet(Architecture):
 
     def run_layer(self, model, index, hidden, additive_mask, extras):
         # by keyword: transformers 4.x has head_mask where 5.x has position_bias (third positional)
-        out = model.encoder.layer[index](hidden, attention_mask=additive_mask, position_bias=extras["position_bias"])
+        out = model.encoder.layer[index](
+            hidden, attention_mask=additive_mask, position_bias=extras["position_bias"]
+        )
         return out[0] if isinstance(out, tuple) else out
 
 

@@ -81,7 +81,11 @@ def _batches(items: list, batch_size: int, count: int) -> list[list]:
 
 
 def _time_interleaved(
-    configs: dict[str, Callable[[Any], Any]], inputs: dict[str, list], warmup: int, iters: int, progress,
+    configs: dict[str, Callable[[Any], Any]],
+    inputs: dict[str, list],
+    warmup: int,
+    iters: int,
+    progress,
     timed: list[int] | None = None,
 ) -> dict[str, list[float]]:
     """Round-robin: iteration i runs every configuration once, so machine noise hits all of them alike.
@@ -107,9 +111,16 @@ def _time_interleaved(
     return times
 
 
-def _time_blocks(configs: dict[str, Callable[[Any], Any]], inputs: dict[str, list], warmup: int, iters: int,
-                 block: int = 25, settle: int = 5, progress=None,
-                 timed: list[int] | None = None) -> dict[str, list[float]]:
+def _time_blocks(
+    configs: dict[str, Callable[[Any], Any]],
+    inputs: dict[str, list],
+    warmup: int,
+    iters: int,
+    block: int = 25,
+    settle: int = 5,
+    progress=None,
+    timed: list[int] | None = None,
+) -> dict[str, list[float]]:
     """Alternating blocks of ``block`` iterations per configuration, the first ``settle`` of each untimed.
 
     Used for configurations on different thread pools (PyTorch vs ONNX Runtime: ONNX Runtime's pool
@@ -175,33 +186,50 @@ def bench(
         raise ValueError("sentences must be a list of strings, got one string; pass [text]")
     sentences = [s for s in (sentences or sample_sentences()) if s.strip()]
     if not sentences:
-        raise ValueError("sentences holds only blank strings; pass at least one sentence (None: the sample set)")
+        raise ValueError(
+            "sentences holds only blank strings; pass at least one sentence (None: the sample set)"
+        )
     if len(sentences) < max(batch_sizes):
-        log.warning("only %d sentences: a batch of %d repeats them, so E[layers] and the speedups describe these "
-                    "few sentences; pass --sentences with at least %d lines", len(sentences), max(batch_sizes),
-                    max(batch_sizes))
+        log.warning(
+            "only %d sentences: a batch of %d repeats them, so E[layers] and the speedups describe these "
+            "few sentences; pass --sentences with at least %d lines",
+            len(sentences),
+            max(batch_sizes),
+            max(batch_sizes),
+        )
     threads = threads or default_threads()
-    ee = EarlyExitEncoder(artifacts, theta=theta, min_layer=min_layer, variant=variant, threads=threads, loop=loop)
-    seg = EarlyExitEncoder(artifacts, exits=False, variant=variant, threads=threads, check_files=False, loop=loop)
+    ee = EarlyExitEncoder(
+        artifacts, theta=theta, min_layer=min_layer, variant=variant, threads=threads, loop=loop
+    )
+    seg = EarlyExitEncoder(
+        artifacts, exits=False, variant=variant, threads=threads, check_files=False, loop=loop
+    )
     # the baseline in the same ONNX Runtime as the segments (the C loop's copy or the Python binding's)
     mono = ee.monolithic_runner()
     # other builds (e.g. int8) timed in the same rounds: their own monolithic graph and early exit
     extra: dict[str, tuple] = {}
     main_variant = variant or ee.manifest.data.get("default_variant", "fp32")
     if main_variant in also_variants:
-        raise LeapError(f"--also-variant {main_variant} is the build already being timed (--variant {main_variant}); "
-                        "name another build, e.g. int8")
+        raise LeapError(
+            f"--also-variant {main_variant} is the build already being timed (--variant {main_variant}); "
+            "name another build, e.g. int8"
+        )
     for v in also_variants:
         if v in extra:
             continue
-        ee_v = EarlyExitEncoder(artifacts, theta=theta, min_layer=min_layer, variant=v, threads=threads, loop=loop)
+        ee_v = EarlyExitEncoder(
+            artifacts, theta=theta, min_layer=min_layer, variant=v, threads=threads, loop=loop
+        )
         mono_v = ee_v.monolithic_runner()
         extra[v] = (ee_v, mono_v)
     merged = _merged_runner(artifacts, variant, threads, ee) if breakdown else None
     if baselines:
         st_models, baseline_errors = _load_st(ee.manifest, threads)
     else:
-        st_models, baseline_errors = {}, {ST: "disabled (--no-baselines)", ST_ONNX: "disabled (--no-baselines)"}
+        st_models, baseline_errors = (
+            {},
+            {ST: "disabled (--no-baselines)", ST_ONNX: "disabled (--no-baselines)"},
+        )
 
     token_ids = ee.tokenizer.encode(sentences)
     # E[layers] over the whole sentence set, for the header; each batch size's speedup is set against the
@@ -236,7 +264,9 @@ def bench(
     rounds = len(batch_sizes) * iters * (2 if st_models else 1)  # interleaved + ST blocks
     bar = tqdm(total=rounds, desc="bench", unit="round", disable=not progress)
     for b in batch_sizes:
-        n_batches = max(1, min(iters, (len(sentences) + b - 1) // b))  # a new batch every run, where there are enough
+        n_batches = max(
+            1, min(iters, (len(sentences) + b - 1) // b)
+        )  # a new batch every run, where there are enough
         id_batches = _batches(token_ids, b, n_batches)
         row_sentences = _batches(list(range(len(sentences))), b, n_batches)
         padded = [ee.tokenizer.pad(x) for x in id_batches]
@@ -249,7 +279,9 @@ def bench(
         if merged is not None:
             configs["one graph"] = lambda p: merged.infer({"input_ids": p[0], "attention_mask": p[1]})
         for v, (ee_v, mono_v) in extra.items():
-            configs[f"monolithic [{v}]"] = lambda p, m=mono_v: m.infer({"input_ids": p[0], "attention_mask": p[1]})
+            configs[f"monolithic [{v}]"] = lambda p, m=mono_v: m.infer(
+                {"input_ids": p[0], "attention_mask": p[1]}
+            )
             configs[f"early exit [{v}]"] = lambda p, e=ee_v: e._run_padded(*p)
         # all start from the same padded arrays: the timed work is the graphs plus the host loop
         inputs: dict[str, list] = {name: padded for name in configs}
@@ -259,11 +291,14 @@ def bench(
         else:
             times = _time_interleaved(configs, inputs, warmup, iters, bar, timed=timed)
         if st_models:  # end to end, tokenisation included, on every side
-            encoders = {name: (lambda t, m=m: m.encode(t, batch_size=len(t))) for name, m in st_models.items()}
+            encoders = {
+                name: (lambda t, m=m: m.encode(t, batch_size=len(t))) for name, m in st_models.items()
+            }
             encoders[OURS_ENCODE] = lambda t: ee.encode(t, batch_size=len(t))
             with _torch_threads(threads):  # PyTorch on as many threads as ONNX Runtime, not its own default
-                times.update(_time_blocks(encoders, dict.fromkeys(encoders, text_batches), warmup, iters,
-                                          progress=bar))
+                times.update(
+                    _time_blocks(encoders, dict.fromkeys(encoders, text_batches), warmup, iters, progress=bar)
+                )
         row = {name: _stats(t) for name, t in times.items()}
         m, s, e = (row[k]["mean_ms"] for k in ("monolithic", "segmented", "early exit"))
         # E[layers] of the work timed: the exit layers of these very batches, weighted as they were timed
@@ -283,7 +318,8 @@ def bench(
             v: {
                 "monolithic_ms": row[f"monolithic [{v}]"]["mean_ms"],
                 "early_exit_ms": row[f"early exit [{v}]"]["mean_ms"],
-                "speedup_vs_own_monolithic": row[f"monolithic [{v}]"]["mean_ms"] / row[f"early exit [{v}]"]["mean_ms"],
+                "speedup_vs_own_monolithic": row[f"monolithic [{v}]"]["mean_ms"]
+                / row[f"early exit [{v}]"]["mean_ms"],
                 "speedup_vs_primary_monolithic": m / row[f"early exit [{v}]"]["mean_ms"],
                 "expected_layers": _timed_expected_layers(extra[v][0], padded, timed),
             }
@@ -320,12 +356,23 @@ def _timed_expected_layers(encoder, padded: list, timed: list[int]) -> float:
 
 
 # per-row figures that are ratios of one run's timings: over several processes, their median and range
-RATIOS = ("speedup", "realised_efficiency", "monitoring_overhead", "speedup_vs_sentence_transformers",
-          "speedup_vs_sentence_transformers_onnx")
+RATIOS = (
+    "speedup",
+    "realised_efficiency",
+    "monitoring_overhead",
+    "speedup_vs_sentence_transformers",
+    "speedup_vs_sentence_transformers_onnx",
+)
 
 
-def bench_processes(artifacts: str | os.PathLike, sentences: list[str] | None = None, *, processes: int = 1,
-                    progress: bool = True, **kwargs: Any) -> dict[str, Any]:
+def bench_processes(
+    artifacts: str | os.PathLike,
+    sentences: list[str] | None = None,
+    *,
+    processes: int = 1,
+    progress: bool = True,
+    **kwargs: Any,
+) -> dict[str, Any]:
     """``bench`` repeated in ``processes`` fresh Python processes, one after the other, and summarised.
 
     Within one process the figures are stable; between processes the batch-1 monitoring overhead moves
@@ -347,8 +394,9 @@ def bench_processes(artifacts: str | os.PathLike, sentences: list[str] | None = 
 
     reports, warnings = [], []
     for _ in tqdm(range(processes), desc="bench processes", unit="process", disable=not progress):
-        report, logged = _in_fresh_process(_logging_warnings, bench, str(artifacts), sentences, progress=False,
-                                           **kwargs)
+        report, logged = _in_fresh_process(
+            _logging_warnings, bench, str(artifacts), sentences, progress=False, **kwargs
+        )
         reports.append(report)
         warnings += [w for w in logged if w not in warnings]
     for level, message in warnings:  # once each, through this process's handlers (not once per worker, bare)
@@ -434,14 +482,21 @@ def _merged_runner(artifacts, variant, threads, encoder):
     with tempfile.TemporaryDirectory(prefix="leap-merged-", ignore_cleanup_errors=True) as tmp:
         path = Path(tmp) / "merged.onnx"  # weights in a side file: no 2 GB protobuf limit
         model = merge_segments(artifacts, variant)
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location="merged.onnx.data")
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location="merged.onnx.data",
+        )
         if encoder.loop == "native":  # the session holds its own copy; the files may go
             from trt_runtime.native import NativeRunner
 
             # every output (each segment's pooled vector and score) computed, as the segments compute them
             outputs = [{"name": o.name} for o in model.graph.output]
-            outputs.insert(0, outputs.pop(next(i for i, o in enumerate(outputs) if o["name"].startswith("pooled"))))
+            outputs.insert(
+                0, outputs.pop(next(i for i, o in enumerate(outputs) if o["name"].startswith("pooled")))
+            )
             return NativeRunner(path, outputs, encoder.manifest.hidden_size, pooled=outputs[0]["name"])
         runner = OrtRunner(path, threads=threads)
         runner.activate()
@@ -492,8 +547,15 @@ def _load_st_onnx(path: str, threads: int):
 
     with tempfile.TemporaryDirectory(prefix="leap-st-onnx-", ignore_cleanup_errors=True) as tmp:
         _in_fresh_process(_export_st_onnx, path, tmp)
-        model = SentenceTransformer(tmp, device="cpu", backend="onnx", model_kwargs={
-            "provider": "CPUExecutionProvider", "session_options": ort_session_options(threads)})
+        model = SentenceTransformer(
+            tmp,
+            device="cpu",
+            backend="onnx",
+            model_kwargs={
+                "provider": "CPUExecutionProvider",
+                "session_options": ort_session_options(threads),
+            },
+        )
     return model  # the session holds its own copy of the graph; the folder may go
 
 
@@ -552,10 +614,14 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['theoretical_speedup']:.2f}x.",
         "",
         "| batch | monolithic ms, mean (p50/p99) | segmented, exits off ms | early exit ms |"
-        + (" E[layers] timed (sentences) |" if has_timed else "") + " speedup | realised efficiency "
-        "| monitoring overhead |" + (" ST PyTorch encode ms | our encode ms | vs ST |" if has_st else "")
+        + (" E[layers] timed (sentences) |" if has_timed else "")
+        + " speedup | realised efficiency "
+        "| monitoring overhead |"
+        + (" ST PyTorch encode ms | our encode ms | vs ST |" if has_st else "")
         + (" ST ONNX encode ms | vs ST ONNX |" if has_onnx else ""),
-        "|---|---|---|---|---|---|---|" + ("---|" if has_timed else "") + ("---|---|---|" if has_st else "")
+        "|---|---|---|---|---|---|---|"
+        + ("---|" if has_timed else "")
+        + ("---|---|---|" if has_st else "")
         + ("---|---|" if has_onnx else ""),
     ]
     if has_timed:
@@ -595,12 +661,14 @@ def markdown(report: dict[str, Any]) -> str:
             line += (
                 f" {r[ST]['mean_ms']:.2f} | {r[OURS_ENCODE]['mean_ms']:.2f} | "
                 f"{ratio(r, 'speedup_vs_sentence_transformers', '.2f', 'x')} |"
-                if ST in r else " – | – | – |"
+                if ST in r
+                else " – | – | – |"
             )
         if has_onnx:
             line += (
                 f" {r[ST_ONNX]['mean_ms']:.2f} | {ratio(r, 'speedup_vs_sentence_transformers_onnx', '.2f', 'x')} |"
-                if ST_ONNX in r else " – | – |"
+                if ST_ONNX in r
+                else " – | – |"
             )
         lines.append(line)
     if any("breakdown" in r for r in report["results"].values()):
@@ -615,8 +683,10 @@ def markdown(report: dict[str, Any]) -> str:
         for b, r in report["results"].items():
             if "breakdown" in r:
                 x = r["breakdown"]
-                lines.append(f"| {b} | {r['one graph']['mean_ms']:.2f} | {x['monitoring_ops']:+.1%} | "
-                             f"{x['graph_breaks']:+.1%} |")
+                lines.append(
+                    f"| {b} | {r['one graph']['mean_ms']:.2f} | {x['monitoring_ops']:+.1%} | "
+                    f"{x['graph_breaks']:+.1%} |"
+                )
     extra = report.get("also_variants") or {}
     if extra:
         lines += [
@@ -683,8 +753,7 @@ def save(report: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
     paths = {"json": out / "bench.json", "markdown": out / "bench.md", "plot": out / "bench.png"}
     # Everything rendered first (the plot takes a while), then written back to back, so an interrupt
     # cannot leave this run's JSON beside an older run's plot.
-    contents = {"json": json_bytes(report), "markdown": markdown(report).encode(),
-                "plot": plot_png(report)}
+    contents = {"json": json_bytes(report), "markdown": markdown(report).encode(), "plot": plot_png(report)}
     for key, data in contents.items():
         atomic_write(paths[key], lambda f, data=data: f.write(data))
     return paths

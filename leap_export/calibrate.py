@@ -48,7 +48,9 @@ from trt_runtime.policy import ExitPolicy, cosine
 
 REPORT_SCHEMA = "leap-export/calibrate-report"
 REPORT_VERSION = 1
-LITTLE_SAVING = 0.10  # a chosen theta that saves less than this share of layers gets a note: the model hardly exits
+LITTLE_SAVING = (
+    0.10  # a chosen theta that saves less than this share of layers gets a note: the model hardly exits
+)
 DEFAULT_THETAS = tuple(float(t) for t in np.round(np.arange(0.90, 0.991, 0.01), 2))
 DEFAULT_MIN_NN10 = 0.80  # §5.2 checklist: NN@10 >= 0.80
 DEFAULT_MAX_QUALITY_DROP = 0.02  # relative; the paper's LEAP vs baseline gap is 2.2 % (§4.5)
@@ -187,8 +189,9 @@ def calibrate(
     lf_texts, lf_origin = label_free_set(sets, sentences)
     texts = union_texts(sets, lf_texts)
 
-    trace = trace_boundaries(artifacts, texts, batch_size=batch_size, variant=variant, check_files=False,
-                             progress=progress)
+    trace = trace_boundaries(
+        artifacts, texts, batch_size=batch_size, variant=variant, check_files=False, progress=progress
+    )
     t1 = time.perf_counter()
     full_emb = trace.full()
     full = Lookup(texts, full_emb)
@@ -201,7 +204,9 @@ def calibrate(
         layers = trace.exit_layers(policy)
         emb = trace.embeddings(layers)
         exited = Lookup(texts, emb)
-        stats = exit_statistics(layers[lf_rows], trace.boundaries, trace.num_layers, policy.min_layer, policy.patience)
+        stats = exit_statistics(
+            layers[lf_rows], trace.boundaries, trace.num_layers, policy.min_layer, policy.patience
+        )
         nn = neighbour_overlap(nearest_neighbours(emb[lf_rows], NN_K), full_nn)
         row: dict[str, Any] = {
             "theta": theta,
@@ -228,7 +233,11 @@ def calibrate(
             for name in EVAL_METRICS[s.name]:
                 drop = relative_drop(full_quality[s.name][name], got[name])
                 row["drop"][f"{s.name}/{name}"] = drop
-                if name == s.primary_metric and not no_quality_budget and (drop is None or drop > max_quality_drop):
+                if (
+                    name == s.primary_metric
+                    and not no_quality_budget
+                    and (drop is None or drop > max_quality_drop)
+                ):
                     shown = "undefined" if drop is None else f"{100 * drop:.2f}%"
                     violations.append(f"{s.name} {name} drop {shown} > {100 * max_quality_drop:g}%")
                     shortfall += float("inf") if drop is None else drop - max_quality_drop
@@ -299,8 +308,9 @@ def calibrate(
     return jsonable(report)
 
 
-def boundary_advice(row: dict[str, Any], boundaries: list[int], num_layers: int,
-                    min_rate: float = 0.01) -> dict[str, Any]:
+def boundary_advice(
+    row: dict[str, Any], boundaries: list[int], num_layers: int, min_rate: float = 0.01
+) -> dict[str, Any]:
     """Exit checks that (almost) nobody uses at ``row``'s theta, and the plan without them.
 
     A boundary costs every sample that reaches it a segment hand-off (tens of µs at batch 1 on a CPU,
@@ -334,7 +344,9 @@ def _mark_pareto(rows: list[dict], metrics: list[tuple[str, str]]) -> None:
 
 
 def _message(chosen, rows, current, new_policy, changed, min_nn10, max_drop, num_layers) -> str:
-    drop_text = "no quality budget" if max_drop == float("inf") else f"primary-metric drop <= {100 * max_drop:g}%"
+    drop_text = (
+        "no quality budget" if max_drop == float("inf") else f"primary-metric drop <= {100 * max_drop:g}%"
+    )
     budget = f"NN@{NN_K} >= {min_nn10:g} and {drop_text}"
     if chosen is None:
         closest = min(rows, key=lambda r: (len(r["violations"]), r["budget_shortfall"]))
@@ -349,8 +361,10 @@ def _message(chosen, rows, current, new_policy, changed, min_nn10, max_drop, num
     drops = [f"{k} drop {100 * v:.2f}%" for k, v in chosen["drop"].items() if v is not None]
     what += "".join(f", {d}" for d in drops)
     if 1.0 - chosen["expected_layers"] / num_layers < LITTLE_SAVING:
-        what += (f". Within this budget early exit saves little ({chosen['speedup']:.2f}x): train the model with "
-                 "LEAP (`leap-export train`), or loosen the budget (--max-drop, --min-nn10)")
+        what += (
+            f". Within this budget early exit saves little ({chosen['speedup']:.2f}x): train the model with "
+            "LEAP (`leap-export train`), or loosen the budget (--max-drop, --min-nn10)"
+        )
     if not changed:
         return f"the current policy is already the cheapest within the budget ({budget}): {what}"
     return (
@@ -370,7 +384,8 @@ def _write_policy(
         "reason": message,
         "calibration": jsonable(
             {
-                "variant": variant or manifest.data.get("default_variant", "fp32"),  # measured on; the policy is shared
+                "variant": variant
+                or manifest.data.get("default_variant", "fp32"),  # measured on; the policy is shared
                 "eval_sets": [s.name for s in sets],
                 "label_free": lf_origin,
                 "budget": {"min_nn10": min_nn10, "max_quality_drop": max_drop},

@@ -298,32 +298,37 @@ def exit_at_layer(boundaries: Sequence[int], num_layers: int, min_layer: int, pa
     return min(first + 1, num_layers - 1)
 
 
-def threshold_sweep(pooled: np.ndarray, thetas, patience: int, min_layer: int, k: int,
-                    nn_final: np.ndarray | None = None) -> list[dict[str, Any]]:
+def threshold_sweep(
+    pooled: np.ndarray, thetas, patience: int, min_layer: int, k: int, nn_final: np.ndarray | None = None
+) -> list[dict[str, Any]]:
     """What each theta would give on these embeddings, exit checked after every layer (the paper's Table 3
     columns): E[layers], layer reduction, exit rate by l_min + 1, and the exited embeddings against full depth."""
     num_layers, n = pooled.shape[0] - 1, pooled.shape[1]
     final = pooled[num_layers]
     if nn_final is None:
         nn_final = nearest_neighbours(final, k)
-    by = exit_at_layer(range(1, num_layers + 1), num_layers, min_layer, patience)  # exit checked after every layer
+    by = exit_at_layer(
+        range(1, num_layers + 1), num_layers, min_layer, patience
+    )  # exit checked after every layer
     rows = []
     for theta in thetas:
         exit_layer = ExitPolicy(theta=float(theta), patience=patience, min_layer=min_layer).simulate(pooled)
         exited = pooled[exit_layer, np.arange(n)]
         nn = neighbour_overlap(nearest_neighbours(exited, k), nn_final)
         expected = float(exit_layer.mean())
-        rows.append({
-            "theta": float(theta),
-            "expected_layers": expected,
-            "layer_reduction": num_layers / expected,
-            "exit_rate_by_min_layer_plus_1": _f((exit_layer <= by).mean()),
-            "exit_rate_before_final": _f((exit_layer < num_layers).mean()),
-            "similarity_to_full": _f(cosine(exited, final).mean()),
-            "nn_at_k": _f(nn.mean()),
-            **{f"nn_fail_lt_{t}": _f((nn < t).mean()) for t in NN_FAIL_THRESHOLDS},  # Table 8: < 0.5
-            "nn_fail_lt_0.8": _f((nn < 0.8).mean()),
-        })
+        rows.append(
+            {
+                "theta": float(theta),
+                "expected_layers": expected,
+                "layer_reduction": num_layers / expected,
+                "exit_rate_by_min_layer_plus_1": _f((exit_layer <= by).mean()),
+                "exit_rate_before_final": _f((exit_layer < num_layers).mean()),
+                "similarity_to_full": _f(cosine(exited, final).mean()),
+                "nn_at_k": _f(nn.mean()),
+                **{f"nn_fail_lt_{t}": _f((nn < t).mean()) for t in NN_FAIL_THRESHOLDS},  # Table 8: < 0.5
+                "nn_fail_lt_0.8": _f((nn < 0.8).mean()),
+            }
+        )
     return rows
 
 
@@ -341,8 +346,10 @@ def _check_layers(num_layers: int, min_layer: int, target_layer: int | None, pat
     if not 1 <= min_layer <= num_layers - 1:
         raise LeapError(f"min_layer must be between 1 and L - 1 = {num_layers - 1}, got {min_layer}")
     if patience >= num_layers - 1:  # exits need l > patience and l < L: none is left, whatever the model
-        raise LeapError(f"patience k {patience} leaves no layer to exit after on a {num_layers}-layer model (an exit "
-                        f"needs k < l < {num_layers}); pass --patience {max(1, num_layers - 2)} or less")
+        raise LeapError(
+            f"patience k {patience} leaves no layer to exit after on a {num_layers}-layer model (an exit "
+            f"needs k < l < {num_layers}); pass --patience {max(1, num_layers - 2)} or less"
+        )
     if target_layer is not None and not (
         isinstance(target_layer, int) and 1 <= target_layer <= num_layers - 1
     ):
@@ -351,7 +358,9 @@ def _check_layers(num_layers: int, min_layer: int, target_layer: int | None, pat
         )
 
 
-def _diagnostics(layers, min_layer, num_layers, exit_rate, overhead, theta=PAPER_THETA) -> list[dict[str, Any]]:
+def _diagnostics(
+    layers, min_layer, num_layers, exit_rate, overhead, theta=PAPER_THETA
+) -> list[dict[str, Any]]:
     window = [row for row in layers if min_layer <= row["layer"] <= num_layers - 1]
     best = max(window, key=lambda row: row["sim_to_final"])
     flat = all(row["sim_to_final"] < FLAT_CURVE_SIMILARITY for row in window)
@@ -374,8 +383,11 @@ def _diagnostics(layers, min_layer, num_layers, exit_rate, overhead, theta=PAPER
         "detail": (
             f"diagnostic 2 (zero exit rate) {'FIRED' if zero else 'clear'}: "
             f"{_pct(exit_rate)} of samples exit before the final layer"
-            + ("" if theta == PAPER_THETA else f" at theta {theta} (note: the diagnostic is defined at theta "
-               f"{PAPER_THETA})")
+            + (
+                ""
+                if theta == PAPER_THETA
+                else f" at theta {theta} (note: the diagnostic is defined at theta {PAPER_THETA})"
+            )
         ),
     }
     if overhead is None:
@@ -544,7 +556,11 @@ def run_diagnose(
         "architecture": source.architecture,
         "weights_sha256": source.weights_sha256,
     }
-    report["sentences"] = {"source": origin, "count": len(sentences), "duplicates_dropped": given - len(sentences)}
+    report["sentences"] = {
+        "source": origin,
+        "count": len(sentences),
+        "duplicates_dropped": given - len(sentences),
+    }
     report["timing_s"] = {"embed": round(t1 - t0, 3), "diagnose": round(t2 - t1, 3)}
     if report_path is not None:
         write_report(report, report_path)

@@ -32,11 +32,25 @@ from trt_runtime.fileio import (
     write_json_atomic,
 )
 
-CHUNK_SIZE = 1 << 16  # sentences per chunk: ~100 MB of MiniLM embeddings, batches as well packed as a sort of all
+CHUNK_SIZE = (
+    1 << 16
+)  # sentences per chunk: ~100 MB of MiniLM embeddings, batches as well packed as a sort of all
 
 
-def encode_file(artifacts, input_path, output, *, theta=None, min_layer=None, batch_size=32, exits=True,
-                exit_layers_path=None, variant=None, threads=None, chunk_size: int = CHUNK_SIZE) -> dict:
+def encode_file(
+    artifacts,
+    input_path,
+    output,
+    *,
+    theta=None,
+    min_layer=None,
+    batch_size=32,
+    exits=True,
+    exit_layers_path=None,
+    variant=None,
+    threads=None,
+    chunk_size: int = CHUNK_SIZE,
+) -> dict:
     from tqdm.auto import tqdm
 
     from trt_runtime.encoder import EarlyExitEncoder
@@ -49,8 +63,9 @@ def encode_file(artifacts, input_path, output, *, theta=None, min_layer=None, ba
     output = Path(output)
     with _readable_twice(Path(input_path), output) as source:
         count = sum(1 for _ in iter_lines(source))  # every line checked before any work
-        encoder = EarlyExitEncoder(artifacts, theta=theta, min_layer=min_layer, exits=exits, variant=variant,
-                                   threads=threads)
+        encoder = EarlyExitEncoder(
+            artifacts, theta=theta, min_layer=min_layer, exits=exits, variant=variant, threads=threads
+        )
         exit_layers = np.empty(count, dtype=np.int64)
         row_dtype = np.dtype("<f4")
         problem = _space_problem(output, 128 + count * encoder.embedding_dim * row_dtype.itemsize)
@@ -58,17 +73,23 @@ def encode_file(artifacts, input_path, output, *, theta=None, min_layer=None, ba
             raise LeapError(f"cannot write {output}: {problem}")
 
         def write(f) -> None:
-            np.lib.format.write_array_header_1_0(f, {
-                "descr": np.lib.format.dtype_to_descr(row_dtype),
-                "fortran_order": False,
-                "shape": (count, encoder.embedding_dim),
-            })
+            np.lib.format.write_array_header_1_0(
+                f,
+                {
+                    "descr": np.lib.format.dtype_to_descr(row_dtype),
+                    "fortran_order": False,
+                    "shape": (count, encoder.embedding_dim),
+                },
+            )
             done = 0
             # a bar on a terminal (disable=None), for more than a few batches
-            with tqdm(total=count, desc="encode", unit="sentence", disable=None if count > 4 * batch_size else True) as bar:
+            with tqdm(
+                total=count, desc="encode", unit="sentence", disable=None if count > 4 * batch_size else True
+            ) as bar:
                 for chunk in _chunks(iter_lines(source), chunk_size):
-                    result = encoder.encode_with_exits(chunk, batch_size=batch_size, show_progress_bar=False,
-                                                       on_batch=bar.update)
+                    result = encoder.encode_with_exits(
+                        chunk, batch_size=batch_size, show_progress_bar=False, on_batch=bar.update
+                    )
                     f.write(np.ascontiguousarray(result.embeddings, dtype=row_dtype).tobytes())
                     exit_layers[done : done + len(chunk)] = result.exit_layers
                     done += len(chunk)
@@ -80,11 +101,14 @@ def encode_file(artifacts, input_path, output, *, theta=None, min_layer=None, ba
     stats = encoder.stats.as_dict()
     if exit_layers_path:
         with _no_room_is_an_error(exit_layers_path):
-            write_json_atomic(Path(exit_layers_path), {
-                "policy": encoder.policy.to_dict(),
-                "exit_layers": exit_layers.tolist(),
-                "stats": stats,
-            })
+            write_json_atomic(
+                Path(exit_layers_path),
+                {
+                    "policy": encoder.policy.to_dict(),
+                    "exit_layers": exit_layers.tolist(),
+                    "stats": stats,
+                },
+            )
     return stats
 
 
@@ -148,8 +172,11 @@ def _readable_twice(path: Path, output: Path) -> Iterator[Path]:
         return
     tmp = temp_name(ensure_parent(output).parent, ".encode-input.", ".txt")
     try:
-        with (os.fdopen(create_new(tmp), "wb") as dst, path.open("rb") as src,
-              _no_room_is_an_error(f"a copy of {path} to {tmp}")):
+        with (
+            os.fdopen(create_new(tmp), "wb") as dst,
+            path.open("rb") as src,
+            _no_room_is_an_error(f"a copy of {path} to {tmp}"),
+        ):
             shutil.copyfileobj(src, dst, 1 << 20)
         yield tmp
     finally:

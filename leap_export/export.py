@@ -74,19 +74,27 @@ class SegmentPlan:
         return io
 
     def outputs(self, last: bool) -> list[dict[str, Any]]:
-        io = [] if last else [{"name": "hidden_out", "dtype": HIDDEN_DTYPE, "shape": ["batch", "sequence", "hidden"]}]
+        io = (
+            []
+            if last
+            else [{"name": "hidden_out", "dtype": HIDDEN_DTYPE, "shape": ["batch", "sequence", "hidden"]}]
+        )
         io += [
             {"name": "pooled", "dtype": HIDDEN_DTYPE, "shape": ["batch", "hidden"]},
             {"name": "score", "dtype": HIDDEN_DTYPE, "shape": ["batch"]},
         ]
-        io += [{"name": f"pooled_l{r}", "dtype": HIDDEN_DTYPE, "shape": ["batch", "hidden"]}
-               for r in self.extra_layers]
+        io += [
+            {"name": f"pooled_l{r}", "dtype": HIDDEN_DTYPE, "shape": ["batch", "hidden"]}
+            for r in self.extra_layers
+        ]
         if self.start == 0 and not last:
             io += MASK_TENSORS
         return io
 
 
-def plan_segments(num_layers: int, policy: ExitPolicy, boundaries: list[int] | None = None) -> list[SegmentPlan]:
+def plan_segments(
+    num_layers: int, policy: ExitPolicy, boundaries: list[int] | None = None
+) -> list[SegmentPlan]:
     """Default: embeddings + layers 1..min_layer in one segment, then one segment per later layer.
 
     A segment after which a sample may exit scores cos(p_b, p_{b-k}). When layer b-k lies before the
@@ -102,8 +110,10 @@ def plan_segments(num_layers: int, policy: ExitPolicy, boundaries: list[int] | N
     given = [int(b) for b in boundaries]
     repeated = sorted({b for b in given if given.count(b) > 1})
     if repeated:
-        raise LeapError(f"boundaries {given} name layer{'s' if len(repeated) > 1 else ''} "
-                        f"{', '.join(map(str, repeated))} more than once; give each layer once")
+        raise LeapError(
+            f"boundaries {given} name layer{'s' if len(repeated) > 1 else ''} "
+            f"{', '.join(map(str, repeated))} more than once; give each layer once"
+        )
     boundaries = sorted(given)
     if not boundaries or boundaries[0] < 1 or boundaries[-1] > num_layers:
         raise LeapError(f"boundaries must lie in 1..{num_layers}, got {boundaries}")
@@ -169,7 +179,9 @@ def _segment_module(model, arch, plan: SegmentPlan, *, last: bool, pooled_only: 
                 return pooled
             ref = ref_pooled if plan.ref_from is not None else kept.get(plan.ref_layer, pooled)
             score = (_l2_normalize(pooled) * _l2_normalize(ref)).sum(-1)  # cosine, [B]
-            out = ((pooled, score) if last else (hidden, pooled, score)) + tuple(kept[r] for r in plan.extra_layers)
+            out = ((pooled, score) if last else (hidden, pooled, score)) + tuple(
+                kept[r] for r in plan.extra_layers
+            )
             if plan.start == 0 and not last:
                 out += (mask_bias, pool_weights)
             return out
@@ -234,8 +246,11 @@ def _sample_args(model_config, plan: SegmentPlan, hidden_size: int, pad_id: int)
         args = (ids, mask)
     else:
         m = mask.float()
-        args = (torch.randn(batch, seq, hidden_size), ((1.0 - m) * torch.finfo(torch.float32).min)[:, None, None, :],
-                (m / m.sum(1, keepdim=True)).unsqueeze(1))
+        args = (
+            torch.randn(batch, seq, hidden_size),
+            ((1.0 - m) * torch.finfo(torch.float32).min)[:, None, None, :],
+            (m / m.sum(1, keepdim=True)).unsqueeze(1),
+        )
     if plan.ref_from is not None:
         args += (torch.randn(batch, hidden_size),)
     return args
@@ -281,12 +296,22 @@ def build(
 
     out = Path(out)
     if precision != "fp32" and (out / MANIFEST_NAME).is_file():
-        _check_variant_request(model, out, precision, boundaries=boundaries, theta=theta, patience=patience,
-                               min_layer=min_layer, opset=opset)
+        _check_variant_request(
+            model,
+            out,
+            precision,
+            boundaries=boundaries,
+            theta=theta,
+            patience=patience,
+            min_layer=min_layer,
+            opset=opset,
+        )
         return add_variant(out, precision, force=force, progress=progress)
     if precision != "fp32":
-        raise LeapError(f"precision '{precision}' is added to an existing fp32 build: run `leap-export build` "
-                        f"first, then again with --precision {precision}")
+        raise LeapError(
+            f"precision '{precision}' is added to an existing fp32 build: run `leap-export build` "
+            f"first, then again with --precision {precision}"
+        )
     source = model if isinstance(model, ModelSource) else resolve_model(model)
     if not (source.path / "tokenizer.json").is_file():  # checked before minutes of export, not after
         raise LeapError(
@@ -304,8 +329,10 @@ def build(
     if boundaries is None and source.recipe.get("segments", {}).get("boundaries", "auto") != "auto":
         boundaries = list(source.recipe["segments"]["boundaries"])
     if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise LeapError(f"opset {opset} is outside {MIN_OPSET}..{MAX_OPSET}, the range this exporter supports "
-                        f"(default {OPSET})")
+        raise LeapError(
+            f"opset {opset} is outside {MIN_OPSET}..{MAX_OPSET}, the range this exporter supports "
+            f"(default {OPSET})"
+        )
     plans = plan_segments(source.num_layers, policy, boundaries)
     if not any(p.end > policy.patience for p in plans[:-1]):
         raise LeapError(
@@ -315,18 +342,24 @@ def build(
         )
     # the settings first (a user fixes those in one go), then the folder
     if out.exists() and not force:
-        raise LeapError(f"{out} already exists; pass --force to replace it (the old folder is kept until "
-                        "the new one is complete)")
+        raise LeapError(
+            f"{out} already exists; pass --force to replace it (the old folder is kept until "
+            "the new one is complete)"
+        )
     if out.exists() and not _replaceable(out):
-        raise LeapError(f"{out} is not a leap-export build (no leap-export manifest.json in it); --force only "
-                        "replaces a build or an empty folder: pick another --out, or move that folder yourself")
+        raise LeapError(
+            f"{out} is not a leap-export build (no leap-export manifest.json in it); --force only "
+            "replaces a build or an empty folder: pick another --out, or move that folder yourself"
+        )
     idle = [p.end for p in plans[:-1] if not policy.may_exit_at(p.end)]
     if idle:
         log.warning(
             "no sample can exit after layer %s under this build's policy (exits need l >= min_layer %d and "
             "l > patience %d): each such boundary is a hand-off that only costs time (about 1.5-2 %% at batch 1 "
             "on a CPU); drop it from --boundaries unless you will lower --min-layer at run time",
-            ", ".join(map(str, idle)), policy.min_layer, policy.patience,
+            ", ".join(map(str, idle)),
+            policy.min_layer,
+            policy.patience,
         )
     torch_model, _ = load_reference(source)
     pad_id = torch_model.config.pad_token_id
@@ -342,23 +375,36 @@ def build(
             name = f"seg_{plan.index:02d}.onnx"
             module = _segment_module(torch_model, arch, plan, last=last)
             outputs = plan.outputs(last)
-            _export(module, _sample_args(torch_model.config, plan, source.hidden_size, pad_id),
-                     tmp / name, plan.inputs, outputs, opset)
-            segments.append({
-                "index": plan.index,
-                "layers": [plan.start, plan.end],
-                "inputs": plan.inputs,
-                "outputs": outputs,
-                "ref_layer": plan.ref_layer,
-                "ref_from": plan.ref_from,
-                "ref_output": plan.ref_output,
-            })
+            _export(
+                module,
+                _sample_args(torch_model.config, plan, source.hidden_size, pad_id),
+                tmp / name,
+                plan.inputs,
+                outputs,
+                opset,
+            )
+            segments.append(
+                {
+                    "index": plan.index,
+                    "layers": [plan.start, plan.end],
+                    "inputs": plan.inputs,
+                    "outputs": outputs,
+                    "ref_layer": plan.ref_layer,
+                    "ref_from": plan.ref_from,
+                    "ref_output": plan.ref_output,
+                }
+            )
             files.append({"file": name, "sha256": sha256_file(tmp / name)})
         full_plan = SegmentPlan(0, 0, source.num_layers, source.num_layers)
         full_outputs = [{"name": "pooled", "dtype": HIDDEN_DTYPE, "shape": ["batch", "hidden"]}]
-        _export(_segment_module(torch_model, arch, full_plan, last=True, pooled_only=True),
-                _sample_args(torch_model.config, full_plan, source.hidden_size, pad_id),
-                tmp / "full.onnx", full_plan.inputs, full_outputs, opset)
+        _export(
+            _segment_module(torch_model, arch, full_plan, last=True, pooled_only=True),
+            _sample_args(torch_model.config, full_plan, source.hidden_size, pad_id),
+            tmp / "full.onnx",
+            full_plan.inputs,
+            full_outputs,
+            opset,
+        )
         tokenizer_file = _copy_tokenizer(source.path, tmp, source.max_seq_length)
         manifest = {
             "schema_version": SCHEMA_VERSION,
@@ -377,8 +423,12 @@ def build(
             "pooling": "mean",
             "normalize": source.normalize,
             "opset": opset,
-            "io": {"ids": IDS_DTYPE, "attention_mask": IDS_DTYPE, "hidden": HIDDEN_DTYPE,
-                   "carried": [t["name"] for t in MASK_TENSORS]},
+            "io": {
+                "ids": IDS_DTYPE,
+                "attention_mask": IDS_DTYPE,
+                "hidden": HIDDEN_DTYPE,
+                "carried": [t["name"] for t in MASK_TENSORS],
+            },
             "segments": segments,
             "default_variant": "fp32",
             "variants": {
@@ -386,8 +436,12 @@ def build(
                     "backend": "onnxruntime",
                     "precision": "fp32",
                     "segments": files,
-                    "full": {"file": "full.onnx", "sha256": sha256_file(tmp / "full.onnx"),
-                             "inputs": full_plan.inputs, "outputs": full_outputs},
+                    "full": {
+                        "file": "full.onnx",
+                        "sha256": sha256_file(tmp / "full.onnx"),
+                        "inputs": full_plan.inputs,
+                        "outputs": full_outputs,
+                    },
                 }
             },
             "tokenizer": {
@@ -408,13 +462,22 @@ def build(
     return out
 
 
-def _check_variant_request(model, out: Path, precision: str, *, boundaries, theta, patience, min_layer,
-                           opset) -> None:
+def _check_variant_request(
+    model, out: Path, precision: str, *, boundaries, theta, patience, min_layer, opset
+) -> None:
     """A quantised variant copies the fp32 build's graphs: refuse options it would silently ignore."""
     from trt_runtime.manifest import load_manifest
 
-    given = [f"--{name}" for name, value in (("boundaries", boundaries), ("theta", theta), ("patience", patience),
-                                              ("min-layer", min_layer)) if value is not None]
+    given = [
+        f"--{name}"
+        for name, value in (
+            ("boundaries", boundaries),
+            ("theta", theta),
+            ("patience", patience),
+            ("min-layer", min_layer),
+        )
+        if value is not None
+    ]
     if opset != OPSET:
         given.append("--opset")
     if given:
@@ -454,8 +517,10 @@ def add_variant(out: Path, precision: str, *, force: bool = False, progress: boo
         raise LeapError(f"precision '{precision}' is not supported; supported: fp32, int8")
     manifest = load_manifest(out, variant="fp32")
     if precision in manifest.variants() and not force:
-        raise LeapError(f"{out} already has an {precision} build; pass --force to rebuild it (the old one is "
-                        "kept until the new one is complete)")
+        raise LeapError(
+            f"{out} already has an {precision} build; pass --force to rebuild it (the old one is "
+            "kept until the new one is complete)"
+        )
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     fp32 = manifest.variant("fp32")
@@ -468,8 +533,14 @@ def add_variant(out: Path, precision: str, *, force: bool = False, progress: boo
             # weights only (MatMulConstBOnly): quantising the attention's activation x activation products
             # costs accuracy for little speed; per-channel weight scales keep each output unit's range
             with _quiet_preprocess_advice():
-                quantize_dynamic(out / entry["file"], tmp / name, weight_type=QuantType.QInt8, per_channel=True,
-                                 op_types_to_quantize=["MatMul"], extra_options={"MatMulConstBOnly": True})
+                quantize_dynamic(
+                    out / entry["file"],
+                    tmp / name,
+                    weight_type=QuantType.QInt8,
+                    per_channel=True,
+                    op_types_to_quantize=["MatMul"],
+                    extra_options={"MatMulConstBOnly": True},
+                )
             files.append(name)
         final = out / precision
         _replace_dir(tmp, final)
@@ -481,7 +552,7 @@ def add_variant(out: Path, precision: str, *, force: bool = False, progress: boo
         "backend": "onnxruntime",
         "precision": precision,
         "quantization": "onnxruntime.quantization.quantize_dynamic: QInt8 per-channel weights of MatMul with "
-                        "constant B; activations quantised per tensor at run time",
+        "constant B; activations quantised per tensor at run time",
         "segments": entries[:-1],
         "full": {**fp32["full"], **entries[-1]},
     }
@@ -496,6 +567,7 @@ def _quiet_preprocess_advice():
     Its pre-processing (symbolic shape inference + graph optimisation) is for static quantization and
     models without shapes; these graphs come from our own export, and ONNX Runtime optimises them at load.
     """
+
     def keep(record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("Please consider to run pre-processing")
 

@@ -25,7 +25,9 @@ def summary(artifacts: str | os.PathLike, *, as_json: bool = False, check_files:
     if broken:
         raise ArtifactError(
             f"artifact folder {m.root} is not intact: "
-            + "; ".join(f"{name}: {', '.join(p)} (rebuild: {m.rebuild_hint(name, p)})" for name, p in broken.items())
+            + "; ".join(
+                f"{name}: {', '.join(p)} (rebuild: {m.rebuild_hint(name, p)})" for name, p in broken.items()
+            )
         )
 
 
@@ -51,9 +53,18 @@ def _print_summary(console, m, problems: dict[str, list[str]], check_files: bool
         table.add_column(col)
     variants = {name: m.variant(name)["segments"] for name in m.variants()}
     for seg in m.segments:
-        files = [f"{variants[v][seg.index]['file']} ({_size(m.root / variants[v][seg.index]['file'])})" for v in variants]
-        table.add_row(str(seg.index), f"{seg.start + 1}–{seg.end}", ", ".join(seg.inputs), ", ".join(seg.outputs),
-                      "-" if seg.ref_from is None else f"seg {seg.ref_from}", *files)
+        files = [
+            f"{variants[v][seg.index]['file']} ({_size(m.root / variants[v][seg.index]['file'])})"
+            for v in variants
+        ]
+        table.add_row(
+            str(seg.index),
+            f"{seg.start + 1}–{seg.end}",
+            ", ".join(seg.inputs),
+            ", ".join(seg.outputs),
+            "-" if seg.ref_from is None else f"seg {seg.ref_from}",
+            *files,
+        )
     console.print(table)
     for name in m.variants():
         v = m.variant(name)
@@ -63,10 +74,14 @@ def _print_summary(console, m, problems: dict[str, list[str]], check_files: bool
             state = "[bold red]files NOT INTACT[/bold red]"
         else:
             state = "files verified"
-        console.print(f"variant [bold]{name}[/bold]: backend {v.get('backend')}, precision {v.get('precision')}, "
-                      f"full graph {v['full']['file']} ({_size(m.root / v['full']['file'])}); {state}")
-    console.print(f"tokenizer {d['tokenizer']['file']} (pad id {d['tokenizer']['pad_id']}, "
-                  f"max length {d['tokenizer']['max_length']})")
+        console.print(
+            f"variant [bold]{name}[/bold]: backend {v.get('backend')}, precision {v.get('precision')}, "
+            f"full graph {v['full']['file']} ({_size(m.root / v['full']['file'])}); {state}"
+        )
+    console.print(
+        f"tokenizer {d['tokenizer']['file']} (pad id {d['tokenizer']['pad_id']}, "
+        f"max length {d['tokenizer']['max_length']})"
+    )
     console.print("tools: " + ", ".join(f"{k} {v}" for k, v in d.get("tools", {}).items()))
 
 

@@ -125,8 +125,10 @@ def load_eval_sets(
         else:
             s1, s2, gold = load_sts_file(sts_file)
             if len(np.unique(gold)) < 2:
-                raise LeapError(f"STS file {sts_file}: every gold score is {gold[0]:g}, so Spearman's correlation is "
-                                "undefined; an STS set needs pairs with different scores")
+                raise LeapError(
+                    f"STS file {sts_file}: every gold score is {gold[0]:g}, so Spearman's correlation is "
+                    "undefined; an STS set needs pairs with different scores"
+                )
             sets.append(EvalSet("sts", s1 + s2, {"pairs": len(gold)}, _pair_scorer(s1, s2, gold)))
     return sets
 
@@ -168,8 +170,10 @@ def label_free_set(
     """The label-free set and where it came from: ``sentences`` if given, else the eval texts (an evenly
     spaced, deterministic subset of at most ``limit`` when there are more)."""
     if sentences is None and not sets:
-        raise LeapError("no evaluation set was named (--eval is empty) and no --sentences given: name a set "
-                        f"({', '.join(EVAL_SETS)}), or pass --sentences FILE for the label-free metrics alone")
+        raise LeapError(
+            "no evaluation set was named (--eval is empty) and no --sentences given: name a set "
+            f"({', '.join(EVAL_SETS)}), or pass --sentences FILE for the label-free metrics alone"
+        )
     if sentences is not None:
         texts = list(dict.fromkeys(s for s in sentences if s.strip()))
         origin = "given sentences"
@@ -255,8 +259,9 @@ def save_report(report: dict, path: str | os.PathLike) -> Path:
 
 
 def _encode_all(encoder, texts: list[str], batch_size: int, bar) -> tuple[np.ndarray, np.ndarray]:
-    result = encoder.encode_with_exits(texts, batch_size=batch_size, show_progress_bar=False,
-                                       on_batch=bar.update)
+    result = encoder.encode_with_exits(
+        texts, batch_size=batch_size, show_progress_bar=False, on_batch=bar.update
+    )
     return result.embeddings, result.exit_layers
 
 
@@ -315,11 +320,15 @@ def evaluate_artifacts(
     ref_enc = EarlyExitEncoder(reference_artifacts, exits=False) if reference_artifacts is not None else None
     passes = 2 if ref_enc is None else 3
     # one bar over every pass, on a terminal (disable=None)
-    with tqdm(total=passes * len(texts), desc="evaluate", unit="sentence", disable=None if progress else True) as bar:
+    with tqdm(
+        total=passes * len(texts), desc="evaluate", unit="sentence", disable=None if progress else True
+    ) as bar:
         exited_emb, exit_layers = _encode_all(exited_enc, texts, batch_size, bar)
         full_emb, _ = _encode_all(full_enc, texts, batch_size, bar)
         t1 = time.perf_counter()
-        reference = None if ref_enc is None else Lookup(texts, _encode_all(ref_enc, texts, batch_size, bar)[0])
+        reference = (
+            None if ref_enc is None else Lookup(texts, _encode_all(ref_enc, texts, batch_size, bar)[0])
+        )
     exited, full = Lookup(texts, exited_emb), Lookup(texts, full_emb)
 
     metrics, set_info = [], {}
@@ -351,7 +360,9 @@ def evaluate_artifacts(
         "source": lf_origin,
         "count": len(lf_texts),
         **agreement(exited_emb[rows], full_emb[rows]),
-        **exit_statistics(exit_layers[rows], manifest.boundaries, manifest.num_layers, policy.min_layer, policy.patience),
+        **exit_statistics(
+            exit_layers[rows], manifest.boundaries, manifest.num_layers, policy.min_layer, policy.patience
+        ),
     }
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA,

@@ -26,8 +26,14 @@ SUPPORTED_ARCHITECTURES = ("bert", "mpnet")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 # what a model folder is made of at its top level (its module folders hold the rest)
-MODEL_FILES = ("config.json", *WEIGHT_FILES, *TOKENIZER_FILES, "modules.json", "sentence_bert_config.json",
-               "config_sentence_transformers.json")
+MODEL_FILES = (
+    "config.json",
+    *WEIGHT_FILES,
+    *TOKENIZER_FILES,
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+)
 
 
 @dataclass(frozen=True)
@@ -98,11 +104,15 @@ def describe_folder(folder: Path, *, spec: str | None = None, recipe: dict | Non
     if not config_path.is_file():
         if (folder / "manifest.json").is_file():
             try:
-                built_from = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["source"]["spec"]
+                built_from = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["source"][
+                    "spec"
+                ]
             except (OSError, ValueError, KeyError, TypeError):
                 built_from = "MODEL"
-            raise LeapError(f"{folder} is a leap-export artifact folder, not a model folder; this needs the model "
-                            f"it was built from: {built_from}")
+            raise LeapError(
+                f"{folder} is a leap-export artifact folder, not a model folder; this needs the model "
+                f"it was built from: {built_from}"
+            )
         raise LeapError(f"{folder} is not a model folder: it has no config.json")
     config = _read_json(config_path, what="the model's config")
     arch = config.get("model_type", "")
@@ -114,7 +124,9 @@ def describe_folder(folder: Path, *, spec: str | None = None, recipe: dict | Non
     weights = next((folder / w for w in WEIGHT_FILES if (folder / w).is_file()), None)
     if weights is None:
         raise LeapError(f"{folder} has no weights ({' or '.join(WEIGHT_FILES)})")
-    num_layers, hidden_size = (_positive_int(config, key, config_path) for key in ("num_hidden_layers", "hidden_size"))
+    num_layers, hidden_size = (
+        _positive_int(config, key, config_path) for key in ("num_hidden_layers", "hidden_size")
+    )
     recipe = dict(recipe or {})
     if "exit_policy" not in recipe:  # a `leap-export train` output: the exit policy it was trained for
         trained = _trained_policy(folder)
@@ -149,18 +161,24 @@ def _read_json(path: Path, *, what: str, kind: type = dict):
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LeapError(f"{path} ({what}) is not valid JSON: {e}. Restore it from the model's original files.") from e
+        raise LeapError(
+            f"{path} ({what}) is not valid JSON: {e}. Restore it from the model's original files."
+        ) from e
     if not isinstance(value, kind):
-        raise LeapError(f"{path} ({what}) must hold a JSON {'object' if kind is dict else 'list'}, "
-                        f"got {type(value).__name__}")
+        raise LeapError(
+            f"{path} ({what}) must hold a JSON {'object' if kind is dict else 'list'}, "
+            f"got {type(value).__name__}"
+        )
     return value
 
 
 def _positive_int(config: dict, key: str, path: Path) -> int:
     value = config.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise LeapError(f"{path}: '{key}' must be a positive integer, got {value!r}. Is this a complete "
-                        "Hugging Face config.json?")
+        raise LeapError(
+            f"{path}: '{key}' must be a positive integer, got {value!r}. Is this a complete "
+            "Hugging Face config.json?"
+        )
     return value
 
 

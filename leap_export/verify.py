@@ -82,8 +82,16 @@ class VerifyReport:
     def failures(self) -> list[Check]:
         return [c for c in self.checks if not c.passed]
 
-    def add(self, name: str, metric: str, value: float, threshold: float, *, higher_is_better: bool,
-            detail: str = "") -> None:
+    def add(
+        self,
+        name: str,
+        metric: str,
+        value: float,
+        threshold: float,
+        *,
+        higher_is_better: bool,
+        detail: str = "",
+    ) -> None:
         value = float(value)
         ok = value >= threshold if higher_is_better else value <= threshold
         self.checks.append(Check(name, metric, value, threshold, bool(ok and np.isfinite(value)), detail))
@@ -167,10 +175,18 @@ def verify(
             what = f"its graphs are {precision}"
         else:  # a graph of another build left in, e.g. an int8 variant whose full.onnx is the fp32 one
             what = "its graphs are mixed: " + ", ".join(
-                f"{path.relative_to(manifest.root)} is {kind}" for path, kind in kinds.items() if kind != label)
-        report.fail("precision", f"variant {variant} is labelled {label!r} in manifest.json, but {what}; "
-                    "checked with the strictest tolerances. Rebuild it, or fix the label")
-    strict = min((label, *kinds.values()), key=lambda p: PRECISION_ORDER.index(p) if p in PRECISION_ORDER else 0)
+                f"{path.relative_to(manifest.root)} is {kind}"
+                for path, kind in kinds.items()
+                if kind != label
+            )
+        report.fail(
+            "precision",
+            f"variant {variant} is labelled {label!r} in manifest.json, but {what}; "
+            "checked with the strictest tolerances. Rebuild it, or fix the label",
+        )
+    strict = min(
+        (label, *kinds.values()), key=lambda p: PRECISION_ORDER.index(p) if p in PRECISION_ORDER else 0
+    )
     tol = TOLERANCES.get(strict, TOLERANCES["fp32"])
     report.tolerances = dict(tol)
 
@@ -184,7 +200,13 @@ def verify(
 
 
 PRECISION_ORDER = ("fp32", "fp16", "int8")  # strictest tolerances first
-_INT8_OPS = {"MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul", "DynamicQuantizeMatMul", "QuantizeLinear"}
+_INT8_OPS = {
+    "MatMulInteger",
+    "DynamicQuantizeLinear",
+    "QLinearMatMul",
+    "DynamicQuantizeMatMul",
+    "QuantizeLinear",
+}
 
 
 def graph_precisions(paths: list[Path]) -> dict[Path, str]:
@@ -228,8 +250,12 @@ def _audit(manifest, source, sentences, variant, precision) -> dict[str, Any]:
         "tools": _tool_versions(),
         "manifest_sha256": sha256_file(manifest.root / "manifest.json"),
         "precision": precision,
-        "reference": {"path": str(source.path), "weights_sha256": source.weights_sha256,
-                      "max_seq_length": source.max_seq_length, "normalize": source.normalize},
+        "reference": {
+            "path": str(source.path),
+            "weights_sha256": source.weights_sha256,
+            "max_seq_length": source.max_seq_length,
+            "normalize": source.normalize,
+        },
         "policy": manifest.default_policy.to_dict(),
         "sentences_sha256": hashlib.sha256("\n".join(sentences).encode("utf-8")).hexdigest(),
     }
@@ -241,29 +267,55 @@ def _run_checks(report, artifacts, manifest, source, sentences, variant, batch_s
     from trt_runtime.runners import OrtRunner
 
     built_from = manifest.data["source"]["weights_sha256"]
-    report.add("source weights", "sha256 match", float(source.weights_sha256 == built_from), 1.0,
-               higher_is_better=True,
-               detail="" if source.weights_sha256 == built_from else
-               f"{source.path} has other weights than the artifacts were built from; pass --model")
-    shape = {"architecture": (source.architecture, manifest.data["architecture"]),
-             "layers": (source.num_layers, manifest.num_layers),
-             "hidden size": (source.hidden_size, manifest.hidden_size)}
-    differ = [f"{what} {theirs} (the build: {ours})" for what, (theirs, ours) in shape.items() if theirs != ours]
+    report.add(
+        "source weights",
+        "sha256 match",
+        float(source.weights_sha256 == built_from),
+        1.0,
+        higher_is_better=True,
+        detail=""
+        if source.weights_sha256 == built_from
+        else f"{source.path} has other weights than the artifacts were built from; pass --model",
+    )
+    shape = {
+        "architecture": (source.architecture, manifest.data["architecture"]),
+        "layers": (source.num_layers, manifest.num_layers),
+        "hidden size": (source.hidden_size, manifest.hidden_size),
+    }
+    differ = [
+        f"{what} {theirs} (the build: {ours})" for what, (theirs, ours) in shape.items() if theirs != ours
+    ]
     if differ:  # nothing below can be compared
-        report.fail("source model", f"{source.path} is another model: {', '.join(differ)}; pass the model the "
-                    "artifacts were built from with --model, or verify the build of this one")
+        report.fail(
+            "source model",
+            f"{source.path} is another model: {', '.join(differ)}; pass the model the "
+            "artifacts were built from with --model, or verify the build of this one",
+        )
         return
     # settings the runtime takes from the manifest, against the source model's own
     max_length = int(manifest.data["tokenizer"]["max_length"])
-    lengths = {"tokenizer.max_length": max_length,
-               "max_seq_length": int(manifest.data["max_seq_length"])}
+    lengths = {"tokenizer.max_length": max_length, "max_seq_length": int(manifest.data["max_seq_length"])}
     wrong = [f"{k} {v}" for k, v in lengths.items() if v != source.max_seq_length]
-    report.add("max sequence length", "matches source", float(not wrong), 1.0, higher_is_better=True,
-               detail=f"manifest {', '.join(wrong)}; the source model truncates at {source.max_seq_length}"
-               if wrong else "")
-    report.add("normalisation", "matches source", float(manifest.normalize == source.normalize), 1.0,
-               higher_is_better=True, detail="" if manifest.normalize == source.normalize else
-               f"manifest normalize={manifest.normalize}, the source model's is {source.normalize}")
+    report.add(
+        "max sequence length",
+        "matches source",
+        float(not wrong),
+        1.0,
+        higher_is_better=True,
+        detail=f"manifest {', '.join(wrong)}; the source model truncates at {source.max_seq_length}"
+        if wrong
+        else "",
+    )
+    report.add(
+        "normalisation",
+        "matches source",
+        float(manifest.normalize == source.normalize),
+        1.0,
+        higher_is_better=True,
+        detail=""
+        if manifest.normalize == source.normalize
+        else f"manifest normalize={manifest.normalize}, the source model's is {source.normalize}",
+    )
 
     ref = layer_embeddings(source, sentences, batch_size=batch_size, show_progress_bar=progress)
     k = manifest.patience
@@ -275,9 +327,13 @@ def _run_checks(report, artifacts, manifest, source, sentences, variant, batch_s
     full_depth = EarlyExitEncoder(artifacts, exits=False, variant=variant, check_files=False, loop="python")
     ids = full_depth.tokenizer.encode(sentences)
     lengths_seen = np.array([len(x) for x in ids])
-    report.info["tokens"] = {"max_length": max_length, "min": int(lengths_seen.min()),
-                             "median": float(np.median(lengths_seen)), "max": int(lengths_seen.max()),
-                             "truncated_rows": int((lengths_seen >= max_length).sum())}
+    report.info["tokens"] = {
+        "max_length": max_length,
+        "min": int(lengths_seen.min()),
+        "median": float(np.median(lengths_seen)),
+        "max": int(lengths_seen.max()),
+        "truncated_rows": int((lengths_seen >= max_length).sum()),
+    }
     for start in range(0, len(ids), batch_size):
         trace: list = []
         full_depth._run_batch(ids[start : start + batch_size], trace=trace)
@@ -288,18 +344,29 @@ def _run_checks(report, artifacts, manifest, source, sentences, variant, batch_s
     chain = full_depth.encode(sentences, batch_size=batch_size)
     _compare_end_to_end(report, "segments, exits off", chain, _normalise(ref[-1]), tol)
     with OrtRunner(manifest.full_path(variant)) as mono:
-        pooled = np.concatenate([
-            mono.infer(dict(zip(("input_ids", "attention_mask"), full_depth.tokenizer.pad(ids[s : s + batch_size]),
-                                strict=True)))["pooled"]
-            for s in range(0, len(ids), batch_size)
-        ])
+        pooled = np.concatenate(
+            [
+                mono.infer(
+                    dict(
+                        zip(
+                            ("input_ids", "attention_mask"),
+                            full_depth.tokenizer.pad(ids[s : s + batch_size]),
+                            strict=True,
+                        )
+                    )
+                )["pooled"]
+                for s in range(0, len(ids), batch_size)
+            ]
+        )
     _compare_end_to_end(report, "monolithic graph", _normalise(pooled), _normalise(ref[-1]), tol)
 
     # with exits: the default policy and a theta that splits the batch. The split check runs with exits
     # on even when the manifest's policy has them off, so a PASS always covers the exit and compaction path
     policy = manifest.default_policy
     exiting = dataclasses.replace(policy, enabled=True)
-    first_exit = next((b for b in manifest.boundaries if exiting.may_exit_at(b) and b < manifest.num_layers), None)
+    first_exit = next(
+        (b for b in manifest.boundaries if exiting.may_exit_at(b) and b < manifest.num_layers), None
+    )
     thetas = {"default policy": (policy, policy.theta)}
     if first_exit is not None:
         split = float(min(max(split_theta(convergence_scores(ref, first_exit, k)), 1e-3), 1.0))
@@ -307,8 +374,18 @@ def _run_checks(report, artifacts, manifest, source, sentences, variant, batch_s
     report.info["thetas"] = {label: theta for label, (_, theta) in thetas.items()}
     report.info["exit_path_checked"] = first_exit is not None
     for label, (base, theta) in thetas.items():
-        _check_exits(report, label, artifacts, variant, sentences, ref, replace_theta(base, theta),
-                     manifest.boundaries, batch_size, tol)
+        _check_exits(
+            report,
+            label,
+            artifacts,
+            variant,
+            sentences,
+            ref,
+            replace_theta(base, theta),
+            manifest.boundaries,
+            batch_size,
+            tol,
+        )
     report.info["reference_scores"] = {
         str(b): float(np.mean(convergence_scores(ref, b, k))) for b in manifest.boundaries
     }
@@ -343,8 +420,12 @@ def _finish_segments(report, manifest, tol) -> None:
         a = {key: np.concatenate(v) for key, v in acc[seg.end].items()}
         name = f"segment {seg.index} (layers {seg.start + 1}-{seg.end})"
         report.add(f"{name} pooled", "min_cosine", a["cos"].min(), tol["min_cosine"], higher_is_better=True)
-        report.add(f"{name} pooled", "max_abs_diff", a["abs"].max(), tol["max_abs_diff"], higher_is_better=False)
-        report.add(f"{name} score", "max_abs_diff", a["score"].max(), tol["score_abs_diff"], higher_is_better=False)
+        report.add(
+            f"{name} pooled", "max_abs_diff", a["abs"].max(), tol["max_abs_diff"], higher_is_better=False
+        )
+        report.add(
+            f"{name} score", "max_abs_diff", a["score"].max(), tol["score_abs_diff"], higher_is_better=False
+        )
         errors.append(float(a["score"].max()))
     # the largest score error measured: how far from theta a decision can flip (used by _check_exits)
     report.info["max_score_error"] = max(errors)
@@ -352,30 +433,55 @@ def _finish_segments(report, manifest, tol) -> None:
 
 def _compare_end_to_end(report, name, got, want, tol) -> None:
     report.info.setdefault("mean_cosine", {})[name] = float(cosine(got, want).mean())
-    report.add(f"end to end, {name}", "min_cosine", cosine(got, want).min(), tol["min_cosine"], higher_is_better=True)
-    report.add(f"end to end, {name}", "max_abs_diff", np.abs(got - want).max(), tol["max_abs_diff"],
-               higher_is_better=False)
+    report.add(
+        f"end to end, {name}", "min_cosine", cosine(got, want).min(), tol["min_cosine"], higher_is_better=True
+    )
+    report.add(
+        f"end to end, {name}",
+        "max_abs_diff",
+        np.abs(got - want).max(),
+        tol["max_abs_diff"],
+        higher_is_better=False,
+    )
 
 
-def _check_exits(report, label, artifacts, variant, sentences, ref, policy, boundaries, batch_size, tol) -> None:
+def _check_exits(
+    report, label, artifacts, variant, sentences, ref, policy, boundaries, batch_size, tol
+) -> None:
     from trt_runtime.encoder import EarlyExitEncoder
 
     enc = EarlyExitEncoder(artifacts, policy=policy, variant=variant, check_files=False)
     got = enc.encode_with_exits(sentences, batch_size=batch_size)
     report.info["host_loop"] = enc.loop
-    if enc.loop == "native":  # the C loop against the Python loop, the reference implementation of the same rule
-        python_loop = EarlyExitEncoder(artifacts, policy=policy, variant=variant, check_files=False, loop="python")
+    if (
+        enc.loop == "native"
+    ):  # the C loop against the Python loop, the reference implementation of the same rule
+        python_loop = EarlyExitEncoder(
+            artifacts, policy=policy, variant=variant, check_files=False, loop="python"
+        )
         other = python_loop.encode_with_exits(sentences, batch_size=batch_size)
         del python_loop
-        report.add(f"C loop vs Python loop at {label}", "exit_layer_agreement",
-                   float((other.exit_layers == got.exit_layers).mean()), 1.0, higher_is_better=True)
-        report.add(f"C loop vs Python loop at {label}", "max_abs_diff",
-                   float(np.abs(other.embeddings - got.embeddings).max()), tol["max_abs_diff"], higher_is_better=False)
+        report.add(
+            f"C loop vs Python loop at {label}",
+            "exit_layer_agreement",
+            float((other.exit_layers == got.exit_layers).mean()),
+            1.0,
+            higher_is_better=True,
+        )
+        report.add(
+            f"C loop vs Python loop at {label}",
+            "max_abs_diff",
+            float(np.abs(other.embeddings - got.embeddings).max()),
+            tol["max_abs_diff"],
+            higher_is_better=False,
+        )
     want_layers = policy.simulate(ref, layers=boundaries)
     # a sample may flip legitimately where its reference score lies within the graphs' score error of theta
     # at a check it reaches (up to its reference exit layer; later checks never decide it). The band is
     # twice the largest score error measured above (at least 1e-6, at most the precision's tolerance)
-    band = min(tol["score_abs_diff"], max(2 * report.info.get("max_score_error", tol["score_abs_diff"]), 1e-6))
+    band = min(
+        tol["score_abs_diff"], max(2 * report.info.get("max_score_error", tol["score_abs_diff"]), 1e-6)
+    )
     near = np.zeros(len(sentences), dtype=bool)
     for b in boundaries:
         if policy.may_exit_at(b):
@@ -385,16 +491,32 @@ def _check_exits(report, label, artifacts, variant, sentences, ref, policy, boun
     firm = ~near
     name = f"exits at {label} (theta {policy.theta:.4f})"
     if firm.sum() >= min(10, len(firm)):
-        report.add(name, "exit_layer_agreement", float(agree[firm].mean()), tol["exit_agreement"],
-                   higher_is_better=True,
-                   detail=f"over {int(firm.sum())} samples; {int(near.sum())} within {band:.3g} of theta excluded")
+        report.add(
+            name,
+            "exit_layer_agreement",
+            float(agree[firm].mean()),
+            tol["exit_agreement"],
+            higher_is_better=True,
+            detail=f"over {int(firm.sum())} samples; {int(near.sum())} within {band:.3g} of theta excluded",
+        )
     else:  # too few firm decisions to be evidence: every sample counts, near ones included (a stricter test)
-        report.add(name, "exit_layer_agreement", float(agree.mean()), tol["exit_agreement"], higher_is_better=True,
-                   detail=f"over all {len(agree)} samples, near-threshold ones included: only {int(firm.sum())} "
-                   f"lie farther than {band:.3g} from theta at the checks they reach")
+        report.add(
+            name,
+            "exit_layer_agreement",
+            float(agree.mean()),
+            tol["exit_agreement"],
+            higher_is_better=True,
+            detail=f"over all {len(agree)} samples, near-threshold ones included: only {int(firm.sum())} "
+            f"lie farther than {band:.3g} from theta at the checks they reach",
+        )
     want = _normalise(ref[got.exit_layers, np.arange(len(sentences))])
-    report.add(f"exits at {label}", "min_cosine_at_exit_layer", cosine(got.embeddings, want).min(),
-               tol["min_cosine"], higher_is_better=True)
+    report.add(
+        f"exits at {label}",
+        "min_cosine_at_exit_layer",
+        cosine(got.embeddings, want).min(),
+        tol["min_cosine"],
+        higher_is_better=True,
+    )
     report.info.setdefault("exit_layers", {})[label] = {
         "theta": policy.theta,
         "distribution": {str(b): int((got.exit_layers == b).sum()) for b in boundaries},
@@ -403,7 +525,18 @@ def _check_exits(report, label, artifacts, variant, sentences, ref, policy, boun
     single = enc.encode_with_exits(sentences, batch_size=1)
     single_emb = single.embeddings
     same = single.exit_layers == got.exit_layers
-    report.add(f"compaction at {label}", "batch1_exit_agreement", float(same.mean()), tol["exit_agreement"],
-               higher_is_better=True)
-    report.add(f"compaction at {label}", "batch1_min_cosine", cosine(single_emb[same], got.embeddings[same]).min(),
-               tol["min_cosine"], higher_is_better=True, detail="over rows with the same exit layer")
+    report.add(
+        f"compaction at {label}",
+        "batch1_exit_agreement",
+        float(same.mean()),
+        tol["exit_agreement"],
+        higher_is_better=True,
+    )
+    report.add(
+        f"compaction at {label}",
+        "batch1_min_cosine",
+        cosine(single_emb[same], got.embeddings[same]).min(),
+        tol["min_cosine"],
+        higher_is_better=True,
+        detail="over rows with the same exit layer",
+    )

@@ -22,8 +22,14 @@ def positive_ints(text: str) -> list[int]:
     return [positive_int(part.strip()) for part in text.split(",")]
 
 
-def check_inputs(ap: argparse.ArgumentParser, artifacts: str, *, sentences: str | None = None,
-                 json_out: str | None = None, variant: str | None = None) -> list[str]:
+def check_inputs(
+    ap: argparse.ArgumentParser,
+    artifacts: str,
+    *,
+    sentences: str | None = None,
+    json_out: str | None = None,
+    variant: str | None = None,
+) -> list[str]:
     """The artifact folder loads (files hashed), the sentences read, and ``json_out`` can be written;
     returns the sentences (the built-in sample set when none are given)."""
     from leap_export.errors import LeapError

@@ -40,8 +40,10 @@ def find_libonnxruntime() -> str:
 
     libs = sorted(glob.glob(str(Path(onnxruntime.__file__).parent / "capi" / "libonnxruntime.so*")))
     if not libs:
-        sys.exit(f"c_host_loop: this onnxruntime wheel ({onnxruntime.__version__}) ships no libonnxruntime.so "
-                 "beside its Python module; install onnxruntime >= 1.22")
+        sys.exit(
+            f"c_host_loop: this onnxruntime wheel ({onnxruntime.__version__}) ships no libonnxruntime.so "
+            "beside its Python module; install onnxruntime >= 1.22"
+        )
     return libs[0]
 
 
@@ -50,9 +52,21 @@ def compile_c(tmp: Path) -> Path:
     if cc is None:
         sys.exit("c_host_loop: needs a C compiler (gcc); install it, e.g. apt-get install gcc")
     exe = tmp / "c_host_loop"
-    res = subprocess.run([cc, "-O2", "-std=c11", "-Wall", f"-I{HERE.parent / 'trt_runtime' / '_native'}", "-o",
-                          str(exe), str(HERE / "c_host_loop.c"), "-ldl"],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            cc,
+            "-O2",
+            "-std=c11",
+            "-Wall",
+            f"-I{HERE.parent / 'trt_runtime' / '_native'}",
+            "-o",
+            str(exe),
+            str(HERE / "c_host_loop.c"),
+            "-ldl",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if res.returncode != 0:
         sys.exit(f"c_host_loop: compiling scripts/c_host_loop.c failed:\n{res.stderr}")
     return exe
@@ -100,8 +114,9 @@ def write_inputs(artifacts: str, texts: list[str], tmp: Path) -> tuple[Path, Pat
 
 
 def run_c(exe: Path, lib: str, plan: Path, tok: Path, threads: int, blocks: int, mode: str) -> str:
-    res = subprocess.run([str(exe), lib, str(plan), str(tok), str(threads), str(blocks), mode],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [str(exe), lib, str(plan), str(tok), str(threads), str(blocks), mode], capture_output=True, text=True
+    )
     if res.returncode != 0:
         sys.exit(f"c_host_loop: the C program failed:\n{res.stderr.strip()}")
     return res.stdout
@@ -110,12 +125,20 @@ def run_c(exe: Path, lib: str, plan: Path, tok: Path, threads: int, blocks: int,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("artifacts")
-    ap.add_argument("--sentences", help="UTF-8 file, one sentence per line (default: the built-in sample set)")
-    ap.add_argument("--rounds", type=positive_int, default=8, help="pairs of fresh processes (Python, then C)")
+    ap.add_argument(
+        "--sentences", help="UTF-8 file, one sentence per line (default: the built-in sample set)"
+    )
+    ap.add_argument(
+        "--rounds", type=positive_int, default=8, help="pairs of fresh processes (Python, then C)"
+    )
     ap.add_argument("--blocks", type=positive_int, default=5)
     ap.add_argument("--rows", type=positive_int, default=300, help="sentences per block (batch 1)")
-    ap.add_argument("--threads", type=positive_int, default=None,
-                    help="intra-op threads for both hosts (default: the CPUs this process may use)")
+    ap.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="intra-op threads for both hosts (default: the CPUs this process may use)",
+    )
     ap.add_argument("--json", help="also write every round's blocks here")
     args = ap.parse_args()
     texts = check_inputs(ap, args.artifacts, sentences=args.sentences, json_out=args.json)[: args.rows]
@@ -128,20 +151,38 @@ def main() -> None:
         tmp = Path(tmp_name)
         exe = compile_c(tmp)
         plan, tok, py_scores = write_inputs(args.artifacts, texts, tmp)
-        c_scores = [[float(x) for x in line.split()] for line in
-                    run_c(exe, lib, plan, tok, threads, 1, "scores").splitlines()]
-        worst = max(abs(a - b) for pr, cr in zip(py_scores, c_scores, strict=True) for a, b in zip(pr, cr, strict=True))
+        c_scores = [
+            [float(x) for x in line.split()]
+            for line in run_c(exe, lib, plan, tok, threads, 1, "scores").splitlines()
+        ]
+        worst = max(
+            abs(a - b)
+            for pr, cr in zip(py_scores, c_scores, strict=True)
+            for a, b in zip(pr, cr, strict=True)
+        )
         if worst > 1e-4:
-            sys.exit(f"c_host_loop: the C chain's exit scores differ from the runtime's by up to {worst:.2e}; "
-                     "not timing two different computations")
-        print(f"parity: the C chain's exit scores match the runtime's on {len(texts)} sentences "
-              f"(max abs diff {worst:.1e})")
+            sys.exit(
+                f"c_host_loop: the C chain's exit scores differ from the runtime's by up to {worst:.2e}; "
+                "not timing two different computations"
+            )
+        print(
+            f"parity: the C chain's exit scores match the runtime's on {len(texts)} sentences "
+            f"(max abs diff {worst:.1e})"
+        )
         # the runtime's Python loop (its C loop, trt_runtime/native.py, grew out of this script)
-        py_cmd = worker_command(args.artifacts, blocks=args.blocks, rows=args.rows, sentences=args.sentences,
-                                threads=threads, loop="python")
+        py_cmd = worker_command(
+            args.artifacts,
+            blocks=args.blocks,
+            rows=args.rows,
+            sentences=args.sentences,
+            threads=threads,
+            loop="python",
+        )
         rounds = []
         print(f"\n{len(texts)} sentences per block, {args.blocks} blocks per process, {threads} threads\n")
-        print("| round | Python host: overhead (monolithic ms) | C host: overhead (monolithic ms) | C - Python |")
+        print(
+            "| round | Python host: overhead (monolithic ms) | C host: overhead (monolithic ms) | C - Python |"
+        )
         print("|---|---|---|---|")
         for r in range(args.rounds):
             py = run_worker(py_cmd, "c_host_loop: the Python worker")
@@ -150,19 +191,34 @@ def main() -> None:
             for host in ("python", "c"):
                 row[host]["median"] = statistics.median(row[host]["ratios"]) - 1
             rounds.append(row)
-            print(f"| {r + 1} | {py['median']:+.1%} ({statistics.mean(py['monolithic_ms']):.2f}) "
-                  f"| {c['median']:+.1%} ({statistics.mean(c['monolithic_ms']):.2f}) "
-                  f"| {(c['median'] - py['median']) * 100:+.1f} points |", flush=True)
+            print(
+                f"| {r + 1} | {py['median']:+.1%} ({statistics.mean(py['monolithic_ms']):.2f}) "
+                f"| {c['median']:+.1%} ({statistics.mean(c['monolithic_ms']):.2f}) "
+                f"| {(c['median'] - py['median']) * 100:+.1f} points |",
+                flush=True,
+            )
     summary = {host: summarize([r[host]["median"] for r in rounds]) for host in ("python", "c")}
     lower = sum(r["c"]["median"] < r["python"]["median"] for r in rounds)
     for host, label in (("python", "Python host"), ("c", "C host")):
         s = summary[host]
-        print(f"\n{label}: median {s['median']:+.1%}, range {s['min']:+.1%} .. {s['max']:+.1%}; "
-              f"<= 3 % in {s['at_most_3pct']} of {len(rounds)}", end="")
+        print(
+            f"\n{label}: median {s['median']:+.1%}, range {s['min']:+.1%} .. {s['max']:+.1%}; "
+            f"<= 3 % in {s['at_most_3pct']} of {len(rounds)}",
+            end="",
+        )
     print(f"\nC lower than Python in {lower} of {len(rounds)} rounds")
     if args.json:
-        write_json_atomic(args.json, {"threads": threads, "rows": len(texts), "blocks": args.blocks,
-                                      "summary": summary, "c_lower_in": lower, "rounds": rounds})
+        write_json_atomic(
+            args.json,
+            {
+                "threads": threads,
+                "rows": len(texts),
+                "blocks": args.blocks,
+                "summary": summary,
+                "c_lower_in": lower,
+                "rounds": rounds,
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -63,20 +63,32 @@ def chain_runner(enc: EarlyExitEncoder, before_run):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("artifacts")
-    ap.add_argument("--sentences", help="UTF-8 file, one sentence per line (default: the built-in sample set)")
+    ap.add_argument(
+        "--sentences", help="UTF-8 file, one sentence per line (default: the built-in sample set)"
+    )
     ap.add_argument("--rows", type=positive_int, default=300, help="sentences per round")
     ap.add_argument("--rounds", type=int, default=3, help="passes over the sentences (the first is warm-up)")
     ap.add_argument("--flush-mb", type=float, default=8.0, help="memory read before each flushed run (MB)")
     ap.add_argument("--threads", type=positive_int, default=None)
-    ap.add_argument("--variant", default=None, help="a build variant of the folder, e.g. int8 (default: fp32)")
+    ap.add_argument(
+        "--variant", default=None, help="a build variant of the folder, e.g. int8 (default: fp32)"
+    )
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     if args.rounds < 2 or args.rows < 1 or args.flush_mb <= 0:
         ap.error("need --rounds >= 2, --rows >= 1 and --flush-mb > 0")
-    texts = check_inputs(ap, args.artifacts, sentences=args.sentences, json_out=args.json, variant=args.variant)
+    texts = check_inputs(
+        ap, args.artifacts, sentences=args.sentences, json_out=args.json, variant=args.variant
+    )
     # the segments' sessions in the Python binding, as the monolithic graph's (check_inputs hashed the files)
-    enc = EarlyExitEncoder(args.artifacts, exits=False, threads=args.threads, variant=args.variant,
-                           check_files=False, loop="python")
+    enc = EarlyExitEncoder(
+        args.artifacts,
+        exits=False,
+        threads=args.threads,
+        variant=args.variant,
+        check_files=False,
+        loop="python",
+    )
     mono = OrtRunner(enc.manifest.full_path(args.variant), threads=args.threads)
     mono.activate()
     mono_raw, mono_outs = mono.session._sess, mono.output_names
@@ -116,20 +128,27 @@ def main() -> None:
     us = {k: statistics.median(v) * 1e6 for k, v in times.items()}
     handoffs = len(enc.segments) - 1
     result = {
-        "artifacts": str(args.artifacts), "variant": args.variant or "fp32", "rows": len(padded),
-        "flush_mb": args.flush_mb, "handoffs": handoffs,
+        "artifacts": str(args.artifacts),
+        "variant": args.variant or "fp32",
+        "rows": len(padded),
+        "flush_mb": args.flush_mb,
+        "handoffs": handoffs,
         "median_us": us,
-        "handoffs_us": {"warm": us["chain"] - us["monolithic"],
-                        "flushed": us["chain, flushed"] - us["monolithic, flushed"]},
+        "handoffs_us": {
+            "warm": us["chain"] - us["monolithic"],
+            "flushed": us["chain, flushed"] - us["monolithic, flushed"],
+        },
     }
     print("| configuration | median us per sentence |")
     print("|---|---|")
     for k, v in us.items():
         print(f"| {k} | {v:.1f} |")
     h = result["handoffs_us"]
-    print(f"\n{handoffs} hand-offs: {h['warm']:+.1f} us warm, {h['flushed']:+.1f} us with {args.flush_mb:g} MB "
-          f"read before each run ({h['warm'] / max(handoffs, 1):+.1f} / {h['flushed'] / max(handoffs, 1):+.1f} "
-          "us per hand-off)")
+    print(
+        f"\n{handoffs} hand-offs: {h['warm']:+.1f} us warm, {h['flushed']:+.1f} us with {args.flush_mb:g} MB "
+        f"read before each run ({h['warm'] / max(handoffs, 1):+.1f} / {h['flushed'] / max(handoffs, 1):+.1f} "
+        "us per hand-off)"
+    )
     if args.json:
         write_json_atomic(Path(args.json), result)
 

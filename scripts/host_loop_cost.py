@@ -55,22 +55,30 @@ def bare_chain(enc: EarlyExitEncoder):
     """``InferenceSession.run`` per segment, outputs passed straight on."""
     sessions = [r.session for r in enc.runners]
     names = [r.output_names for r in enc.runners]
-    return segment_chain(enc, lambda i, feeds: dict(zip(names[i], sessions[i].run(names[i], feeds), strict=True)))
+    return segment_chain(
+        enc, lambda i, feeds: dict(zip(names[i], sessions[i].run(names[i], feeds), strict=True))
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("artifacts")
-    ap.add_argument("--sentences", help="UTF-8 file, one sentence per line (default: the built-in sample set)")
+    ap.add_argument(
+        "--sentences", help="UTF-8 file, one sentence per line (default: the built-in sample set)"
+    )
     ap.add_argument("--batch-sizes", type=positive_ints, default="1,8,32")
-    ap.add_argument("--rounds", type=positive_int, default=6, help="passes over the batches (the first is warm-up)")
+    ap.add_argument(
+        "--rounds", type=positive_int, default=6, help="passes over the batches (the first is warm-up)"
+    )
     args = ap.parse_args()
     if args.rounds < 2:
         ap.error("--rounds must be at least 2: the first pass is warm-up and not timed")
     sentences = check_inputs(ap, args.artifacts, sentences=args.sentences)
     if max(args.batch_sizes) > len(sentences):
-        ap.error(f"batch size {max(args.batch_sizes)} is larger than the {len(sentences)} sentences; pass more "
-                 "--sentences or smaller --batch-sizes")
+        ap.error(
+            f"batch size {max(args.batch_sizes)} is larger than the {len(sentences)} sentences; pass more "
+            "--sentences or smaller --batch-sizes"
+        )
     # the Python loop, against bare binding calls (check_inputs hashed the files)
     enc = EarlyExitEncoder(args.artifacts, exits=False, check_files=False, loop="python")
     chain = bare_chain(enc)

@@ -30,8 +30,9 @@ from _checks import check_inputs, positive_int  # scripts/, on sys.path when run
 from trt_runtime.fileio import write_json_atomic
 
 
-def worker(artifacts: str, sentences: str | None, blocks: int, rows: int, threads: int | None,
-           loop: str = "auto") -> dict:
+def worker(
+    artifacts: str, sentences: str | None, blocks: int, rows: int, threads: int | None, loop: str = "auto"
+) -> dict:
     import numpy as np
 
     from leap_export.textio import read_lines, sample_sentences
@@ -67,11 +68,28 @@ def worker(artifacts: str, sentences: str | None, blocks: int, rows: int, thread
     return {"ratios": ratios, "monolithic_ms": mono_ms, "segmented_ms": seg_ms, "loop": seg.loop}
 
 
-def worker_command(artifacts: str, *, blocks: int, rows: int, sentences: str | None = None,
-                   threads: int | None = None, loop: str = "auto") -> list[str]:
+def worker_command(
+    artifacts: str,
+    *,
+    blocks: int,
+    rows: int,
+    sentences: str | None = None,
+    threads: int | None = None,
+    loop: str = "auto",
+) -> list[str]:
     """The command line of one fresh worker process (also used by scripts/c_host_loop.py)."""
-    cmd = [sys.executable, __file__, artifacts, "--worker", "--blocks", str(blocks), "--rows", str(rows),
-           "--loop", loop]
+    cmd = [
+        sys.executable,
+        __file__,
+        artifacts,
+        "--worker",
+        "--blocks",
+        str(blocks),
+        "--rows",
+        str(rows),
+        "--loop",
+        loop,
+    ]
     if sentences:
         cmd += ["--sentences", sentences]
     if threads:
@@ -90,32 +108,53 @@ def run_worker(cmd: list[str], what: str) -> dict:
 def summarize(overheads: list[float]) -> dict:
     """Median, range and the target counts of per-process overheads (fractions: 0.05 is +5 %)."""
     ordered = sorted(overheads)
-    return {"median": statistics.median(ordered), "min": ordered[0], "max": ordered[-1],
-            "at_most_3pct": sum(m <= 0.03 for m in ordered), "at_most_5pct": sum(m <= 0.05 for m in ordered)}
+    return {
+        "median": statistics.median(ordered),
+        "min": ordered[0],
+        "max": ordered[-1],
+        "at_most_3pct": sum(m <= 0.03 for m in ordered),
+        "at_most_5pct": sum(m <= 0.05 for m in ordered),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("artifacts")
-    ap.add_argument("--sentences", help="UTF-8 file, one sentence per line (default: the built-in sample set)")
+    ap.add_argument(
+        "--sentences", help="UTF-8 file, one sentence per line (default: the built-in sample set)"
+    )
     ap.add_argument("--processes", type=positive_int, default=8)
     ap.add_argument("--blocks", type=positive_int, default=5)
     ap.add_argument("--rows", type=positive_int, default=400, help="sentences per block (batch 1)")
     ap.add_argument("--threads", type=positive_int, default=None)
-    ap.add_argument("--loop", choices=("auto", "native", "python", "both"), default="auto",
-                    help="the runtime's host loop (default: auto, the C loop where it is built); both: paired rounds")
+    ap.add_argument(
+        "--loop",
+        choices=("auto", "native", "python", "both"),
+        default="auto",
+        help="the runtime's host loop (default: auto, the C loop where it is built); both: paired rounds",
+    )
     ap.add_argument("--json", help="also write the per-process results here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.artifacts, args.sentences, args.blocks, args.rows, args.threads, args.loop)))
+        print(
+            json.dumps(
+                worker(args.artifacts, args.sentences, args.blocks, args.rows, args.threads, args.loop)
+            )
+        )
         return
     check_inputs(ap, args.artifacts, sentences=args.sentences, json_out=args.json)
     if args.loop == "both":
         paired(args)
         return
-    cmd = worker_command(args.artifacts, blocks=args.blocks, rows=args.rows, sentences=args.sentences,
-                         threads=args.threads, loop=args.loop)
+    cmd = worker_command(
+        args.artifacts,
+        blocks=args.blocks,
+        rows=args.rows,
+        sentences=args.sentences,
+        threads=args.threads,
+        loop=args.loop,
+    )
     results = []
     print("| process | monolithic ms | segmented, exits off ms | overhead per block | median |")
     print("|---|---|---|---|---|")
@@ -124,21 +163,38 @@ def main() -> None:
         r["median"] = statistics.median(r["ratios"])
         results.append(r)
         blocks = " ".join(f"{x - 1:+.1%}" for x in r["ratios"])
-        print(f"| {k + 1} | {statistics.mean(r['monolithic_ms']):.2f} | {statistics.mean(r['segmented_ms']):.2f} "
-              f"| {blocks} | {r['median'] - 1:+.1%} |", flush=True)
-    summary = {"processes": len(results), "loop": results[0]["loop"],
-               **summarize([r["median"] - 1 for r in results])}
-    print(f"\nbatch-1 overhead ({summary['loop']} host loop) over {summary['processes']} processes: median {summary['median']:+.1%}, "
-          f"range {summary['min']:+.1%} .. {summary['max']:+.1%}; <= 3 % in {summary['at_most_3pct']}, "
-          f"<= 5 % in {summary['at_most_5pct']}")
+        print(
+            f"| {k + 1} | {statistics.mean(r['monolithic_ms']):.2f} | {statistics.mean(r['segmented_ms']):.2f} "
+            f"| {blocks} | {r['median'] - 1:+.1%} |",
+            flush=True,
+        )
+    summary = {
+        "processes": len(results),
+        "loop": results[0]["loop"],
+        **summarize([r["median"] - 1 for r in results]),
+    }
+    print(
+        f"\nbatch-1 overhead ({summary['loop']} host loop) over {summary['processes']} processes: median {summary['median']:+.1%}, "
+        f"range {summary['min']:+.1%} .. {summary['max']:+.1%}; <= 3 % in {summary['at_most_3pct']}, "
+        f"<= 5 % in {summary['at_most_5pct']}"
+    )
     if args.json:
         write_json_atomic(args.json, {"summary": summary, "processes": results})
 
 
 def paired(args) -> None:
     """--loop both: per round one fresh process per loop, the order alternating."""
-    cmds = {loop: worker_command(args.artifacts, blocks=args.blocks, rows=args.rows, sentences=args.sentences,
-                                 threads=args.threads, loop=loop) for loop in ("native", "python")}
+    cmds = {
+        loop: worker_command(
+            args.artifacts,
+            blocks=args.blocks,
+            rows=args.rows,
+            sentences=args.sentences,
+            threads=args.threads,
+            loop=loop,
+        )
+        for loop in ("native", "python")
+    }
     results: dict[str, list] = {"native": [], "python": []}
     print("| round | C loop: overhead (monolithic ms) | Python loop: overhead (monolithic ms) | C - Python |")
     print("|---|---|---|---|")
@@ -148,17 +204,26 @@ def paired(args) -> None:
             r["median"] = statistics.median(r["ratios"])
             results[loop].append(r)
         c, py = results["native"][-1], results["python"][-1]
-        print(f"| {k + 1} | {c['median'] - 1:+.1%} ({statistics.mean(c['monolithic_ms']):.2f}) "
-              f"| {py['median'] - 1:+.1%} ({statistics.mean(py['monolithic_ms']):.2f}) "
-              f"| {(c['median'] - py['median']) * 100:+.1f} points |", flush=True)
-    summary = {loop: {"processes": len(rs), **summarize([r["median"] - 1 for r in rs])} for loop, rs in results.items()}
-    summary["native_lower"] = sum(c["median"] < p["median"] for c, p in zip(results["native"], results["python"],
-                                                                             strict=True))
+        print(
+            f"| {k + 1} | {c['median'] - 1:+.1%} ({statistics.mean(c['monolithic_ms']):.2f}) "
+            f"| {py['median'] - 1:+.1%} ({statistics.mean(py['monolithic_ms']):.2f}) "
+            f"| {(c['median'] - py['median']) * 100:+.1f} points |",
+            flush=True,
+        )
+    summary = {
+        loop: {"processes": len(rs), **summarize([r["median"] - 1 for r in rs])}
+        for loop, rs in results.items()
+    }
+    summary["native_lower"] = sum(
+        c["median"] < p["median"] for c, p in zip(results["native"], results["python"], strict=True)
+    )
     print()
     for loop, label in (("native", "C loop"), ("python", "Python loop")):
         s = summary[loop]
-        print(f"{label}: median {s['median']:+.1%}, range {s['min']:+.1%} .. {s['max']:+.1%}; "
-              f"<= 3 % in {s['at_most_3pct']} of {s['processes']}, <= 5 % in {s['at_most_5pct']}")
+        print(
+            f"{label}: median {s['median']:+.1%}, range {s['min']:+.1%} .. {s['max']:+.1%}; "
+            f"<= 3 % in {s['at_most_3pct']} of {s['processes']}, <= 5 % in {s['at_most_5pct']}"
+        )
     print(f"C loop lower in {summary['native_lower']} of {args.processes} rounds")
     if args.json:
         write_json_atomic(args.json, {"summary": summary, "processes": results})

@@ -33,18 +33,35 @@ def write_st_folder(model, folder: Path, tokenizer_from: Path, max_seq_length: i
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
         if (tokenizer_from / name).is_file():
             shutil.copy2(tokenizer_from / name, folder / name)
-    (folder / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-    ]))
-    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length,
-                                                                  "do_lower_case": False}))
+    (folder / "modules.json").write_text(
+        json.dumps(
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                {
+                    "idx": 2,
+                    "name": "2",
+                    "path": "2_Normalize",
+                    "type": "sentence_transformers.models.Normalize",
+                },
+            ]
+        )
+    )
+    (folder / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False})
+    )
     (folder / "1_Pooling").mkdir(exist_ok=True)
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps({
-        "word_embedding_dimension": model.config.hidden_size, "pooling_mode_cls_token": False,
-        "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False}))
+    (folder / "1_Pooling" / "config.json").write_text(
+        json.dumps(
+            {
+                "word_embedding_dimension": model.config.hidden_size,
+                "pooling_mode_cls_token": False,
+                "pooling_mode_mean_tokens": True,
+                "pooling_mode_max_tokens": False,
+                "pooling_mode_mean_sqrt_len_tokens": False,
+            }
+        )
+    )
     (folder / "2_Normalize").mkdir(exist_ok=True)
     return folder
 
@@ -56,9 +73,13 @@ def _tiny(arch: str, folder: Path) -> Path:
     torch.manual_seed(0 if arch == "bert" else 1)
     tok = _minilm_path()
     if arch == "bert":
-        model = BertModel(BertConfig(vocab_size=30522, max_position_embeddings=128, **TINY), add_pooling_layer=False)
+        model = BertModel(
+            BertConfig(vocab_size=30522, max_position_embeddings=128, **TINY), add_pooling_layer=False
+        )
     else:
-        model = MPNetModel(MPNetConfig(vocab_size=30527, max_position_embeddings=130, **TINY), add_pooling_layer=False)
+        model = MPNetModel(
+            MPNetConfig(vocab_size=30527, max_position_embeddings=130, **TINY), add_pooling_layer=False
+        )
     return write_st_folder(model.eval(), folder, tok)
 
 

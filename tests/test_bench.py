@@ -14,12 +14,30 @@ def test_bench_reports_every_configuration_and_the_int8_build(tiny_artifacts, tm
     art = tmp_path / "art"
     shutil.copytree(tiny_artifacts["bert"], art)
     build(art, art, precision="int8", progress=False)  # adds the int8 variant to the existing build
-    report = bench(art, sentences * 4, batch_sizes=(1, 4), warmup=2, iters=6, theta=0.5, baselines=False,
-                   also_variants=("int8",), breakdown=True, progress=False)
+    report = bench(
+        art,
+        sentences * 4,
+        batch_sizes=(1, 4),
+        warmup=2,
+        iters=6,
+        theta=0.5,
+        baselines=False,
+        also_variants=("int8",),
+        breakdown=True,
+        progress=False,
+    )
     assert list(report["results"]) == ["1", "4"]
     assert list(report["also_variants"]) == ["int8"]
     with pytest.raises(LeapError, match="--also-variant fp32 is the build already being timed"):
-        bench(art, sentences, batch_sizes=(1,), iters=1, baselines=False, also_variants=("fp32",), progress=False)
+        bench(
+            art,
+            sentences,
+            batch_sizes=(1,),
+            iters=1,
+            baselines=False,
+            also_variants=("fp32",),
+            progress=False,
+        )
     for row in report["results"].values():
         for name in ("monolithic", "segmented", "early exit", "monolithic [int8]", "early exit [int8]"):
             assert row[name]["mean_ms"] > 0 and row[name]["p50_ms"] <= row[name]["p99_ms"]
@@ -28,8 +46,9 @@ def test_bench_reports_every_configuration_and_the_int8_build(tiny_artifacts, tm
         assert row["realised_efficiency"] == pytest.approx(m / e / row["theoretical_speedup"])
         assert row["monitoring_overhead"] == pytest.approx(row["segmented"]["mean_ms"] / m - 1)
         one = row["one graph"]["mean_ms"]
-        assert row["breakdown"] == pytest.approx({"monitoring_ops": one / m - 1,
-                                                  "graph_breaks": row["segmented"]["mean_ms"] / one - 1})
+        assert row["breakdown"] == pytest.approx(
+            {"monitoring_ops": one / m - 1, "graph_breaks": row["segmented"]["mean_ms"] / one - 1}
+        )
         v = row["variants"]["int8"]
         assert v["speedup_vs_primary_monolithic"] == pytest.approx(m / row["early exit [int8]"]["mean_ms"])
     assert 1 <= report["expected_layers"] <= report["num_layers"]
@@ -45,19 +64,44 @@ def test_bench_names_a_missing_build(tiny_artifacts, sentences):
     from trt_runtime.errors import ArtifactError
 
     with pytest.raises(ArtifactError, match="int8"):
-        bench(tiny_artifacts["bert"], sentences, batch_sizes=(1,), warmup=1, iters=1, baselines=False,
-              also_variants=("int8",), progress=False)
+        bench(
+            tiny_artifacts["bert"],
+            sentences,
+            batch_sizes=(1,),
+            warmup=1,
+            iters=1,
+            baselines=False,
+            also_variants=("int8",),
+            progress=False,
+        )
 
 
 def test_bench_blocks_schedule(tiny_artifacts, sentences):
-    report = bench(tiny_artifacts["bert"], sentences, batch_sizes=(2,), warmup=1, iters=7, theta=0.5,
-                   baselines=False, schedule="blocks", progress=False)
+    report = bench(
+        tiny_artifacts["bert"],
+        sentences,
+        batch_sizes=(2,),
+        warmup=1,
+        iters=7,
+        theta=0.5,
+        baselines=False,
+        schedule="blocks",
+        progress=False,
+    )
     assert report["schedule"] == "blocks"
     assert all(report["results"]["2"][c]["n"] == 7 for c in ("monolithic", "segmented", "early exit"))
     assert "blocks" in markdown(report)
     with pytest.raises(ValueError, match="round-robin"):
-        bench(tiny_artifacts["bert"], sentences, batch_sizes=(1,), warmup=1, iters=1, baselines=False,
-              schedule="random", progress=False)
+        bench(
+            tiny_artifacts["bert"],
+            sentences,
+            batch_sizes=(1,),
+            warmup=1,
+            iters=1,
+            baselines=False,
+            schedule="random",
+            progress=False,
+        )
 
 
 @pytest.mark.parametrize("kwargs", [{"batch_sizes": ()}, {"batch_sizes": (0,)}, {"iters": 0}, {"warmup": -1}])
@@ -72,7 +116,15 @@ def test_bench_rejects_blank_sentences_and_a_bare_string(tiny_artifacts, texts):
     """Blank strings only ended in ZeroDivisionError after every session loaded; a string was timed
     character by character."""
     with pytest.raises(ValueError, match="blank|one string"):
-        bench(tiny_artifacts["bert"], texts, batch_sizes=(1,), warmup=0, iters=1, baselines=False, progress=False)
+        bench(
+            tiny_artifacts["bert"],
+            texts,
+            batch_sizes=(1,),
+            warmup=0,
+            iters=1,
+            baselines=False,
+            progress=False,
+        )
 
 
 def test_bench_in_fresh_processes_reports_medians_and_ranges(tiny_artifacts, sentences, tmp_path, caplog):
@@ -81,20 +133,33 @@ def test_bench_in_fresh_processes_reports_medians_and_ranges(tiny_artifacts, sen
     from leap_export.bench import bench_processes
 
     with caplog.at_level(logging.WARNING, logger="leap_export"):
-        report = bench_processes(tiny_artifacts["bert"], sentences[:2], processes=2, batch_sizes=(1, 3), warmup=1,
-                                 iters=4, theta=0.5, baselines=False, breakdown=True, progress=False)
+        report = bench_processes(
+            tiny_artifacts["bert"],
+            sentences[:2],
+            processes=2,
+            batch_sizes=(1, 3),
+            warmup=1,
+            iters=4,
+            theta=0.5,
+            baselines=False,
+            breakdown=True,
+            progress=False,
+        )
     assert report["processes"] == 2 and len(report["runs"]) == 2
     # each worker warned "only 2 sentences": the parent logs it once, through its own handlers
     assert [r.getMessage() for r in caplog.records].count(
         "only 2 sentences: a batch of 3 repeats them, so E[layers] and the speedups describe these few "
-        "sentences; pass --sentences with at least 3 lines") == 1
+        "sentences; pass --sentences with at least 3 lines"
+    ) == 1
     for b, row in report["results"].items():
         runs = [r[b] for r in report["runs"]]
         for key in ("speedup", "realised_efficiency", "monitoring_overhead"):
             vals = [r[key] for r in runs]
             assert row[key] == pytest.approx(sorted(vals)[0] / 2 + sorted(vals)[1] / 2)  # median of two
             assert row["spread"][key] == {"min": min(vals), "max": max(vals)}
-        assert row["monolithic"]["mean_ms"] == pytest.approx(sum(r["monolithic"]["mean_ms"] for r in runs) / 2)
+        assert row["monolithic"]["mean_ms"] == pytest.approx(
+            sum(r["monolithic"]["mean_ms"] for r in runs) / 2
+        )
         assert row["monolithic"]["n"] == 8
         assert "breakdown.graph_breaks" in row["spread"]
     table = markdown(report)
@@ -108,8 +173,9 @@ def test_bench_in_fresh_processes_reports_medians_and_ranges(tiny_artifacts, sen
 
 def test_bench_times_sentence_transformers_next_to_our_encode(tiny_artifacts, sentences):
     """PyTorch always (the [train] extra); the ONNX backend where optimum is installed (`make st-onnx`)."""
-    report = bench(tiny_artifacts["bert"], sentences, batch_sizes=(2,), warmup=1, iters=3, theta=0.5,
-                   progress=False)
+    report = bench(
+        tiny_artifacts["bert"], sentences, batch_sizes=(2,), warmup=1, iters=3, theta=0.5, progress=False
+    )
     row = report["results"]["2"]
     ours = row["early exit (encode)"]["mean_ms"]
     assert ST not in report["baseline_errors"]
@@ -140,8 +206,16 @@ def test_bench_e_layers_and_efficiency_describe_the_timed_batches(tiny_artifacts
     texts = [texts[i] for i in order]
     assert len(set(layers.tolist())) > 1, "the test needs sentences that exit at different layers"
 
-    report = bench(tiny_artifacts["bert"], texts, batch_sizes=(1,), warmup=1, iters=3, theta=theta,
-                   baselines=False, progress=False)
+    report = bench(
+        tiny_artifacts["bert"],
+        texts,
+        batch_sizes=(1,),
+        warmup=1,
+        iters=3,
+        theta=theta,
+        baselines=False,
+        progress=False,
+    )
     row = report["results"]["1"]
     timed = probe.encode_with_exits(texts[:3], batch_size=1).exit_layers  # iters 3: batches 0, 1, 2
     assert row["expected_layers"] == pytest.approx(timed.mean())
@@ -162,12 +236,22 @@ def test_bench_blocks_schedule_e_layers_follow_its_timed_batches(tiny_artifacts,
 
     texts = [s for s in sentences if s.strip()]
     theta = 0.99986
-    report = bench(tiny_artifacts["bert"], texts, batch_sizes=(3,), warmup=0, iters=4, theta=theta,
-                   baselines=False, schedule="blocks", progress=False)
+    report = bench(
+        tiny_artifacts["bert"],
+        texts,
+        batch_sizes=(3,),
+        warmup=0,
+        iters=4,
+        theta=theta,
+        baselines=False,
+        schedule="blocks",
+        progress=False,
+    )
     probe = EarlyExitEncoder(tiny_artifacts["bert"], theta=theta, check_files=False)
     batches = _batches(texts, 3, 4)  # 10 sentences, batch 3: 4 batches; blocks times j = 5..8 -> 1, 2, 3, 0
-    timed = np.concatenate([probe.encode_with_exits(batches[(5 + j) % 4], batch_size=3).exit_layers
-                            for j in range(4)])
+    timed = np.concatenate(
+        [probe.encode_with_exits(batches[(5 + j) % 4], batch_size=3).exit_layers for j in range(4)]
+    )
     assert report["results"]["3"]["expected_layers"] == pytest.approx(timed.mean())
 
 
@@ -187,8 +271,16 @@ def test_bench_times_sentence_transformers_with_the_same_thread_count(tiny_artif
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        bench(tiny_artifacts["bert"], sentences, batch_sizes=(2,), warmup=1, iters=1, theta=0.5, threads=1,
-              progress=False)
+        bench(
+            tiny_artifacts["bert"],
+            sentences,
+            batch_sizes=(2,),
+            warmup=1,
+            iters=1,
+            theta=0.5,
+            threads=1,
+            progress=False,
+        )
         assert seen and set(seen) == {1}
         assert torch.get_num_threads() == 2  # the caller's setting is restored
     finally:
@@ -202,8 +294,13 @@ def test_bench_plot_leaves_the_callers_matplotlib_backend_alone():
     from leap_export.bench import plot_png
 
     stats = {"mean_ms": 1.0, "p50_ms": 1.0, "p99_ms": 1.0, "std_ms": 0.0, "n": 1}
-    report = {"model": "m", "expected_layers": 3.0, "num_layers": 6, "policy": {"theta": 0.95},
-              "results": {"1": {c: dict(stats) for c in ("monolithic", "segmented", "early exit")}}}
+    report = {
+        "model": "m",
+        "expected_layers": 3.0,
+        "num_layers": 6,
+        "policy": {"theta": 0.95},
+        "results": {"1": {c: dict(stats) for c in ("monolithic", "segmented", "early exit")}},
+    }
     before = matplotlib.get_backend()
     matplotlib.use("svg")
     try:
@@ -225,8 +322,16 @@ def test_bench_e_layers_weight_a_batch_by_how_often_it_was_timed(tiny_artifacts,
     probe = EarlyExitEncoder(tiny_artifacts["bert"], theta=theta, check_files=False)
     layers = probe.encode_with_exits(texts, batch_size=1).exit_layers
     texts = [texts[i] for i in np.argsort(layers, kind="stable")]  # the early exits in the first batches
-    report = bench(tiny_artifacts["bert"], texts, batch_sizes=(3,), warmup=0, iters=6, theta=theta,
-                   baselines=False, progress=False)
+    report = bench(
+        tiny_artifacts["bert"],
+        texts,
+        batch_sizes=(3,),
+        warmup=0,
+        iters=6,
+        theta=theta,
+        baselines=False,
+        progress=False,
+    )
     batches = _batches(texts, 3, 4)
     per_batch = [probe.encode_with_exits(b, batch_size=3).exit_layers for b in batches]
     weighted = np.concatenate([per_batch[k] for k in (0, 1, 2, 3, 0, 1)]).mean()
@@ -251,8 +356,17 @@ def test_bench_times_each_host_loop_with_its_own_baseline(tiny_artifacts, senten
 
     loops = ["python"] + (["native"] if native.extension_path() is not None else [])
     for loop in loops:
-        report = bench(tiny_artifacts["mpnet"], sentences, batch_sizes=(1,), warmup=1, iters=3, baselines=False,
-                       breakdown=True, loop=loop, progress=False)
+        report = bench(
+            tiny_artifacts["mpnet"],
+            sentences,
+            batch_sizes=(1,),
+            warmup=1,
+            iters=3,
+            baselines=False,
+            breakdown=True,
+            loop=loop,
+            progress=False,
+        )
         assert report["host_loop"] == loop and f"{loop} host loop" in markdown(report)
         assert report["results"]["1"]["one graph"]["mean_ms"] > 0
     from trt_runtime import EarlyExitEncoder

@@ -135,7 +135,9 @@ def test_calibrate_rows_match_the_runtime_and_the_manifest_gets_the_choice(artif
     assert history[-1]["theta"] == old.theta and history[-1]["min_layer"] == old.min_layer
     assert history[-1]["reason"] == report["message"] and history[-1]["replaced_at"]
     assert history[-1]["calibration"]["chosen"]["theta"] == chosen["theta"]
-    assert history[-1]["calibration"]["variant"] == "fp32"  # the build it was measured on (the policy is shared)
+    assert (
+        history[-1]["calibration"]["variant"] == "fp32"
+    )  # the build it was measured on (the policy is shared)
     assert EarlyExitEncoder(artifacts).policy.theta == chosen["theta"]
     advice = report["boundary_advice"]  # read off the chosen row's exit rates
     assert advice["theta"] == chosen["theta"] and set(advice["exit_rate"]) == {"2", "3"}
@@ -177,21 +179,27 @@ def test_a_choice_that_saves_little_says_so():
 def test_no_theta_in_budget_names_the_one_that_misses_it_least():
     from leap_export.calibrate import _message
 
-    rows = [{"theta": t, "violations": [f"NN@10 {nn} < 0.995"], "budget_shortfall": 0.995 - nn}
-            for t, nn in ((0.97, 0.87), (0.98, 0.903), (0.99, 0.992))]
+    rows = [
+        {"theta": t, "violations": [f"NN@10 {nn} < 0.995"], "budget_shortfall": 0.995 - nn}
+        for t, nn in ((0.97, 0.87), (0.98, 0.903), (0.99, 0.992))
+    ]
     text = _message(None, rows, ExitPolicy(theta=0.95, min_layer=3), None, False, 0.995, 0.02, 6)
     assert text.endswith("Closest: theta 0.99: NN@10 0.992 < 0.995")
 
 
 def test_a_cheaper_current_policy_outside_the_sweep_is_kept(artifacts, texts):
     """A sweep that leaves out the current theta must not swap it for a costlier one "within the budget"."""
-    cheap = calibrate(artifacts, thetas=[0.5], eval_sets=(), sentences=texts, min_nn10=0.0, max_quality_drop=1.0)
+    cheap = calibrate(
+        artifacts, thetas=[0.5], eval_sets=(), sentences=texts, min_nn10=0.0, max_quality_drop=1.0
+    )
     assert cheap["written"] and load_manifest(artifacts).default_policy.theta == 0.5
     manifest = artifacts / "manifest.json"
     before = manifest.read_bytes()
     policy = ExitPolicy(theta=0.5, min_layer=load_manifest(artifacts).default_policy.min_layer)
     costlier = splitting_thetas(trace_boundaries(artifacts, texts), policy)
-    report = calibrate(artifacts, thetas=costlier, eval_sets=(), sentences=texts, min_nn10=0.0, max_quality_drop=1.0)
+    report = calibrate(
+        artifacts, thetas=costlier, eval_sets=(), sentences=texts, min_nn10=0.0, max_quality_drop=1.0
+    )
     assert all(r["expected_layers"] > report["current_row"]["expected_layers"] for r in report["rows"])
     assert report["chosen"]["theta"] == 0.5 and not report["changed"] and not report["written"]
     assert report["message"].startswith("the current policy is already the cheapest within the budget")
@@ -316,8 +324,15 @@ def test_budget_edges_ties_and_policy_history(artifacts, texts, monkeypatch):
 
     kw = dict(eval_sets=(), sentences=texts, max_quality_drop=1.0)
     # theta 1.0 (the fixture's policy) exits nobody: NN@10 exactly 1 and no drop meet a budget of exactly that
-    edge = calibrate(artifacts, thetas=[1.0], eval_sets=("lee",), sentences=texts, min_nn10=1.0,
-                     max_quality_drop=0.0, write=False)
+    edge = calibrate(
+        artifacts,
+        thetas=[1.0],
+        eval_sets=("lee",),
+        sentences=texts,
+        min_nn10=1.0,
+        max_quality_drop=0.0,
+        write=False,
+    )
     assert edge["rows"][0]["nn_at_10"] == 1.0 and edge["rows"][0]["drop"] == {"lee/spearman": 0.0}
     assert edge["rows"][0]["meets_budget"] and edge["chosen"]["theta"] == 1.0
 
@@ -341,7 +356,7 @@ def test_budget_edges_ties_and_policy_history(artifacts, texts, monkeypatch):
     back = calibrate(artifacts, thetas=[1.0], min_nn10=1.0, **kw)  # 0.5 misses NN@10 1.0: back to 1.0
     assert back["written"] and back["chosen"]["theta"] == 1.0
     history = load_manifest(artifacts).data["policy_history"]
-    assert history[: len(before)] == before and [h["theta"] for h in history[len(before):]] == [1.0, 0.5]
+    assert history[: len(before)] == before and [h["theta"] for h in history[len(before) :]] == [1.0, 0.5]
 
 
 def test_pareto_marks_rows_another_row_beats_or_equals_everywhere():
@@ -350,11 +365,13 @@ def test_pareto_marks_rows_another_row_beats_or_equals_everywhere():
     def row(theta, e, nn, q):
         return {"theta": theta, "expected_layers": e, "nn_at_10": nn, "quality": {"lee": {"spearman": q}}}
 
-    rows = [row(0.90, 3.0, 0.8, 0.5),
-            row(0.92, 3.0, 0.7, 0.5),  # as cheap as 0.90, worse NN@10: dominated
-            row(0.95, 3.5, 0.9, 0.4),  # costlier, better NN@10: undominated
-            row(0.97, 3.5, 0.9, 0.4),  # equal to 0.95: neither dominates the other
-            row(0.99, 4.0, 0.9, float("nan"))]  # undefined quality counts as the worst: dominated by 0.95
+    rows = [
+        row(0.90, 3.0, 0.8, 0.5),
+        row(0.92, 3.0, 0.7, 0.5),  # as cheap as 0.90, worse NN@10: dominated
+        row(0.95, 3.5, 0.9, 0.4),  # costlier, better NN@10: undominated
+        row(0.97, 3.5, 0.9, 0.4),  # equal to 0.95: neither dominates the other
+        row(0.99, 4.0, 0.9, float("nan")),
+    ]  # undefined quality counts as the worst: dominated by 0.95
     _mark_pareto(rows, [("lee", "spearman")])
     assert [r["pareto"] for r in rows] == [True, False, True, True, False]
 
@@ -363,12 +380,18 @@ def test_a_min_layer_override_is_written_with_the_theta(artifacts, texts):
     """The rows are measured at the given min_layer, so the written policy carries it, not the old one."""
     old = load_manifest(artifacts).default_policy
     assert old.min_layer != 3
-    report = calibrate(artifacts, thetas=[0.5], min_layer=3, eval_sets=(), sentences=texts, min_nn10=0.0,
-                       max_quality_drop=1.0)
+    report = calibrate(
+        artifacts,
+        thetas=[0.5],
+        min_layer=3,
+        eval_sets=(),
+        sentences=texts,
+        min_nn10=0.0,
+        max_quality_drop=1.0,
+    )
     assert report["written"] and report["new_policy"]["min_layer"] == 3
     assert load_manifest(artifacts).default_policy.min_layer == 3
     assert load_manifest(artifacts).default_policy.theta == 0.5
-
 
 
 def test_budget_shortfall_adds_every_miss_so_the_closest_theta_is_the_nearest(artifacts, texts, tmp_path):
@@ -379,20 +402,43 @@ def test_budget_shortfall_adds_every_miss_so_the_closest_theta_is_the_nearest(ar
     full = EarlyExitEncoder(artifacts, exits=False).encode(texts)
     pairs = [(i, j) for i in range(len(texts)) for j in range(i + 1, len(texts))][:60]
     sts = tmp_path / "gold.tsv"
-    sts.write_text("sentence1\tsentence2\tscore\n" + "".join(
-        f"{texts[i]}\t{texts[j]}\t{float(full[i] @ full[j]):.6f}\n" for i, j in pairs), encoding="utf-8")
-    thetas = [t for t in splitting_thetas(trace_boundaries(artifacts, texts), load_manifest(artifacts).default_policy)
-              if t < 1.0]
-    set_theta(artifacts, 0.5)  # the current policy misses the budget too (every sample exits at the first check)
-    report = calibrate(artifacts, thetas=thetas, eval_sets=("sts",), sts_file=sts, sentences=texts,
-                       min_nn10=1.0, max_quality_drop=0.0, write=False, progress=False)
+    sts.write_text(
+        "sentence1\tsentence2\tscore\n"
+        + "".join(f"{texts[i]}\t{texts[j]}\t{float(full[i] @ full[j]):.6f}\n" for i, j in pairs),
+        encoding="utf-8",
+    )
+    thetas = [
+        t
+        for t in splitting_thetas(trace_boundaries(artifacts, texts), load_manifest(artifacts).default_policy)
+        if t < 1.0
+    ]
+    set_theta(
+        artifacts, 0.5
+    )  # the current policy misses the budget too (every sample exits at the first check)
+    report = calibrate(
+        artifacts,
+        thetas=thetas,
+        eval_sets=("sts",),
+        sts_file=sts,
+        sentences=texts,
+        min_nn10=1.0,
+        max_quality_drop=0.0,
+        write=False,
+        progress=False,
+    )
     drops = [r["drop"]["sts/spearman"] for r in report["rows"]]
-    assert sum(d > 0 for d in drops) >= 2, f"two thetas must lose quality for this test to mean anything: {drops}"
+    assert sum(d > 0 for d in drops) >= 2, (
+        f"two thetas must lose quality for this test to mean anything: {drops}"
+    )
     for r in report["rows"]:
         drop = r["drop"]["sts/spearman"]
         want = max(0.0, 1.0 - r["nn_at_10"]) + max(0.0, drop)
         assert r["budget_shortfall"] == pytest.approx(want), r["theta"]
     fewest = min(len(r["violations"]) for r in report["rows"])
-    closest = min((r for r in report["rows"] if len(r["violations"]) == fewest), key=lambda r: r["budget_shortfall"])
+    closest = min(
+        (r for r in report["rows"] if len(r["violations"]) == fewest), key=lambda r: r["budget_shortfall"]
+    )
     assert report["chosen"] is None
-    assert report["message"].endswith(f"Closest: theta {closest['theta']:g}: {'; '.join(closest['violations'])}")
+    assert report["message"].endswith(
+        f"Closest: theta {closest['theta']:g}: {'; '.join(closest['violations'])}"
+    )

@@ -27,7 +27,20 @@ def test_build_inspect_encode_verify(tiny_bert, tmp_path, sentences):
     src = tmp_path / "in.txt"
     src.write_text("\n".join(sentences) + "\n", encoding="utf-8")
     out, exits = tmp_path / "emb.npy", tmp_path / "exits.json"
-    run("encode", art, "--input", src, "--output", out, "--exit-layers", exits, "--theta", "0.5", "--batch-size", 5)
+    run(
+        "encode",
+        art,
+        "--input",
+        src,
+        "--output",
+        out,
+        "--exit-layers",
+        exits,
+        "--theta",
+        "0.5",
+        "--batch-size",
+        5,
+    )
     emb = np.load(out)
     assert emb.shape == (len(sentences), 32)
     record = json.loads(exits.read_text())
@@ -55,10 +68,18 @@ def test_verify_exits_1_and_lists_failures(tiny_bert, tiny_mpnet, tmp_path):
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (lambda d: (d / "config.json").write_text("notjson"), "config.json (the model's config) is not valid JSON"),
-        (lambda d: (d / "config.json").write_text('{"model_type": "bert"}'), "'num_hidden_layers' must be a positive"),
-        (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:1000]),
-         "could not load the model's weights"),
+        (
+            lambda d: (d / "config.json").write_text("notjson"),
+            "config.json (the model's config) is not valid JSON",
+        ),
+        (
+            lambda d: (d / "config.json").write_text('{"model_type": "bert"}'),
+            "'num_hidden_layers' must be a positive",
+        ),
+        (
+            lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:1000]),
+            "could not load the model's weights",
+        ),
         (lambda d: (d / "tokenizer.json").unlink(), "has no tokenizer.json"),
     ],
 )
@@ -77,38 +98,118 @@ def test_a_damaged_model_folder_gives_a_clear_error(damage, message, tiny_bert, 
     [
         (["build", "no-such-model", "--out", "{tmp}/x"], "unknown model"),
         (["encode", "{tmp}/missing", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy"], "not a folder"),
-        (["encode", "{art}", "--input", "{tmp}/latin1.txt", "--output", "{tmp}/o.npy"], "line 2: not valid UTF-8"),
+        (
+            ["encode", "{art}", "--input", "{tmp}/latin1.txt", "--output", "{tmp}/o.npy"],
+            "line 2: not valid UTF-8",
+        ),
         (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--theta", "0"], "(0, 1]"),
         (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.txt"], "name it *.npy"),
-        (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--exit-layers", "{tmp}/in.txt"],
-         "same file as the input --input"),
-        (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--exit-layers", "{tmp}/o.npy"],
-         "same file as the output --output"),
-        (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--exit-layers", "{tmp}/./o.npy"],
-         "same file as the output --output"),  # one path spelt two ways
-        (["verify", "{art}", "--sentences", "{tmp}/in.txt", "--report", "{tmp}/in.txt"], "same file as the input"),
-        (["diagnose", "{model}", "--sentences", "{tmp}/in.txt", "--report", "{tmp}/in.txt"], "same file as the input"),
+        (
+            [
+                "encode",
+                "{art}",
+                "--input",
+                "{tmp}/in.txt",
+                "--output",
+                "{tmp}/o.npy",
+                "--exit-layers",
+                "{tmp}/in.txt",
+            ],
+            "same file as the input --input",
+        ),
+        (
+            [
+                "encode",
+                "{art}",
+                "--input",
+                "{tmp}/in.txt",
+                "--output",
+                "{tmp}/o.npy",
+                "--exit-layers",
+                "{tmp}/o.npy",
+            ],
+            "same file as the output --output",
+        ),
+        (
+            [
+                "encode",
+                "{art}",
+                "--input",
+                "{tmp}/in.txt",
+                "--output",
+                "{tmp}/o.npy",
+                "--exit-layers",
+                "{tmp}/./o.npy",
+            ],
+            "same file as the output --output",
+        ),  # one path spelt two ways
+        (
+            ["verify", "{art}", "--sentences", "{tmp}/in.txt", "--report", "{tmp}/in.txt"],
+            "same file as the input",
+        ),
+        (
+            ["diagnose", "{model}", "--sentences", "{tmp}/in.txt", "--report", "{tmp}/in.txt"],
+            "same file as the input",
+        ),
         (["verify", "{art}", "--report", "{art}/manifest.json"], "would overwrite a file the input folder"),
-        (["evaluate", "{art}", "--sentences", "{tmp}/in.txt", "--report", "{art}/seg_00.onnx"],
-         "would overwrite a file the input folder"),
-        (["diagnose", "{model}", "--report", "{model}/config.json"], "would overwrite a file the input folder"),
+        (
+            ["evaluate", "{art}", "--sentences", "{tmp}/in.txt", "--report", "{art}/seg_00.onnx"],
+            "would overwrite a file the input folder",
+        ),
+        (
+            ["diagnose", "{model}", "--report", "{model}/config.json"],
+            "would overwrite a file the input folder",
+        ),
         (["diagnose", "{art}"], "is a leap-export artifact folder, not a model folder"),
         (["evaluate", "{art}", "--min-layer", "4"], "min_layer must be below the 4 layers"),
-        (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--full-depth", "--theta", "0.5"],
-         "--theta and --min-layer would be ignored"),
-        (["build", "{model}", "--out", "{art}", "--precision", "int8", "--boundaries", "2,3"],
-         "--boundaries would be ignored"),
-        (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--batch-size", "0"], ">= 1"),
+        (
+            [
+                "encode",
+                "{art}",
+                "--input",
+                "{tmp}/in.txt",
+                "--output",
+                "{tmp}/o.npy",
+                "--full-depth",
+                "--theta",
+                "0.5",
+            ],
+            "--theta and --min-layer would be ignored",
+        ),
+        (
+            ["build", "{model}", "--out", "{art}", "--precision", "int8", "--boundaries", "2,3"],
+            "--boundaries would be ignored",
+        ),
+        (
+            ["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--batch-size", "0"],
+            ">= 1",
+        ),
         (["build", "{model}", "--out", "{tmp}/b", "--boundaries", "3,x"], "comma-separated"),
         (["build", "{model}", "--out", "{tmp}/b", "--opset", "11"], "outside 12..20"),
         (["build", "{model}", "--out", "{tmp}/b", "--min-layer", "4"], "could never exit early"),
         (["build", "{model}", "--out", "{tmp}/b", "--patience", "4"], "could never exit early"),
-        (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--min-layer", "99"],
-         "exceeds the model's 4 layers"),
+        (
+            ["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--min-layer", "99"],
+            "exceeds the model's 4 layers",
+        ),
         # output paths are checked before any work: nothing is half-written
-        (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/in.txt/o.npy"], "in.txt is a file"),
-        (["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--exit-layers",
-          "{tmp}/in.txt/e.json"], "in.txt is a file"),
+        (
+            ["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/in.txt/o.npy"],
+            "in.txt is a file",
+        ),
+        (
+            [
+                "encode",
+                "{art}",
+                "--input",
+                "{tmp}/in.txt",
+                "--output",
+                "{tmp}/o.npy",
+                "--exit-layers",
+                "{tmp}/in.txt/e.json",
+            ],
+            "in.txt is a file",
+        ),
         (["verify", "{art}", "--report", "{tmp}/in.txt/r.json"], "in.txt is a file"),
         (["verify", "{art}", "--sentences", "{tmp}/empty.txt"], "empty.txt is empty"),
         (["bench", "{art}", "--sentences", "{tmp}/empty.txt"], "empty.txt holds no sentences"),
@@ -138,9 +239,26 @@ def test_outputs_get_the_users_umask(tiny_artifacts, tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("one\ntwo\n", encoding="utf-8")
     out, exits = tmp_path / "sub" / "emb.npy", tmp_path / "exits.json"
-    proc = subprocess.run(["sh", "-c", 'umask 022 && exec "$@"', "sh", *CLI, "encode", str(tiny_artifacts["bert"]),
-                           "--input", str(src), "--output", str(out), "--exit-layers", str(exits)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            "sh",
+            "-c",
+            'umask 022 && exec "$@"',
+            "sh",
+            *CLI,
+            "encode",
+            str(tiny_artifacts["bert"]),
+            "--input",
+            str(src),
+            "--output",
+            str(out),
+            "--exit-layers",
+            str(exits),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     assert oct(out.stat().st_mode & 0o777) == oct(0o644) and oct(exits.stat().st_mode & 0o777) == oct(0o644)
 
@@ -149,17 +267,48 @@ def test_bench_command_writes_its_tables(tiny_artifacts, tmp_path, sentences):
     src = tmp_path / "in.txt"
     src.write_text("\n".join(sentences) + "\n", encoding="utf-8")
     out = tmp_path / "bench"
-    proc = run("bench", tiny_artifacts["bert"], "--sentences", src, "--batch-sizes", "1,2", "--warmup", 1,
-               "--iters", 3, "--no-baselines", "--breakdown", "--schedule", "blocks", "--out", out)
+    proc = run(
+        "bench",
+        tiny_artifacts["bert"],
+        "--sentences",
+        src,
+        "--batch-sizes",
+        "1,2",
+        "--warmup",
+        1,
+        "--iters",
+        3,
+        "--no-baselines",
+        "--breakdown",
+        "--schedule",
+        "blocks",
+        "--out",
+        out,
+    )
     assert "graph breaks" in proc.stdout and "blocks" in proc.stdout
     report = json.loads((out / "bench.json").read_text())
-    assert report["schedule"] == "blocks" and set(report["results"]["2"]["breakdown"]) == {"monitoring_ops",
-                                                                                           "graph_breaks"}
+    assert report["schedule"] == "blocks" and set(report["results"]["2"]["breakdown"]) == {
+        "monitoring_ops",
+        "graph_breaks",
+    }
     assert (out / "bench.png").stat().st_size > 0
     bad = run("bench", tiny_artifacts["bert"], "--schedule", "random", ok=False)
     assert bad.returncode == 2 and "random" in bad.stderr
-    two = run("bench", tiny_artifacts["bert"], "--sentences", src, "--batch-sizes", "1", "--warmup", 1,
-              "--iters", 2, "--no-baselines", "--processes", 2)
+    two = run(
+        "bench",
+        tiny_artifacts["bert"],
+        "--sentences",
+        src,
+        "--batch-sizes",
+        "1",
+        "--warmup",
+        1,
+        "--iters",
+        2,
+        "--no-baselines",
+        "--processes",
+        2,
+    )
     assert "Median over 2 fresh processes" in two.stdout
     bad = run("bench", tiny_artifacts["bert"], "--processes", 0, ok=False)
     assert bad.returncode == 2 and "--processes" in bad.stderr
@@ -182,7 +331,9 @@ def test_inspect_hashes_every_variant_and_names_the_broken_one(tiny_artifacts, t
     assert "segments" in proc.stdout and "files verified" in proc.stdout and "files NOT INTACT" in proc.stdout
     assert "int8: int8/seg_01.onnx does not match its sha256" in proc.stderr
     assert f"--out {art} --precision int8 --force" in proc.stderr
-    assert json.loads(run("inspect", art, "--json", ok=False).stdout)["num_layers"] == 4  # printed all the same
+    assert (
+        json.loads(run("inspect", art, "--json", ok=False).stdout)["num_layers"] == 4
+    )  # printed all the same
     assert run("inspect", art, "--no-hash-check").returncode == 0
 
 
@@ -209,13 +360,17 @@ def test_no_progress_hides_the_bars(tiny_bert, tmp_path):
 
 
 def test_python_dash_m_leap_export_is_the_command():
-    proc = subprocess.run([sys.executable, "-m", "leap_export", "--help"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "leap_export", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0 and "Usage:" in proc.stdout and "calibrate" in proc.stdout, proc.stderr
 
 
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP", "SIGINT"])
 @pytest.mark.parametrize("phase", ["copying a piped input", "encoding"])
-def test_encode_stopped_by_a_service_manager_leaves_no_temporary_files(tiny_artifacts, tmp_path, signame, phase):
+def test_encode_stopped_by_a_service_manager_leaves_no_temporary_files(
+    tiny_artifacts, tmp_path, signame, phase
+):
     """SIGTERM (systemd, Kubernetes, ``timeout``) and SIGHUP killed the process on the spot, leaving the hidden
     ``.emb.npy.*.tmp`` (and a piped input's copy) behind, as large as the run had got; Ctrl-C cleaned up."""
     import signal
@@ -229,16 +384,30 @@ def test_encode_stopped_by_a_service_manager_leaves_no_temporary_files(tiny_arti
     def default_handling():  # a test run under nohup would pass an ignored SIGHUP on
         signal.signal(getattr(signal, signame), signal.SIG_DFL)
 
-    args = [*CLI, "encode", str(tiny_artifacts["bert"]), "--output", str(out), "--exit-layers", str(tmp_path / "x.json")]
+    args = [
+        *CLI,
+        "encode",
+        str(tiny_artifacts["bert"]),
+        "--output",
+        str(out),
+        "--exit-layers",
+        str(tmp_path / "x.json"),
+    ]
     if phase == "encoding":
         src = tmp_path / "in" / "big.txt"  # outside the output folder, which must end up as it was
         src.parent.mkdir()
         src.write_text("a short line to embed\n" * 200_000, encoding="utf-8")
-        proc = subprocess.Popen([*args, "--input", str(src)], stderr=subprocess.PIPE, preexec_fn=default_handling)
+        proc = subprocess.Popen(
+            [*args, "--input", str(src)], stderr=subprocess.PIPE, preexec_fn=default_handling
+        )
         pattern = ".emb.npy.*.tmp"
     else:
-        proc = subprocess.Popen([*args, "--input", "/dev/stdin"], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
-                                preexec_fn=default_handling)
+        proc = subprocess.Popen(
+            [*args, "--input", "/dev/stdin"],
+            stdin=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=default_handling,
+        )
         proc.stdin.write(b"a line\n" * 1000)  # the pipe stays open: the copy waits for more
         proc.stdin.flush()
         pattern = ".encode-input.*.txt"
@@ -335,11 +504,24 @@ def test_termination_signals_unwind_once_and_an_ignored_one_stays_ignored():
 def test_devices_are_never_the_same_file_as_each_other(tiny_artifacts, tmp_path):
     """`--input /dev/null --exit-layers /dev/null` reads one device and writes the other: no file is replaced."""
     out = tmp_path / "e.npy"
-    proc = run("encode", tiny_artifacts["bert"], "--input", "/dev/null", "--output", out, "--exit-layers", "/dev/null")
+    proc = run(
+        "encode",
+        tiny_artifacts["bert"],
+        "--input",
+        "/dev/null",
+        "--output",
+        out,
+        "--exit-layers",
+        "/dev/null",
+    )
     assert "0 embeddings" in proc.stderr and np.load(out).shape == (0, 32)
 
 
 def test_inspect_counts_policy_history_entries_in_words():
     from leap_export.inspect import _entries
 
-    assert [_entries(n) for n in (0, 1, 2)] == ["0 entries", "1 entry", "2 entries"]  # inspect's "history: ..."
+    assert [_entries(n) for n in (0, 1, 2)] == [
+        "0 entries",
+        "1 entry",
+        "2 entries",
+    ]  # inspect's "history: ..."

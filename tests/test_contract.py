@@ -35,8 +35,12 @@ class DocConsumer:
         for entry in [*v["segments"], v["full"], m["tokenizer"]]:
             if hashlib.sha256((self.root / entry["file"]).read_bytes()).hexdigest() != entry["sha256"]:
                 raise ValueError(f"{entry['file']}: sha256 mismatch")
-        self.sessions = [ort.InferenceSession(str(self.root / f["file"]), sess_options=session_options,
-                                              providers=["CPUExecutionProvider"]) for f in v["segments"]]
+        self.sessions = [
+            ort.InferenceSession(
+                str(self.root / f["file"]), sess_options=session_options, providers=["CPUExecutionProvider"]
+            )
+            for f in v["segments"]
+        ]
         # step 3: the tokenizer file's own padding / truncation replaced by the manifest's
         tok = m["tokenizer"]
         self.tokenizer = Tokenizer.from_file(str(self.root / tok["file"]))
@@ -45,13 +49,19 @@ class DocConsumer:
         # step 6: may a sample exit after segment i? (decided once, not per batch)
         policy = m["exit_policy"]
         self.theta = np.float32(policy["theta"] if theta is None else theta)
-        k, lmin, last = policy["patience"], policy["min_layer"] if min_layer is None else min_layer, m["num_layers"]
+        k, lmin, last = (
+            policy["patience"],
+            policy["min_layer"] if min_layer is None else min_layer,
+            m["num_layers"],
+        )
         self.can_exit = []
         for seg in m["segments"]:
             b = seg["layers"][1]
             may = policy["enabled"] and exits and b >= lmin and b > k and b < last
             if may and seg["ref_layer"] != b - k:
-                raise ValueError(f"min_layer {lmin} allows an exit after layer {b}, whose score is not the rule's")
+                raise ValueError(
+                    f"min_layer {lmin} allows an exit after layer {b}, whose score is not the rule's"
+                )
             self.can_exit.append(may)
 
     def encode(self, texts, batch_size=32):
@@ -59,7 +69,7 @@ class DocConsumer:
         out = np.zeros((len(texts), self.m["hidden_size"]), np.float32)
         layers = np.zeros(len(texts), np.int64)
         for s in range(0, len(texts), batch_size):
-            out[s:s + batch_size], layers[s:s + batch_size] = self._batch(texts[s:s + batch_size])
+            out[s : s + batch_size], layers[s : s + batch_size] = self._batch(texts[s : s + batch_size])
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.maximum(norms, 1e-12), layers
 
@@ -70,13 +80,17 @@ class DocConsumer:
         input_ids = np.full((len(ids), width), self.m["tokenizer"]["pad_id"], np.int32)
         mask = np.zeros((len(ids), width), np.int32)
         for r, x in enumerate(ids):
-            input_ids[r, :len(x)], mask[r, :len(x)] = x, 1
+            input_ids[r, : len(x)], mask[r, : len(x)] = x, 1
         pooled_out = np.zeros((len(ids), self.m["hidden_size"]), np.float32)
         exit_layer = np.zeros(len(ids), np.int64)
         rows = np.arange(len(ids))  # original row of each active row
         feed = {"input_ids": input_ids, "attention_mask": mask}
         refs, carried = {}, {}  # (segment, output) -> [rows, hidden]; mask_bias / pool_weights
-        needed = {(s["ref_from"], s["ref_output"] or "pooled") for s in self.m["segments"] if s["ref_from"] is not None}
+        needed = {
+            (s["ref_from"], s["ref_output"] or "pooled")
+            for s in self.m["segments"]
+            if s["ref_from"] is not None
+        }
         for i, (seg, sess) in enumerate(zip(self.m["segments"], self.sessions, strict=True)):  # step 5
             if seg["ref_from"] is not None:
                 feed["ref_pooled"] = refs[(seg["ref_from"], seg["ref_output"] or "pooled")]
@@ -103,8 +117,10 @@ class DocConsumer:
                 hidden = hidden[keep][:, :width]
                 carried = {name: t[keep][..., :width] for name, t in carried.items()}
                 refs = {key: t[keep] for key, t in refs.items()}
-            feed = {"hidden_in": np.ascontiguousarray(hidden),
-                    **{name: np.ascontiguousarray(t) for name, t in carried.items()}}
+            feed = {
+                "hidden_in": np.ascontiguousarray(hidden),
+                **{name: np.ascontiguousarray(t) for name, t in carried.items()},
+            }
         return pooled_out, exit_layer
 
 
@@ -154,8 +170,10 @@ def _run_to(consumer: DocConsumer, ids: np.ndarray, last: int) -> dict:
             feed["ref_pooled"] = outs[seg["ref_from"]][seg["ref_output"] or "pooled"]
         names = [o["name"] for o in seg["outputs"]]
         outs.append(dict(zip(names, sess.run(names, feed), strict=True)))
-        feed = {"hidden_in": outs[-1].get("hidden_out"),
-                **{n: outs[0][n] for n in consumer.m["io"]["carried"]}}
+        feed = {
+            "hidden_in": outs[-1].get("hidden_out"),
+            **{n: outs[0][n] for n in consumer.m["io"]["carried"]},
+        }
     return outs[-1]
 
 
@@ -175,7 +193,7 @@ def _agree(root, texts, *, variant=None, thetas, batch_sizes=(1, 5, 32), **kw):
             emb, layers = mine.encode(texts, batch_size=bs)
             # the runtime sorts each call's texts by length before batching: one call per batch gives it the
             # same batches (int8 embeddings depend on the batch)
-            got = [enc.encode_with_exits(texts[s:s + bs], batch_size=bs) for s in range(0, len(texts), bs)]
+            got = [enc.encode_with_exits(texts[s : s + bs], batch_size=bs) for s in range(0, len(texts), bs)]
             assert layers.tolist() == np.concatenate([g.exit_layers for g in got]).tolist(), (theta, bs)
             cos = np.sum(emb * np.concatenate([g.embeddings for g in got]), axis=1)
             assert cos.min() >= 0.99999, (theta, bs, float(cos.min()))
@@ -203,20 +221,27 @@ def six_layer_bert(tmp_path_factory):
     torch.manual_seed(3)
     # initializer_range 0.08: layers that move the pooled vector enough (scores ~0.89-0.96) for thetas
     # well clear of every score; at the default 0.02 they all lie within 1e-4 of each other
-    config = BertConfig(vocab_size=30522, max_position_embeddings=128, initializer_range=0.08,
-                        **{**TINY, "num_hidden_layers": 6})
+    config = BertConfig(
+        vocab_size=30522,
+        max_position_embeddings=128,
+        initializer_range=0.08,
+        **{**TINY, "num_hidden_layers": 6},
+    )
     six = BertModel(config, add_pooling_layer=False)
     return write_st_folder(six.eval(), tmp_path_factory.mktemp("six") / "model", _minilm_path())
 
 
-@pytest.mark.parametrize("plan", [
-    # k 2, default plan: segment 2 (layers 5) takes segment 0's pooled across segment 1's compaction;
-    # segment 1 takes pooled_l2 from inside segment 0
-    {"patience": 2, "min_layer": 3},
-    # k 2, boundaries 2,4,5: no exit after layer 2 (b <= k) though min_layer is 2; segment 2 takes pooled_l3
-    # from inside the middle segment 1
-    {"patience": 2, "min_layer": 2, "boundaries": [2, 4, 5]},
-])
+@pytest.mark.parametrize(
+    "plan",
+    [
+        # k 2, default plan: segment 2 (layers 5) takes segment 0's pooled across segment 1's compaction;
+        # segment 1 takes pooled_l2 from inside segment 0
+        {"patience": 2, "min_layer": 3},
+        # k 2, boundaries 2,4,5: no exit after layer 2 (b <= k) though min_layer is 2; segment 2 takes pooled_l3
+        # from inside the middle segment 1
+        {"patience": 2, "min_layer": 2, "boundaries": [2, 4, 5]},
+    ],
+)
 def test_reference_vectors_and_int8_through_the_documented_contract(plan, six_layer_bert, tmp_path):
     root = build(six_layer_bert, tmp_path / "art", progress=False, **plan)
     build(six_layer_bert, root, precision="int8", progress=False)
@@ -233,7 +258,9 @@ def test_theta_is_compared_in_float32(tiny_artifacts):
     score = float(_run_to(probe, ids, 0)["score"][0])  # after layer 2 = min_layer
     theta = score + 1e-12
     assert theta > score and float(np.float32(theta)) == score
-    mine = DocConsumer(root, theta=theta, session_options=consumer_options()).encode(TEXTS[:1], batch_size=1)[1]
+    mine = DocConsumer(root, theta=theta, session_options=consumer_options()).encode(TEXTS[:1], batch_size=1)[
+        1
+    ]
     theirs = EarlyExitEncoder(root, theta=theta).encode_with_exits(TEXTS[:1]).exit_layers
     assert mine.tolist() == theirs.tolist() == [2]
 

@@ -20,8 +20,12 @@ BLOCK = (
 
 
 def _python(code: str, blocked: set[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCK.format(blocked=blocked) + code],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK.format(blocked=blocked) + code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_runtime_imports_and_encodes_without_torch(tiny_artifacts):
@@ -59,6 +63,8 @@ def test_every_command_is_registered_and_every_module_imports():
     assert {"build", "encode", "verify", "inspect", "bench"} <= present
     for pkg in (leap_export, trt_runtime):
         for mod in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
-            if mod.name == "trt_runtime._chain":  # the C host loop: a library for ctypes (trt_runtime/native.py)
+            if (
+                mod.name == "trt_runtime._chain"
+            ):  # the C host loop: a library for ctypes (trt_runtime/native.py)
                 continue
             importlib.import_module(mod.name)

@@ -163,9 +163,22 @@ def test_converged_layers_exit_everything_at_min_layer_and_pass():
     assert report["verdict"] == "exit-compatible"
     assert all(isinstance(r, str) and r for r in report["reasons"])
     # the threshold sweep: every theta exits everything at layer 3 here (cos 1 >= any theta)
-    assert [r["theta"] for r in report["sweep"]] == [0.9, 0.91, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99]
-    assert all(r["expected_layers"] == 3.0 and r["exit_rate_by_min_layer_plus_1"] == 1.0 and r["nn_at_k"] == 1.0
-               for r in report["sweep"])
+    assert [r["theta"] for r in report["sweep"]] == [
+        0.9,
+        0.91,
+        0.92,
+        0.93,
+        0.94,
+        0.95,
+        0.96,
+        0.97,
+        0.98,
+        0.99,
+    ]
+    assert all(
+        r["expected_layers"] == 3.0 and r["exit_rate_by_min_layer_plus_1"] == 1.0 and r["nn_at_k"] == 1.0
+        for r in report["sweep"]
+    )
     json.dumps(report, allow_nan=False)
 
 
@@ -447,9 +460,11 @@ def test_checklist_edges_follow_the_paper():
     strictly above 50 %."""
     from leap_export.diagnostics import _checklist
 
-    layers = [{"layer": 1, "sim_to_final": 0.5, "nn_at_k": 0.1},
-              {"layer": 2, "sim_to_final": 0.94, "nn_at_k": 0.80},
-              {"layer": 3, "sim_to_final": 1.0, "nn_at_k": 1.0}]
+    layers = [
+        {"layer": 1, "sim_to_final": 0.5, "nn_at_k": 0.1},
+        {"layer": 2, "sim_to_final": 0.94, "nn_at_k": 0.80},
+        {"layer": 3, "sim_to_final": 1.0, "nn_at_k": 1.0},
+    ]
     exited = {"mean_similarity_to_full": 0.97, "nn_at_k": 0.9, "nn_fail_lt_0.5": 0.0}
     at_edges = _checklist(layers, 0.95, 0.5, 2, 3, None, 10, exited)
     assert at_edges["target_layer"] == 2
@@ -458,7 +473,11 @@ def test_checklist_edges_follow_the_paper():
     assert above["passed"]
     below = [dict(r) for r in layers]
     below[1].update(sim_to_final=0.94 - 1e-9, nn_at_k=0.80 - 1e-9)
-    assert [c["passed"] for c in _checklist(below, 0.95, 0.9, 2, 3, None, 10, exited)["checks"]] == [False, False, True]
+    assert [c["passed"] for c in _checklist(below, 0.95, 0.9, 2, 3, None, 10, exited)["checks"]] == [
+        False,
+        False,
+        True,
+    ]
 
 
 def test_median_exit_layer_is_where_at_least_half_have_exited():

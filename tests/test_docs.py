@@ -65,11 +65,16 @@ def test_the_docs_show_every_command_and_script():
     shown = {words[0] for _, _, words in CLI_LINES if words}
     assert shown == set(COMMANDS), f"commands with no example in the docs: {set(COMMANDS) - shown}"
     assert {script for _, _, script, _ in SCRIPT_LINES} >= {
-        "scripts/overhead_spread.py", "scripts/host_loop_cost.py", "scripts/handoff_cost.py"}
+        "scripts/overhead_spread.py",
+        "scripts/host_loop_cost.py",
+        "scripts/handoff_cost.py",
+    }
     assert len(CLI_LINES) > 40
 
 
-@pytest.mark.parametrize("doc,snippet,words", CLI_LINES, ids=[f"{d}:{' '.join(w)[:60]}" for d, _, w in CLI_LINES])
+@pytest.mark.parametrize(
+    "doc,snippet,words", CLI_LINES, ids=[f"{d}:{' '.join(w)[:60]}" for d, _, w in CLI_LINES]
+)
 def test_documented_command_line_parses(doc, snippet, words):
     from leap_export.cli import cli
 
@@ -88,21 +93,28 @@ def test_documented_command_line_parses(doc, snippet, words):
     # the values resilient parsing let through unconverted: convert every one that is not a path
     opts, _, _ = command.make_parser(ctx).parse_args(list(args))
     for param in command.params:
-        if param.name in opts and not isinstance(param.type, click.Path | click.File) \
-                and not _PLACEHOLDER.fullmatch(str(opts[param.name])):
+        if (
+            param.name in opts
+            and not isinstance(param.type, click.Path | click.File)
+            and not _PLACEHOLDER.fullmatch(str(opts[param.name]))
+        ):
             try:
                 param.type_cast_value(ctx, opts[param.name])
             except click.BadParameter as e:
                 pytest.fail(f"{doc}: `{snippet}`: {param.opts[0]}: {e.format_message()}")
 
 
-@pytest.mark.parametrize("doc,snippet,script,words", SCRIPT_LINES,
-                         ids=[f"{d}:{s} {' '.join(w)[:50]}" for d, _, s, w in SCRIPT_LINES])
+@pytest.mark.parametrize(
+    "doc,snippet,script,words",
+    SCRIPT_LINES,
+    ids=[f"{d}:{s} {' '.join(w)[:50]}" for d, _, s, w in SCRIPT_LINES],
+)
 def test_documented_script_flags_exist(doc, snippet, script, words):
     assert (ROOT / script).is_file(), f"{doc}: `{snippet}`: no {script}"
     flags = {w.split("=")[0] for w in words if w.startswith("--")}
-    helped = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True,
-                            cwd=ROOT, timeout=120)
+    helped = subprocess.run(
+        [sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert helped.returncode == 0, helped.stderr
     missing = {f for f in flags if not re.search(rf"{re.escape(f)}\b", helped.stdout)}
     assert not missing, f"{doc}: `{snippet}`: {script} has no {sorted(missing)}"
@@ -122,19 +134,21 @@ def test_readme_python_api_block_runs(tiny_artifacts, tmp_path, sentences):
     shutil.copytree(tiny_artifacts["bert"], art)
     build(art, art, precision="int8", progress=False)
     assert block.count('"artifacts/minilm-l6"') >= 5
-    program = "\n".join([
-        "import json",
-        f"sentences = {sentences!r}",
-        "class Bar:",
-        "    n = 0",
-        "    def update(self, k): self.n += k",
-        "bar = Bar()",
-        block.replace('"artifacts/minilm-l6"', repr(str(art))),
-        "assert emb.shape == (2, encoder.manifest.hidden_size), emb.shape",
-        "assert result.embeddings.shape[0] == len(sentences) == len(result.exit_layers)",
-        "assert bar.n == len(sentences), bar.n",
-        "print(json.dumps(encoder.stats.as_dict()))",
-    ])
+    program = "\n".join(
+        [
+            "import json",
+            f"sentences = {sentences!r}",
+            "class Bar:",
+            "    n = 0",
+            "    def update(self, k): self.n += k",
+            "bar = Bar()",
+            block.replace('"artifacts/minilm-l6"', repr(str(art))),
+            "assert emb.shape == (2, encoder.manifest.hidden_size), emb.shape",
+            "assert result.embeddings.shape[0] == len(sentences) == len(result.exit_layers)",
+            "assert bar.n == len(sentences), bar.n",
+            "print(json.dumps(encoder.stats.as_dict()))",
+        ]
+    )
     run = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     stats = json.loads(run.stdout.strip().splitlines()[-1])

@@ -101,7 +101,9 @@ def test_lines_are_what_the_file_holds_between_newlines(tiny_artifacts, tmp_path
     got = np.load(tmp_path / "e.npy")
     assert got.shape == (len(want), 32)
     if want:
-        np.testing.assert_allclose(got, EarlyExitEncoder(tiny_artifacts["bert"], theta=0.5).encode(want), atol=1e-6)
+        np.testing.assert_allclose(
+            got, EarlyExitEncoder(tiny_artifacts["bert"], theta=0.5).encode(want), atol=1e-6
+        )
 
 
 def test_a_utf16_file_is_named_as_one_with_the_right_conversion(tiny_artifacts, tmp_path):
@@ -112,7 +114,6 @@ def test_a_utf16_file_is_named_as_one_with_the_right_conversion(tiny_artifacts, 
     with pytest.raises(LeapError, match=r"is UTF-16, not UTF-8.*iconv -f utf-16 -t utf-8"):
         encode_file(tiny_artifacts["bert"], src, tmp_path / "e.npy")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
-
 
 
 def test_chunks_are_chunk_size_lines_and_exit_layers_keep_input_order(tiny_artifacts, tmp_path, monkeypatch):
@@ -129,8 +130,11 @@ def test_chunks_are_chunk_size_lines_and_exit_layers_keep_input_order(tiny_artif
     assert len(set(api.exit_layers.tolist())) >= 2, "no theta here gives mixed exits: the order is untested"
     sizes = []
     real = Encoder.encode_with_exits
-    monkeypatch.setattr(Encoder, "encode_with_exits", lambda self, chunk, **kw: sizes.append(len(chunk)) or real(
-        self, chunk, **kw))
+    monkeypatch.setattr(
+        Encoder,
+        "encode_with_exits",
+        lambda self, chunk, **kw: sizes.append(len(chunk)) or real(self, chunk, **kw),
+    )
     src = tmp_path / "in.txt"
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
     encode_file(art, src, tmp_path / "e.npy", theta=theta, batch_size=1, chunk_size=4,
@@ -140,7 +144,6 @@ def test_chunks_are_chunk_size_lines_and_exit_layers_keep_input_order(tiny_artif
     record = json.loads((tmp_path / "x.json").read_text())
     assert record["exit_layers"] == api.exit_layers.tolist()
     assert record["stats"]["samples"] == len(lines) and record["policy"]["theta"] == theta
-
 
 
 def test_the_space_check_counts_the_npy_bytes_exactly(tiny_artifacts, tmp_path, monkeypatch):
@@ -175,7 +178,6 @@ def test_the_space_check_counts_the_npy_bytes_exactly(tiny_artifacts, tmp_path, 
     assert sorted(p.name for p in out.parent.iterdir()) == []
 
 
-
 def test_a_file_that_changes_while_it_is_read_publishes_nothing(tiny_artifacts, tmp_path, monkeypatch):
     """The header's row count comes from the first pass; a second pass with fewer lines must not publish a
     .npy whose header promises rows it does not hold."""
@@ -197,7 +199,6 @@ def test_a_file_that_changes_while_it_is_read_publishes_nothing(tiny_artifacts, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
 
 
-
 def test_the_library_refuses_to_write_over_its_input(tiny_artifacts, tmp_path):
     """``encode_file`` itself (not only the CLI's option check) never replaces the sentences it reads."""
     src = tmp_path / "in.txt"
@@ -205,9 +206,10 @@ def test_the_library_refuses_to_write_over_its_input(tiny_artifacts, tmp_path):
     with pytest.raises(LeapError, match="--output .* is the input file"):
         encode_file(tiny_artifacts["bert"], src, src)
     with pytest.raises(LeapError, match="--exit-layers .* is the input file"):
-        encode_file(tiny_artifacts["bert"], src, tmp_path / "e.npy", exit_layers_path=tmp_path / "." / "in.txt")
+        encode_file(
+            tiny_artifacts["bert"], src, tmp_path / "e.npy", exit_layers_path=tmp_path / "." / "in.txt"
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"] and src.read_text() == "one\n"
-
 
 
 def test_a_byte_order_mark_is_dropped_from_the_first_line_only(tmp_path):

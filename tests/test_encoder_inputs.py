@@ -41,13 +41,16 @@ def test_non_string_items_are_a_clear_error(encoder, bad):
         encoder.encode(bad)
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"text": "hello world"}, "got a dict; pass a list of strings"),  # would embed its keys
-    ({"b", "a"}, "got a set; pass a list of strings"),  # no order a caller could map back
-    (frozenset({"a"}), "got a frozenset"),
-    (b"abc", "got a bytes; decode it to str first"),  # a Sequence of ints
-    (bytearray(b"abc"), "got a bytearray; decode it"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"text": "hello world"}, "got a dict; pass a list of strings"),  # would embed its keys
+        ({"b", "a"}, "got a set; pass a list of strings"),  # no order a caller could map back
+        (frozenset({"a"}), "got a frozenset"),
+        (b"abc", "got a bytes; decode it to str first"),  # a Sequence of ints
+        (bytearray(b"abc"), "got a bytearray; decode it"),
+    ],
+)
 def test_containers_that_are_not_lists_of_texts_are_refused(encoder, bad, message):
     with pytest.raises(RuntimeInputError, match=message):
         encoder.encode(bad)
@@ -68,11 +71,18 @@ def test_convert_to_numpy_false_is_refused_not_ignored(encoder):
         encoder.encode(["a"], convert_to_tensor=True)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"theta": 0.0}, "theta"), ({"theta": 1.5}, "theta"), ({"min_layer": 0}, "min_layer"),
-    ({"min_layer": 99}, "exceeds the model's 4 layers"),
-    ({"threads": 0}, "threads"), ({"threads": -2}, "threads"), ({"threads": 1.5}, "threads"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"theta": 0.0}, "theta"),
+        ({"theta": 1.5}, "theta"),
+        ({"min_layer": 0}, "min_layer"),
+        ({"min_layer": 99}, "exceeds the model's 4 layers"),
+        ({"threads": 0}, "threads"),
+        ({"threads": -2}, "threads"),
+        ({"threads": 1.5}, "threads"),
+    ],
+)
 def test_bad_policy_overrides(tiny_artifacts, kwargs, message):
     with pytest.raises(RuntimeInputError, match=message):
         EarlyExitEncoder(tiny_artifacts["bert"], **kwargs)
@@ -119,7 +129,9 @@ def test_a_float64_theta_next_to_a_score_decides_as_the_float32_graphs_do(tiny_a
     enc = EarlyExitEncoder(tiny_artifacts["bert"], min_layer=2, theta=theta)
     batched = enc.encode_with_exits(sentences, batch_size=len(sentences))
     assert enc.stats.samples == len(sentences)
-    assert (batched.exit_layers == layer).any() and (batched.exit_layers > layer).any()  # the theta splits them
+    assert (batched.exit_layers == layer).any() and (
+        batched.exit_layers > layer
+    ).any()  # the theta splits them
     alone = np.concatenate([enc.encode_with_exits([t]).exit_layers for t in sentences])
     assert np.array_equal(batched.exit_layers, alone)
 
@@ -134,7 +146,10 @@ def test_a_min_layer_without_its_own_check_warns_what_it_acts_as(tiny_artifacts,
     # checks after layers 2 and 3 (segments 1-2, 3, 4)
     with caplog.at_level("WARNING", logger="trt_runtime"):
         EarlyExitEncoder(tiny_artifacts["bert"], min_layer=min_layer)
-    assert f"min_layer {min_layer}: these artifacts check for exits only after layer 2, 3, so it {acts_as}" in caplog.text
+    assert (
+        f"min_layer {min_layer}: these artifacts check for exits only after layer 2, 3, so it {acts_as}"
+        in caplog.text
+    )
     caplog.clear()
     with caplog.at_level("WARNING", logger="trt_runtime"):
         EarlyExitEncoder(tiny_artifacts["bert"], min_layer=3)  # has its check
@@ -150,7 +165,9 @@ def test_a_policy_dict_overrides_only_the_fields_it_names(tiny_bert, tmp_path, s
     k2 = build(tiny_bert, tmp_path / "k2", min_layer=3, patience=2, progress=False)
     enc = EarlyExitEncoder(k2, policy={"theta": 0.9})
     assert (enc.policy.theta, enc.policy.patience, enc.policy.min_layer) == (0.9, 2, 3)
-    idle = build(tiny_bert, tmp_path / "idle", boundaries=[2, 3], min_layer=3, progress=False)  # no exit after 2
+    idle = build(
+        tiny_bert, tmp_path / "idle", boundaries=[2, 3], min_layer=3, progress=False
+    )  # no exit after 2
     enc = EarlyExitEncoder(idle, policy={"theta": 0.01})
     assert enc.policy.min_layer == 3
     assert set(enc.encode_with_exits(sentences).exit_layers.tolist()) == {3}

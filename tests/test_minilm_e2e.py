@@ -80,8 +80,14 @@ def test_int8_verify_on_the_stock_model_fails_as_the_readme_says(minilm_artifact
     report = verify(art, sample_sentences(), variant="int8", progress=False)
     failed = [c for c in report.checks if not c.passed]
     assert failed and not report
-    assert {c.metric for c in failed} <= {"min_cosine", "batch1_min_cosine", "min_cosine_at_exit_layer",
-                                          "max_abs_diff", "exit_agreement", "batch1_exit_agreement"}, failed
+    assert {c.metric for c in failed} <= {
+        "min_cosine",
+        "batch1_min_cosine",
+        "min_cosine_at_exit_layer",
+        "max_abs_diff",
+        "exit_agreement",
+        "batch1_exit_agreement",
+    }, failed
     cosines = [c.value for c in report.checks if "cosine" in c.metric]
     assert 0.95 < min(cosines) < TOLERANCES["int8"]["min_cosine"], cosines
     assert verify(art, sample_sentences(), progress=False)  # the fp32 variant beside it

@@ -24,11 +24,18 @@ def test_mpnet_base_builds_verifies_and_matches_sentence_transformers(tmp_path):
 
     from leap_export.sources import resolve_model
 
-    texts = ["Relative position buckets are shared by every layer.", "", "short", "word " * 500,
-             "The quick brown fox jumps over the lazy dog near the riverbank at dawn."]
+    texts = [
+        "Relative position buckets are shared by every layer.",
+        "",
+        "short",
+        "word " * 500,
+        "The quick brown fox jumps over the lazy dog near the riverbank at dawn.",
+    ]
     art = build("mpnet-base", tmp_path / "mpnet", progress=False)
     m = load_manifest(art)
-    assert m.data["architecture"] == "mpnet" and m.num_layers == 12 and m.boundaries == [6, 7, 8, 9, 10, 11, 12]
+    assert (
+        m.data["architecture"] == "mpnet" and m.num_layers == 12 and m.boundaries == [6, 7, 8, 9, 10, 11, 12]
+    )
     assert m.data["tokenizer"]["pad_id"] == 1
     report = verify(art, texts, progress=False)
     assert report, report.to_dict()["failures"]
@@ -56,6 +63,8 @@ def test_missing_python_package_names_what_to_install(tmp_path):
     from leap_export.sources import resolve_model
 
     recipe = tmp_path / "gone.toml"
-    recipe.write_text('name = "gone"\n[source]\nkind = "python-package"\npackage = "gone-model"\nmodule = "gone_model_xyz"\n')
+    recipe.write_text(
+        'name = "gone"\n[source]\nkind = "python-package"\npackage = "gone-model"\nmodule = "gone_model_xyz"\n'
+    )
     with pytest.raises(LeapError, match="pip install gone-model"):
         resolve_model(str(recipe))

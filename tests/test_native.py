@@ -26,8 +26,10 @@ def _built() -> bool:
 
 
 # an install with a C compiler builds the extension (pyproject.toml): there, the C loop must be there and used
-needs_c = pytest.mark.skipif(not _built() and shutil.which("gcc") is None and shutil.which("cc") is None,
-                             reason="no C compiler here: the extension is optional and was not built")
+needs_c = pytest.mark.skipif(
+    not _built() and shutil.which("gcc") is None and shutil.which("cc") is None,
+    reason="no C compiler here: the extension is optional and was not built",
+)
 
 
 @needs_c
@@ -100,7 +102,9 @@ def test_monolithic_runner_runs_in_the_c_library(tiny_artifacts, sentences):
     got = mono.infer({"input_ids": ids, "attention_mask": mask})["pooled"]
     want = OrtRunner(enc.manifest.full_path()).infer({"input_ids": ids, "attention_mask": mask})["pooled"]
     np.testing.assert_array_equal(got, want)
-    assert not isinstance(EarlyExitEncoder(tiny_artifacts["mpnet"], loop="python").monolithic_runner(), NativeRunner)
+    assert not isinstance(
+        EarlyExitEncoder(tiny_artifacts["mpnet"], loop="python").monolithic_runner(), NativeRunner
+    )
 
 
 @needs_c
@@ -151,7 +155,9 @@ def test_loop_choice_is_checked_and_explained(tiny_artifacts, monkeypatch):
     enc = EarlyExitEncoder(tiny_artifacts["bert"])
     assert (enc.loop, enc.loop_reason) == ("python", "TRT_RUNTIME_LOOP=python")
     monkeypatch.setenv("TRT_RUNTIME_LOOP", "native")
-    with pytest.raises(RuntimeInputError, match="TRT_RUNTIME_LOOP=native: the C host loop cannot run here: shared_pool"):
+    with pytest.raises(
+        RuntimeInputError, match="TRT_RUNTIME_LOOP=native: the C host loop cannot run here: shared_pool"
+    ):
         EarlyExitEncoder(tiny_artifacts["bert"], shared_pool=False)
     monkeypatch.setenv("TRT_RUNTIME_LOOP", "fast")
     with pytest.raises(RuntimeInputError, match="TRT_RUNTIME_LOOP must be auto, native or python"):
@@ -171,8 +177,12 @@ try:
 except RuntimeInputError as e:
     print("refused:", e)
 """
-    proc = subprocess.run([sys.executable, "-c", script, str(tiny_artifacts["bert"])], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tiny_artifacts["bert"])], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[0] == f"python (1, {EarlyExitEncoder(tiny_artifacts['bert']).embedding_dim})"
+    assert (
+        proc.stdout.splitlines()[0] == f"python (1, {EarlyExitEncoder(tiny_artifacts['bert']).embedding_dim})"
+    )
     assert "refused: loop='native': the C host loop cannot run here: the C extension" in proc.stdout
     assert "is not built" in proc.stdout

@@ -5,9 +5,20 @@ from trt_runtime.errors import RuntimeInputError
 from trt_runtime.policy import ExitPolicy, convergence_scores
 
 
-@pytest.mark.parametrize("kwargs", [{"theta": 0.0}, {"theta": 1.01}, {"theta": -1}, {"theta": "0.9"},
-                                    {"patience": 0}, {"patience": 1.5}, {"min_layer": 0},
-                                    {"enabled": "false"}, {"enabled": None}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"theta": 0.0},
+        {"theta": 1.01},
+        {"theta": -1},
+        {"theta": "0.9"},
+        {"patience": 0},
+        {"patience": 1.5},
+        {"min_layer": 0},
+        {"enabled": "false"},
+        {"enabled": None},
+    ],
+)
 def test_bad_policy_values_are_clear_errors(kwargs):
     with pytest.raises(RuntimeInputError):
         ExitPolicy(**kwargs)
@@ -41,9 +52,9 @@ def test_rule_needs_min_layer_and_layer_above_patience():
 def test_simulate_matches_a_hand_built_case():
     rng = np.random.default_rng(0)
     pooled = rng.normal(size=(5, 3, 8)).astype(np.float32)  # 4 layers, 3 samples
-    pooled[3, 0] = pooled[2, 0] * 2.0   # sample 0 converges at layer 3 (cos = 1)
-    pooled[2, 1] = pooled[1, 1]          # sample 1 would converge at layer 2, below min_layer
-    pooled[4, 2] = pooled[3, 2]          # sample 2 converges at layer 4 = L: full depth anyway
+    pooled[3, 0] = pooled[2, 0] * 2.0  # sample 0 converges at layer 3 (cos = 1)
+    pooled[2, 1] = pooled[1, 1]  # sample 1 would converge at layer 2, below min_layer
+    pooled[4, 2] = pooled[3, 2]  # sample 2 converges at layer 4 = L: full depth anyway
     layers = ExitPolicy(theta=0.99, min_layer=3).simulate(pooled)
     assert layers.tolist() == [3, 4, 4]
     assert np.allclose(convergence_scores(pooled, 3, 1)[0], 1.0)

@@ -98,7 +98,9 @@ def test_evaluate_agrees_with_the_calibration_sweep(tiny_artifacts, tmp_path):
 
     docs = load_lee()[0]
     lee_layers = EarlyExitEncoder(art, theta=theta).encode_with_exits(docs).exit_layers
-    everything = EarlyExitEncoder(art, theta=theta).encode_with_exits(list(dict.fromkeys(docs + texts))).exit_layers
+    everything = (
+        EarlyExitEncoder(art, theta=theta).encode_with_exits(list(dict.fromkeys(docs + texts))).exit_layers
+    )
     assert lee_layers.mean() != pytest.approx(everything.mean())
     assert ev["sets"]["lee"]["expected_layers"] == pytest.approx(lee_layers.mean())
 
@@ -123,7 +125,9 @@ def test_helpers(tmp_path):
     assert parse_eval_sets(" Lee, bible ,lee") == ("lee", "bible")
     assert parse_eval_sets(None) == ("lee",) and parse_eval_sets(None, sts_file="x.tsv") == ("lee", "sts")
     assert parse_eval_sets("lee,sts", sts_file="x.tsv") == ("lee", "sts")
-    with pytest.raises(LeapError, match=r"an STS file was given \(x.tsv\) .* ignored: add it \(--eval lee,sts\)"):
+    with pytest.raises(
+        LeapError, match=r"an STS file was given \(x.tsv\) .* ignored: add it \(--eval lee,sts\)"
+    ):
         parse_eval_sets("lee", sts_file="x.tsv")  # evaluated Lee alone, silently
     assert parse_eval_sets("") == ()
     with pytest.raises(LeapError, match="unknown evaluation set"):
@@ -149,7 +153,9 @@ def test_helpers(tmp_path):
     late = exit_statistics(layers, [3, 4, 5, 6], 6, min_layer=5)
     assert late["exit_at_layer"] == 5 and late["exit_at"] == late["exit_rate_before_final"] == 0.6
     assert exit_statistics(np.array([2, 3]), [1, 2, 3], 3, min_layer=1)["exit_at_layer"] == 2  # l > k
-    assert exit_statistics(np.array([2, 4]), [1, 2, 3, 4], 4, min_layer=1)["exit_at_layer"] == 3  # 1 = k cannot exit
+    assert (
+        exit_statistics(np.array([2, 4]), [1, 2, 3, 4], 4, min_layer=1)["exit_at_layer"] == 3
+    )  # 1 = k cannot exit
 
 
 def test_cli(tiny_artifacts, tmp_path):

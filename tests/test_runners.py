@@ -35,8 +35,12 @@ print("session with ort_session_options(): ok")
 def _run(tiny_artifacts, tmp_path, mode, loop="python"):
     art = tiny_artifacts["bert"]
     out = tmp_path / f"{mode}-{loop}.npy"
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(art), str(art / "full.onnx"), mode, str(out), loop],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(art), str(art / "full.onnx"), mode, str(out), loop],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout, np.load(out)
 
@@ -89,7 +93,12 @@ def test_a_later_encoder_with_other_pool_settings_joins_the_pool_with_a_warning(
                           text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr
     # once per setting, not once per segment session
-    assert proc.stderr.count(" threads requested, but this process already has ONNX Runtime's shared thread pool") == 1
+    assert (
+        proc.stderr.count(
+            " threads requested, but this process already has ONNX Runtime's shared thread pool"
+        )
+        == 1
+    )
     assert proc.stderr.count("shared_pool=False requested, but") == 1
     assert "EP Error" not in proc.stderr
 
@@ -118,7 +127,6 @@ def test_a_later_c_loop_encoder_with_other_threads_joins_its_pool_with_a_warning
                           text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr
     assert proc.stderr.count("threads requested, but the C host loop's ONNX Runtime pool already has") == 1
-
 
 
 ARENA = """
@@ -164,21 +172,34 @@ def _fake_cgroup(monkeypatch, tmp_path, proc_cgroup: str, files: dict[str, str],
     return runners.default_threads()
 
 
-@pytest.mark.parametrize(("proc_cgroup", "files", "threads"), [
-    # a container (cgroup namespace: its cgroup is the root) with a 2-CPU quota on a 16-core node
-    ("0::/\n", {"cpu.max": "200000 100000\n"}, 2),
-    ("0::/\n", {"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs: rounded up
-    ("0::/\n", {"cpu.max": "max 100000\n"}, 16),  # no quota
-    ("0::/\n", {"cpu.max": "6400000 100000\n"}, 16),  # a quota above the cores: the cores
-    # no cgroup namespace: the process's own cgroup, under a parent with a tighter quota
-    ("0::/kubepods/pod1/c1\n", {"kubepods/pod1/cpu.max": "100000 100000\n",
-                                "kubepods/pod1/c1/cpu.max": "max 100000\n"}, 1),
-    # cgroup v1 (docker --cpus 3 on an older host), and v1 without a quota
-    ("4:cpu,cpuacct:/\n", {"cpu,cpuacct/cpu.cfs_quota_us": "300000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, 3),
-    ("4:cpu,cpuacct:/docker/abc\n", {"cpu,cpuacct/cpu.cfs_quota_us": "-1\n",
-                                     "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, 16),
-    ("", {}, 16),  # no cgroup information at all
-])
+@pytest.mark.parametrize(
+    ("proc_cgroup", "files", "threads"),
+    [
+        # a container (cgroup namespace: its cgroup is the root) with a 2-CPU quota on a 16-core node
+        ("0::/\n", {"cpu.max": "200000 100000\n"}, 2),
+        ("0::/\n", {"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs: rounded up
+        ("0::/\n", {"cpu.max": "max 100000\n"}, 16),  # no quota
+        ("0::/\n", {"cpu.max": "6400000 100000\n"}, 16),  # a quota above the cores: the cores
+        # no cgroup namespace: the process's own cgroup, under a parent with a tighter quota
+        (
+            "0::/kubepods/pod1/c1\n",
+            {"kubepods/pod1/cpu.max": "100000 100000\n", "kubepods/pod1/c1/cpu.max": "max 100000\n"},
+            1,
+        ),
+        # cgroup v1 (docker --cpus 3 on an older host), and v1 without a quota
+        (
+            "4:cpu,cpuacct:/\n",
+            {"cpu,cpuacct/cpu.cfs_quota_us": "300000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"},
+            3,
+        ),
+        (
+            "4:cpu,cpuacct:/docker/abc\n",
+            {"cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"},
+            16,
+        ),
+        ("", {}, 16),  # no cgroup information at all
+    ],
+)
 def test_default_threads_follow_a_containers_cpu_quota(monkeypatch, tmp_path, proc_cgroup, files, threads):
     # the affinity of a container with a CPU quota is every core of the node: a spinning pool that size
     # oversubscribes the quota (8 threads on 2 cores: batch 32 5x slower, batch-1 p99 7x)
@@ -237,4 +258,6 @@ def test_the_pool_has_the_threads_asked_for(tiny_artifacts, mode, loop):
         assert spinning == "['-']"
     else:
         assert (new, per_session) == (sessions * (threads - 1), f"[{threads}]")
-        assert spinning == "['0']"  # several pools spinning on the same cores would steal them from each other
+        assert (
+            spinning == "['0']"
+        )  # several pools spinning on the same cores would steal them from each other

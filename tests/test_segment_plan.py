@@ -71,13 +71,22 @@ def test_a_training_output_defaults_to_the_min_layer_it_was_trained_for(tiny_ber
     assert resolve_model(tiny_bert).default_policy()["min_layer"] == 2  # 4 layers: L // 2
     run = tmp_path / "run"
     shutil.copytree(tiny_bert, run)
-    (run / "leap_config.json").write_text(json.dumps({"exit_policy": {"theta": 0.95, "patience": 1, "min_layer": 3}}))
+    (run / "leap_config.json").write_text(
+        json.dumps({"exit_policy": {"theta": 0.95, "patience": 1, "min_layer": 3}})
+    )
     assert resolve_model(run).default_policy()["min_layer"] == 3
     art = build(run, tmp_path / "art", progress=False)
     manifest = json.loads((art / "manifest.json").read_text())
-    assert manifest["exit_policy"]["min_layer"] == 3 and [s["layers"] for s in manifest["segments"]] == [[0, 3], [3, 4]]
-    assert json.loads((build(run, tmp_path / "two", min_layer=2, progress=False) / "manifest.json")
-                      .read_text())["exit_policy"]["min_layer"] == 2  # an explicit --min-layer still wins
+    assert manifest["exit_policy"]["min_layer"] == 3 and [s["layers"] for s in manifest["segments"]] == [
+        [0, 3],
+        [3, 4],
+    ]
+    assert (
+        json.loads((build(run, tmp_path / "two", min_layer=2, progress=False) / "manifest.json").read_text())[
+            "exit_policy"
+        ]["min_layer"]
+        == 2
+    )  # an explicit --min-layer still wins
 
 
 def test_a_segment_the_build_policy_cannot_exit_from_still_scores_the_rule_where_it_can():

@@ -9,7 +9,12 @@ from trt_runtime.manifest import Manifest, load_manifest
 from trt_runtime.policy import ExitPolicy
 
 __all__ = [
-    "ArtifactError", "RuntimeInputError", "Manifest", "load_manifest", "ExitPolicy", "EarlyExitEncoder",
+    "ArtifactError",
+    "RuntimeInputError",
+    "Manifest",
+    "load_manifest",
+    "ExitPolicy",
+    "EarlyExitEncoder",
     "ort_session_options",
 ]
 __version__ = "0.1.0"

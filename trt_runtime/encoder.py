@@ -186,8 +186,11 @@ class EarlyExitEncoder:
         if self._native is not None:  # the C loop counts in C (no Python per batch for the statistics)
             ends = [s.end for s in self.segments]
             native_chain = self._native
-            self.stats.attach(lambda reset: [(end, *row) for end, row in
-                                             zip(ends, native_chain.totals(reset).tolist(), strict=True)])
+            self.stats.attach(
+                lambda reset: [
+                    (end, *row) for end, row in zip(ends, native_chain.totals(reset).tolist(), strict=True)
+                ]
+            )
         # (segment, output) pairs a later segment takes as its reference pooled vector
         self._refs_needed = {(s.ref_from, s.ref_output) for s in self.segments if s.ref_from is not None}
         self._uniform: dict[tuple[int, int], np.ndarray] = {}
@@ -209,7 +212,9 @@ class EarlyExitEncoder:
         # theta as the float32 the graphs' scores are compared in (numpy compares float32 with a float in
         # float32), so the plain-Python exit test in the loop decides exactly as ``score >= theta`` does;
         # per segment: may a sample exit after it? (decided once, not per batch)
-        can_exit = tuple(policy.may_exit_at(s.end) and s.end < self.manifest.num_layers for s in self.segments)
+        can_exit = tuple(
+            policy.may_exit_at(s.end) and s.end < self.manifest.num_layers for s in self.segments
+        )
         self._exit_policy = policy
         self._rule = (float(np.float32(policy.theta)), can_exit, bytes(can_exit))
 
@@ -242,7 +247,9 @@ class EarlyExitEncoder:
                     return "native", "the C host loop"
         if loop == "native":
             asked_by = "loop='native'" if asked == "native" else "TRT_RUNTIME_LOOP=native"
-            raise RuntimeInputError(f"{asked_by}: the C host loop cannot run here: {why}; use loop='auto' or 'python'")
+            raise RuntimeInputError(
+                f"{asked_by}: the C host loop cannot run here: {why}; use loop='auto' or 'python'"
+            )
         log.debug("Python host loop: %s", why)
         return "python", why
 
@@ -265,8 +272,15 @@ class EarlyExitEncoder:
                     return None, f"segment {seg.index} takes an input the C loop does not know: {name}"
             if "pooled" not in seg.outputs or "score" not in seg.outputs:
                 return None, f"segment {seg.index} has no pooled or score output"
-            plan.append({"path": str(path), "end": seg.end, "inputs": inputs, "outputs": entry["outputs"],
-                         "score": "score"})
+            plan.append(
+                {
+                    "path": str(path),
+                    "end": seg.end,
+                    "inputs": inputs,
+                    "outputs": entry["outputs"],
+                    "score": "score",
+                }
+            )
         return plan, None
 
     @property
@@ -274,8 +288,10 @@ class EarlyExitEncoder:
         """The segments' ONNX Runtime sessions in the Python binding: the Python loop's (with the C loop,
         made at the first ``trace``)."""
         if self._runners is None:
-            runners = [OrtRunner(p, threads=self._threads, providers=self._providers, shared_pool=self._shared_pool)
-                       for p in self.manifest.segment_paths(self._variant)]
+            runners = [
+                OrtRunner(p, threads=self._threads, providers=self._providers, shared_pool=self._shared_pool)
+                for p in self.manifest.segment_paths(self._variant)
+            ]
             for runner in runners:
                 runner.activate()
             self._runners = runners
@@ -291,8 +307,12 @@ class EarlyExitEncoder:
             full = self.manifest.variant(self._variant)["full"]
             outputs = full.get("outputs") or [{"name": "pooled", "shape": ["batch", "hidden"]}]
             return NativeRunner(self.manifest.full_path(self._variant), outputs, self.manifest.hidden_size)
-        runner = OrtRunner(self.manifest.full_path(self._variant), threads=self._threads, providers=self._providers,
-                           shared_pool=self._shared_pool)
+        runner = OrtRunner(
+            self.manifest.full_path(self._variant),
+            threads=self._threads,
+            providers=self._providers,
+            shared_pool=self._shared_pool,
+        )
         runner.activate()
         return runner
 
@@ -333,8 +353,13 @@ class EarlyExitEncoder:
             )
         # a segment built as one no sample could exit after scores cos(p_b, p_a) when b - k < a (k > 1):
         # a lower min_layer at run time must not act on a score that is not the rule's
-        wrong = [s.end for s in self.manifest.segments
-                 if policy.may_exit_at(s.end) and s.end < self.manifest.num_layers and s.ref_layer != s.end - policy.patience]
+        wrong = [
+            s.end
+            for s in self.manifest.segments
+            if policy.may_exit_at(s.end)
+            and s.end < self.manifest.num_layers
+            and s.ref_layer != s.end - policy.patience
+        ]
         if wrong:
             raise RuntimeInputError(
                 f"min_layer {policy.min_layer} allows exits after layer {', '.join(map(str, wrong))}, where these "
@@ -346,8 +371,11 @@ class EarlyExitEncoder:
             later = [b for b in checks if b > min_layer]
             log.warning(
                 "min_layer %d: these artifacts check for exits only after layer %s, so it acts as %s; a check "
-                "after layer %d needs a rebuild with --boundaries", min_layer, ", ".join(map(str, checks)) or "-",
-                f"min_layer {later[0]}" if later else "full depth (no exit)", min_layer,
+                "after layer %d needs a rebuild with --boundaries",
+                min_layer,
+                ", ".join(map(str, checks)) or "-",
+                f"min_layer {later[0]}" if later else "full depth (no exit)",
+                min_layer,
             )
         return policy
 
@@ -376,9 +404,12 @@ class EarlyExitEncoder:
                 "need torch); convert with torch.from_numpy(...) if you need tensors"
             )
         single = isinstance(sentences, str)
-        result = self.encode_with_exits([sentences] if single else sentences, batch_size=batch_size,
-                                        show_progress_bar=show_progress_bar,
-                                        normalize_embeddings=normalize_embeddings)
+        result = self.encode_with_exits(
+            [sentences] if single else sentences,
+            batch_size=batch_size,
+            show_progress_bar=show_progress_bar,
+            normalize_embeddings=normalize_embeddings,
+        )
         return result.embeddings[0] if single else result.embeddings
 
     def encode_with_exits(
@@ -398,7 +429,11 @@ class EarlyExitEncoder:
         texts = _check_sentences(sentences)
         if os.getpid() != self._pid:
             self._crossed_a_fork()
-        if isinstance(batch_size, bool | np.bool_) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        if (
+            isinstance(batch_size, bool | np.bool_)
+            or not isinstance(batch_size, numbers.Integral)
+            or batch_size < 1
+        ):
             raise RuntimeInputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         batch_size = int(batch_size)
         n, hidden = len(texts), self.manifest.hidden_size
@@ -430,7 +465,9 @@ class EarlyExitEncoder:
         log.warning(
             "this encoder was created in process %d and is used in process %d, after a fork: ONNX Runtime's "
             "pool threads do not survive it, so every run here uses one core, and a fork while another thread "
-            "was encoding can hang it. Create the encoder after the fork (in each worker)", self._pid, os.getpid()
+            "was encoding can hang it. Create the encoder after the fork (in each worker)",
+            self._pid,
+            os.getpid(),
         )
         self._pid = os.getpid()
 
@@ -544,7 +581,11 @@ def _check_sentences(sentences) -> list[str]:
     # back, bytes as integers
     if isinstance(sentences, Mapping | Set | bytes | bytearray | memoryview):
         kind = type(sentences).__name__
-        hint = "decode it to str first" if isinstance(sentences, bytes | bytearray | memoryview) else "pass a list of strings"
+        hint = (
+            "decode it to str first"
+            if isinstance(sentences, bytes | bytearray | memoryview)
+            else "pass a list of strings"
+        )
         raise RuntimeInputError(f"sentences must be a string or a list of strings, got a {kind}; {hint}")
     if sentences is None or not isinstance(sentences, Sequence):
         try:

@@ -100,7 +100,9 @@ def ensure_parent(path: str | os.PathLike, *, folder: bool = False) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OutputPathError(f"cannot create folder {path.parent}: {e.strerror or e}; choose another output path") from e
+        raise OutputPathError(
+            f"cannot create folder {path.parent}: {e.strerror or e}; choose another output path"
+        ) from e
     return path
 
 

@@ -123,8 +123,11 @@ class Manifest:
             raise ArtifactError(
                 f"{self.root}: no '{name}' build in this artifact folder (it has: "
                 f"{', '.join(self.data['variants'])})"
-                + (f"; add it with `leap-export build MODEL --out {self.root} --precision int8`"
-                   if name == "int8" else "; pass one of those")
+                + (
+                    f"; add it with `leap-export build MODEL --out {self.root} --precision int8`"
+                    if name == "int8"
+                    else "; pass one of those"
+                )
             )
         return self.data["variants"][name]
 
@@ -156,7 +159,9 @@ class Manifest:
             if not path.is_file():
                 problems.append(f"missing file {entry['file']}")
             elif sha256_file(path) != entry["sha256"]:
-                problems.append(f"{entry['file']} does not match its sha256 in the manifest (corrupt or replaced)")
+                problems.append(
+                    f"{entry['file']} does not match its sha256 in the manifest (corrupt or replaced)"
+                )
         return problems
 
     def rebuild_hint(self, variant: str | None = None, problems: Sequence[str] = ()) -> str:
@@ -171,7 +176,8 @@ class Manifest:
         problems = self.file_problems(variant)
         if problems:
             raise ArtifactError(
-                f"artifact folder {self.root} is not intact: " + "; ".join(problems)
+                f"artifact folder {self.root} is not intact: "
+                + "; ".join(problems)
                 + f". Rebuild it with {self.rebuild_hint(variant, problems)}"
             )
 
@@ -190,13 +196,17 @@ def source_arg(data: dict) -> str:
     if not spec:
         return path or "MODEL"
     p = Path(spec)
-    is_folder = "/" in spec or os.sep in spec or spec.startswith((".", "~")) or (path and Path(path).name == p.name)
+    is_folder = (
+        "/" in spec or os.sep in spec or spec.startswith((".", "~")) or (path and Path(path).name == p.name)
+    )
     if path and is_folder and not p.is_absolute():
         return path
     return spec
 
 
-def load_manifest(root: str | os.PathLike, *, check_files: bool = True, variant: str | None = None) -> Manifest:
+def load_manifest(
+    root: str | os.PathLike, *, check_files: bool = True, variant: str | None = None
+) -> Manifest:
     """Load and validate ``root/manifest.json``; with ``check_files`` every referenced file is hashed."""
     root = Path(root)
     path = root / MANIFEST_NAME
@@ -215,8 +225,10 @@ def load_manifest(root: str | os.PathLike, *, check_files: bool = True, variant:
         raise ArtifactError(f"{path}: format '{data['format']}' is not '{FORMAT}'")
     version = data["schema_version"]
     if isinstance(version, bool) or not isinstance(version, int):
-        raise ArtifactError(f"{path}: schema_version must be an integer, got {version!r}; undo the edit or rebuild "
-                            "the artifacts (`leap-export build MODEL --out DIR --force`)")
+        raise ArtifactError(
+            f"{path}: schema_version must be an integer, got {version!r}; undo the edit or rebuild "
+            "the artifacts (`leap-export build MODEL --out DIR --force`)"
+        )
     if data["schema_version"] > SCHEMA_VERSION:
         raise ArtifactError(
             f"{path}: schema version {data['schema_version']} is newer than this runtime understands "
@@ -241,20 +253,27 @@ def _check_structure(data: dict[str, Any], path: Path) -> None:
 
     def fail(where: str, expected: str | None, value: Any = None) -> None:
         problem = "is missing" if expected is None else f"must be {expected}, got {value!r}"
-        raise ArtifactError(f"{path}: {where} {problem}; undo the edit or rebuild the artifacts "
-                            "(`leap-export build MODEL --out DIR --force`)")
+        raise ArtifactError(
+            f"{path}: {where} {problem}; undo the edit or rebuild the artifacts "
+            "(`leap-export build MODEL --out DIR --force`)"
+        )
 
     def integer(where: str, value: Any, least: int = 1) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             fail(where, "a positive integer" if least == 1 else f"an integer >= {least}", value)
 
     def named_list(where: str, value: Any) -> None:
-        if not isinstance(value, list) or not all(isinstance(v, dict) and isinstance(v.get("name"), str)
-                                                  for v in value):
+        if not isinstance(value, list) or not all(
+            isinstance(v, dict) and isinstance(v.get("name"), str) for v in value
+        ):
             fail(where, 'a list of {"name": ...} objects', value)
 
     def file_entry(where: str, value: Any) -> None:
-        if not (isinstance(value, dict) and isinstance(value.get("file"), str) and isinstance(value.get("sha256"), str)):
+        if not (
+            isinstance(value, dict)
+            and isinstance(value.get("file"), str)
+            and isinstance(value.get("sha256"), str)
+        ):
             fail(where, 'an object with "file" and "sha256" strings', value)
 
     for key in ("num_layers", "hidden_size", "max_seq_length"):
@@ -274,13 +293,18 @@ def _check_structure(data: dict[str, Any], path: Path) -> None:
                 fail(f"{where}.{key}", None)
         integer(f"{where}.index", seg["index"], least=0)
         layers = seg["layers"]
-        if not (isinstance(layers, list) and len(layers) == 2
-                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in layers)):
+        if not (
+            isinstance(layers, list)
+            and len(layers) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in layers)
+        ):
             fail(f"{where}.layers", "[first layer - 1, last layer]", layers)
         named_list(f"{where}.inputs", seg["inputs"])
         named_list(f"{where}.outputs", seg["outputs"])
         integer(f"{where}.ref_layer", seg["ref_layer"], least=0)
-        if seg.get("ref_from") is not None and (isinstance(seg["ref_from"], bool) or not isinstance(seg["ref_from"], int)):
+        if seg.get("ref_from") is not None and (
+            isinstance(seg["ref_from"], bool) or not isinstance(seg["ref_from"], int)
+        ):
             fail(f"{where}.ref_from", "a segment index or null", seg["ref_from"])
         if seg.get("ref_output") is not None and not isinstance(seg["ref_output"], str):
             fail(f"{where}.ref_output", "an output name or null", seg["ref_output"])
@@ -310,13 +334,16 @@ def _check_structure(data: dict[str, Any], path: Path) -> None:
         integer(f"tokenizer.{key}", data["tokenizer"][key], least=least)
     if not isinstance(data["exit_policy"], dict):
         fail("exit_policy", "an object", data["exit_policy"])
-    if not isinstance(data["exit_policy"].get("enabled", True), bool):  # ExitPolicy would read "false" as True
+    if not isinstance(
+        data["exit_policy"].get("enabled", True), bool
+    ):  # ExitPolicy would read "false" as True
         fail("exit_policy.enabled", "true or false", data["exit_policy"]["enabled"])
     try:
         ExitPolicy.from_dict(data["exit_policy"])
     except RuntimeInputError as e:
-        raise ArtifactError(f"{path}: exit_policy: {e}; fix the value, or set the default with "
-                            "`leap-export calibrate`") from None
+        raise ArtifactError(
+            f"{path}: exit_policy: {e}; fix the value, or set the default with `leap-export calibrate`"
+        ) from None
 
 
 def _check_geometry(m: Manifest) -> None:
@@ -325,8 +352,12 @@ def _check_geometry(m: Manifest) -> None:
         raise ArtifactError(f"{m.root}: segments must start at layer 0 and end at layer {m.num_layers}")
     for prev, seg in zip(segs, segs[1:], strict=False):
         if seg.start != prev.end:
-            raise ArtifactError(f"{m.root}: segment {seg.index} does not start where segment {prev.index} ends")
+            raise ArtifactError(
+                f"{m.root}: segment {seg.index} does not start where segment {prev.index} ends"
+            )
     for name, variant in m.data["variants"].items():
         if len(variant["segments"]) != len(segs):
-            raise ArtifactError(f"{m.root}: variant '{name}' has {len(variant['segments'])} segment files, "
-                                f"expected {len(segs)}")
+            raise ArtifactError(
+                f"{m.root}: variant '{name}' has {len(variant['segments'])} segment files, "
+                f"expected {len(segs)}"
+            )

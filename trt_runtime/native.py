@@ -66,8 +66,10 @@ def onnxruntime_library() -> Path | None:
 def _load() -> ctypes.CDLL:
     path = extension_path()
     if path is None:
-        raise OSError("the C extension trt_runtime/_chain*.so is not built (reinstall with a C compiler present: "
-                      "pip install -e . or pip install leap-export)")
+        raise OSError(
+            "the C extension trt_runtime/_chain*.so is not built (reinstall with a C compiler present: "
+            "pip install -e . or pip install leap-export)"
+        )
     lib = ctypes.CDLL(str(path))
     vp, i, i64, cp = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_char_p
     lib.lx_version.restype = cp
@@ -105,8 +107,12 @@ def status(threads: int) -> str | None:
         if _lib is not None:
             if threads != _threads and threads not in _warned:
                 _warned.add(threads)
-                log.warning("%d threads requested, but the C host loop's ONNX Runtime pool already has %d (sized "
-                            "by the first encoder of this process): using it", threads, _threads)
+                log.warning(
+                    "%d threads requested, but the C host loop's ONNX Runtime pool already has %d (sized "
+                    "by the first encoder of this process): using it",
+                    threads,
+                    _threads,
+                )
             return None
         if _error is not None:
             return _error
@@ -114,7 +120,9 @@ def status(threads: int) -> str | None:
             lib = _load()
             ort = onnxruntime_library()
             if ort is None:
-                raise OSError("the installed onnxruntime wheel has no C library (onnxruntime/capi/libonnxruntime.so)")
+                raise OSError(
+                    "the installed onnxruntime wheel has no C library (onnxruntime/capi/libonnxruntime.so)"
+                )
             if lib.lx_init(os.fsencode(ort), int(threads)) != 0:
                 raise OSError(lib.lx_last_error().decode(errors="replace"))
         except OSError as e:
@@ -149,7 +157,9 @@ class NativeChain:
 
     def __init__(self, segments: list[dict], hidden_size: int) -> None:
         if _lib is None:
-            raise RuntimeInputError("the C host loop is not loaded in this process (trt_runtime.native.status)")
+            raise RuntimeInputError(
+                "the C host loop is not loaded in this process (trt_runtime.native.status)"
+            )
         self.hidden_size = int(hidden_size)
         self.n_seg = len(segments)
         self._sessions: list[int] = []
@@ -176,20 +186,32 @@ class NativeChain:
                         src_seg.append(source[0])
                         src_out.append(out_names[source[0]].index(source[1]))
                 score = -1 if seg.get("score") is None else names.index(seg["score"])
-                if _lib.lx_chain_segment(
-                    chain, k, session, int(seg["end"]), len(seg["inputs"]), _c_strings(list(seg["inputs"])),
-                    _c_ints(src_seg), _c_ints(src_out), len(names), _c_strings(names),
-                    _c_ints([_seq_axis(list(o.get("shape", []))) for o in seg["outputs"]]),
-                    names.index(seg.get("pooled", "pooled")),
-                    score,
-                ) != 0:
+                if (
+                    _lib.lx_chain_segment(
+                        chain,
+                        k,
+                        session,
+                        int(seg["end"]),
+                        len(seg["inputs"]),
+                        _c_strings(list(seg["inputs"])),
+                        _c_ints(src_seg),
+                        _c_ints(src_out),
+                        len(names),
+                        _c_strings(names),
+                        _c_ints([_seq_axis(list(o.get("shape", []))) for o in seg["outputs"]]),
+                        names.index(seg.get("pooled", "pooled")),
+                        score,
+                    )
+                    != 0
+                ):
                     raise NativeError(_last_error())
         except BaseException:
             self.close()
             raise
 
-    def run(self, input_ids: np.ndarray, mask: np.ndarray, theta: float, can_exit: bytes
-            ) -> tuple[np.ndarray, np.ndarray]:
+    def run(
+        self, input_ids: np.ndarray, mask: np.ndarray, theta: float, can_exit: bytes
+    ) -> tuple[np.ndarray, np.ndarray]:
         """One padded batch: (pooled vectors at each row's exit [B, H], exit layers [B]). ``can_exit[k]``:
         may a row leave after segment k (every row still running leaves after the last)."""
         if self._chain is None:
@@ -198,13 +220,29 @@ class NativeChain:
         mask = np.ascontiguousarray(mask, dtype=input_ids.dtype)
         kind = _ID_TYPES.get(input_ids.dtype)
         if kind is None or input_ids.ndim != 2 or mask.shape != input_ids.shape:
-            raise RuntimeInputError(f"input ids and mask must be int32 or int64 [batch, sequence] arrays of one "
-                                    f"shape, got {input_ids.dtype} {input_ids.shape} and {mask.shape}")
+            raise RuntimeInputError(
+                f"input ids and mask must be int32 or int64 [batch, sequence] arrays of one "
+                f"shape, got {input_ids.dtype} {input_ids.shape} and {mask.shape}"
+            )
         batch, width = input_ids.shape
         out = np.empty((batch, self.hidden_size), dtype=np.float32)
         layers = np.empty(batch, dtype=np.int64)
-        if _lib.lx_chain_run(self._chain, input_ids.ctypes.data, mask.ctypes.data, kind, batch, width, theta,
-                             can_exit, out.ctypes.data, self.hidden_size, layers.ctypes.data) != 0:
+        if (
+            _lib.lx_chain_run(
+                self._chain,
+                input_ids.ctypes.data,
+                mask.ctypes.data,
+                kind,
+                batch,
+                width,
+                theta,
+                can_exit,
+                out.ctypes.data,
+                self.hidden_size,
+                layers.ctypes.data,
+            )
+            != 0
+        ):
             raise NativeError(f"ONNX Runtime (C host loop): {_last_error()}")
         return out, layers
 
@@ -239,14 +277,32 @@ class NativeRunner:
     library, so that it is timed in the same ONNX Runtime, pool and arena as a :class:`NativeChain` (the
     runner interface of ``trt_runtime.runners``; ``infer`` returns ``{"pooled": <output pooled>}``)."""
 
-    def __init__(self, path: str | os.PathLike, outputs: list[dict], hidden_size: int, *, pooled: str = "pooled",
-                 inputs: Sequence[str] = ("input_ids", "attention_mask")) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        outputs: list[dict],
+        hidden_size: int,
+        *,
+        pooled: str = "pooled",
+        inputs: Sequence[str] = ("input_ids", "attention_mask"),
+    ) -> None:
         self.path = Path(path)
         self.input_names = list(inputs)
         self.output_names = ["pooled"]
         sources = {name: ("ids" if name == "input_ids" else "mask") for name in self.input_names}
-        self._chain = NativeChain([{"path": str(path), "end": 0, "inputs": sources, "outputs": outputs,
-                                    "pooled": pooled, "score": None}], hidden_size)
+        self._chain = NativeChain(
+            [
+                {
+                    "path": str(path),
+                    "end": 0,
+                    "inputs": sources,
+                    "outputs": outputs,
+                    "pooled": pooled,
+                    "score": None,
+                }
+            ],
+            hidden_size,
+        )
 
     def activate(self) -> None:
         pass

@@ -27,7 +27,11 @@ class ExitPolicy:
         # a np.float64 theta would make ``scores >= theta`` compare in float64 where the runtime's own
         # test compares in the scores' float32, and the two could disagree on a score next to theta
         theta = self.theta
-        if isinstance(theta, bool | np.bool_) or not isinstance(theta, numbers.Real) or not 0.0 < float(theta) <= 1.0:
+        if (
+            isinstance(theta, bool | np.bool_)
+            or not isinstance(theta, numbers.Real)
+            or not 0.0 < float(theta) <= 1.0
+        ):
             raise RuntimeInputError(f"theta must be a number in (0, 1], got {theta!r}")
         object.__setattr__(self, "theta", float(theta))
         for name, what in (("patience", "patience k"), ("min_layer", "min_layer")):

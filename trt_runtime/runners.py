@@ -55,10 +55,12 @@ class Runner(Protocol):
 
 def check_threads(threads) -> int | None:
     """``threads`` as an int, or None (the CPUs this process may use); anything else is refused."""
-    if threads is not None and (isinstance(threads, bool | np.bool_) or not isinstance(threads, numbers.Integral)
-                                or threads < 1):
+    if threads is not None and (
+        isinstance(threads, bool | np.bool_) or not isinstance(threads, numbers.Integral) or threads < 1
+    ):
         raise RuntimeInputError(
-            f"threads must be an integer >= 1 (or None: the CPUs this process may use), got {threads!r}")
+            f"threads must be an integer >= 1 (or None: the CPUs this process may use), got {threads!r}"
+        )
     return None if threads is None else int(threads)  # numpy integers welcome, as everywhere else
 
 
@@ -179,11 +181,15 @@ def _register_shared_arena() -> bool:
         import onnxruntime as ort
 
         try:
-            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            info = ort.OrtMemoryInfo(
+                "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+            )
             ort.create_and_register_allocator(info, None)
             _shared_arena = True
         except Exception as e:  # e.g. registered already by the host application: use per-session arenas
-            log.warning("could not register a shared ONNX Runtime CPU arena (%s); using per-session arenas", e)
+            log.warning(
+                "could not register a shared ONNX Runtime CPU arena (%s); using per-session arenas", e
+            )
             _shared_arena = False
     return _shared_arena
 
@@ -191,8 +197,14 @@ def _register_shared_arena() -> bool:
 class OrtRunner:
     """ONNX Runtime runner for one graph."""
 
-    def __init__(self, path: str | os.PathLike, *, threads: int | None = None, providers: list[str] | None = None,
-                 shared_pool: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        threads: int | None = None,
+        providers: list[str] | None = None,
+        shared_pool: bool = True,
+    ) -> None:
         self.threads = check_threads(threads)
         self.path = Path(path)
         self.providers = providers or ["CPUExecutionProvider"]

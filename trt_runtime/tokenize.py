@@ -26,7 +26,9 @@ def runtime_tokenizer(tokenizer_json: str | Path, max_length: int):
 
 class TokenBatcher:
     def __init__(self, tokenizer_json: str | Path, *, max_length: int, pad_id: int) -> None:
-        self.tokenizer = runtime_tokenizer(tokenizer_json, max_length)  # older builds kept the source's settings
+        self.tokenizer = runtime_tokenizer(
+            tokenizer_json, max_length
+        )  # older builds kept the source's settings
         self.pad_id = pad_id
         self.max_length = max_length
 

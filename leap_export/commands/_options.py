@@ -40,7 +40,9 @@ def output_npy(ctx, param, value):
     """An output file in NumPy's .npy format: the name must say so (``np.load`` users expect it)."""
     value = output_file(ctx, param, value)
     if value is not None and not value.endswith(".npy"):
-        raise click.BadParameter(f"embeddings are written as a NumPy .npy file; name it *.npy (got {value!r})")
+        raise click.BadParameter(
+            f"embeddings are written as a NumPy .npy file; name it *.npy (got {value!r})"
+        )
     return value
 
 
@@ -83,7 +85,9 @@ def distinct_files(f):
                     item = os.fspath(item)
                 if not isinstance(item, str):
                     continue
-                if not is_output and os.path.isdir(item):  # an artifact or model folder (also MODEL arguments)
+                if not is_output and os.path.isdir(
+                    item
+                ):  # an artifact or model folder (also MODEL arguments)
                     folders.append((name, item))
                 elif isinstance(param.type, click.Path):
                     (outputs if is_output else inputs).append((name, item))
@@ -250,6 +254,8 @@ def _no_progress(ctx, param, value):
 
 
 no_progress_option = click.option(
-    "--no-progress", is_flag=True, callback=_no_progress,
+    "--no-progress",
+    is_flag=True,
+    callback=_no_progress,
     help="Hide progress bars (for logs: tqdm redraws fill a file).",
 )

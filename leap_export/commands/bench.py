@@ -22,12 +22,27 @@ from leap_export.commands._options import (
     default=None,
     help="UTF-8 file, one sentence per line. Default: the built-in sample set.",
 )
-@click.option("--batch-sizes", callback=_csv_sizes, default="1,8,32", show_default=True,
-              help="Batch sizes to time, comma-separated.")
 @click.option(
-    "--warmup", type=click.IntRange(min=0), default=50, show_default=True, help="Warm-up iterations per configuration."
+    "--batch-sizes",
+    callback=_csv_sizes,
+    default="1,8,32",
+    show_default=True,
+    help="Batch sizes to time, comma-separated.",
 )
-@click.option("--iters", type=click.IntRange(min=1), default=200, show_default=True, help="Timed iterations per configuration.")
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=50,
+    show_default=True,
+    help="Warm-up iterations per configuration.",
+)
+@click.option(
+    "--iters",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Timed iterations per configuration.",
+)
 @theta_option
 @min_layer_option
 @variant_option
@@ -85,8 +100,23 @@ from leap_export.commands._options import (
 )
 @distinct_files
 def command(
-    artifacts, sentences, batch_sizes, warmup, iters, theta, min_layer, variant, threads, baselines,
-    also_variants, schedule, breakdown, loop, processes, out, no_progress
+    artifacts,
+    sentences,
+    batch_sizes,
+    warmup,
+    iters,
+    theta,
+    min_layer,
+    variant,
+    threads,
+    baselines,
+    also_variants,
+    schedule,
+    breakdown,
+    loop,
+    processes,
+    out,
+    no_progress,
 ):
     """Latency: monolithic vs segmented (exits off) vs early exit, and sentence-transformers, side by side."""
     from leap_export.bench import bench_processes, markdown, save
@@ -94,9 +124,11 @@ def command(
 
     texts = read_lines(sentences, skip_empty=True) if sentences else None
     if texts == []:
-        raise click.BadParameter(f"{sentences} holds no sentences (every line is empty); pass a file with one "
-                                 "sentence per line, or leave --sentences out to time the built-in sample set",
-                                 param_hint="--sentences")
+        raise click.BadParameter(
+            f"{sentences} holds no sentences (every line is empty); pass a file with one "
+            "sentence per line, or leave --sentences out to time the built-in sample set",
+            param_hint="--sentences",
+        )
     report = bench_processes(
         artifacts,
         texts,

@@ -172,6 +172,7 @@ def print_report(report: dict, *, dry_run: bool = False) -> None:
         "[dim]< chosen; ~ dominated (another theta is as cheap and as good); drop = (full - exited) "
         "/ |full|, negative = a gain[/dim]"
     )
+
     def quality(m: str) -> str:
         value = report["full_quality"][m.split("/")[0]][m.split("/")[1]]
         return "undefined" if value is None else f"{value:.4f}"
@@ -199,14 +200,19 @@ def print_report(report: dict, *, dry_run: bool = False) -> None:
         console.print("dry run: manifest not changed", highlight=False)
     advice = report.get("boundary_advice") or {}
     if advice.get("quiet"):
-        rates = ", ".join(f"after layer {b}: {100 * advice['exit_rate'][str(b)]:.1f}%" for b in advice["quiet"])
+        rates = ", ".join(
+            f"after layer {b}: {100 * advice['exit_rate'][str(b)]:.1f}%" for b in advice["quiet"]
+        )
         hint = (
             f"rebuild with `leap-export build MODEL --out DIR --boundaries "
             f"{','.join(map(str, advice['suggested_boundaries']))}` to drop them"
-            if advice["suggested_boundaries"] else "no exit check pays at this theta"
+            if advice["suggested_boundaries"]
+            else "no exit check pays at this theta"
         )
         console.print(
-            escape(f"exit checks almost nobody uses at theta {advice['theta']:g} ({rates}): each costs every "
-                   f"sample that reaches it a segment hand-off; {hint}"),
+            escape(
+                f"exit checks almost nobody uses at theta {advice['theta']:g} ({rates}): each costs every "
+                f"sample that reaches it a segment hand-off; {hint}"
+            ),
             highlight=False,
         )

@@ -121,15 +121,24 @@ def _print_counts(manifest: dict, out_dir: Path) -> None:
     from leap_export.commands._options import console
 
     console().print(table)
-    click.echo(f"kept: {manifest['min_chars_exclusive'] + 1}-{manifest['max_chars']} characters after whitespace is "
-               "collapsed, first occurrence across sources", err=True)
+    click.echo(
+        f"kept: {manifest['min_chars_exclusive'] + 1}-{manifest['max_chars']} characters after whitespace is "
+        "collapsed, first occurrence across sources",
+        err=True,
+    )
     for split in ("val", "test"):
         if manifest[f"{split}_fraction"] > 0 and not totals[split]:
             expected = manifest["total"] * manifest[f"{split}_fraction"]
-            advice = (f"pass more sentences or a larger --{split}-fraction" if expected < 20 else
-                      # far more than chance allows: each sentence's split is a hash of the sentence and the seed,
-                      # so an earlier corpus's train.txt, given back with the same --seed, lands in train again
-                      f"the sentences all fell in train, as an earlier corpus's train.txt does with the same "
-                      f"--seed ({manifest['seed']}): pass another --seed")
-            click.echo(f"WARNING: the {split} split is empty ({manifest['total']:,} sentences at fraction "
-                       f"{manifest[f'{split}_fraction']}); {advice}", err=True)
+            advice = (
+                f"pass more sentences or a larger --{split}-fraction"
+                if expected < 20
+                # far more than chance allows: each sentence's split is a hash of the sentence and the seed,
+                # so an earlier corpus's train.txt, given back with the same --seed, lands in train again
+                else f"the sentences all fell in train, as an earlier corpus's train.txt does with the same "
+                f"--seed ({manifest['seed']}): pass another --seed"
+            )
+            click.echo(
+                f"WARNING: the {split} split is empty ({manifest['total']:,} sentences at fraction "
+                f"{manifest[f'{split}_fraction']}); {advice}",
+                err=True,
+            )

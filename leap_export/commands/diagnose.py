@@ -36,8 +36,12 @@ from leap_export.commands._options import distinct_files, no_progress_option, ou
     help="Layer the deployment checklist is evaluated at. Default: the median exit layer.",
 )
 @click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--max-sentences", type=int, default=None,
-              help="Use only the first N sentences (repeated lines count once, as in evaluate and calibrate).")
+@click.option(
+    "--max-sentences",
+    type=int,
+    default=None,
+    help="Use only the first N sentences (repeated lines count once, as in evaluate and calibrate).",
+)
 @click.option(
     "--overhead",
     type=float,
@@ -151,18 +155,36 @@ def print_report(report: dict) -> None:
     )
     console.print(escape(summary), highlight=False)
     if report.get("sweep"):
-        sweep = Table(title=f"threshold sweep (k {policy['patience']}, min layer {policy['min_layer']}, exit checked "
-                      "after every layer)", title_justify="left")
-        by = exit_at_layer(range(1, report["num_layers"] + 1), report["num_layers"], policy["min_layer"],
-                           policy["patience"])
-        for name in ("theta", escape("E[layers]"), "reduction", f"exit by L{by} %", "cos exited vs full", f"NN@{k}",
-                     "NN<0.5 %", "NN<0.8 %"):
+        sweep = Table(
+            title=f"threshold sweep (k {policy['patience']}, min layer {policy['min_layer']}, exit checked "
+            "after every layer)",
+            title_justify="left",
+        )
+        by = exit_at_layer(
+            range(1, report["num_layers"] + 1), report["num_layers"], policy["min_layer"], policy["patience"]
+        )
+        for name in (
+            "theta",
+            escape("E[layers]"),
+            "reduction",
+            f"exit by L{by} %",
+            "cos exited vs full",
+            f"NN@{k}",
+            "NN<0.5 %",
+            "NN<0.8 %",
+        ):
             sweep.add_column(name, justify="right")
         for r in report["sweep"]:
-            sweep.add_row(f"{r['theta']:.2f}{' *' if abs(r['theta'] - policy['theta']) < 1e-9 else ''}",
-                          f"{r['expected_layers']:.2f}", f"{r['layer_reduction']:.2f}x",
-                          f"{100 * r['exit_rate_by_min_layer_plus_1']:.1f}", f"{r['similarity_to_full']:.3f}",
-                          f"{r['nn_at_k']:.3f}", f"{100 * r['nn_fail_lt_0.5']:.1f}", f"{100 * r['nn_fail_lt_0.8']:.1f}")
+            sweep.add_row(
+                f"{r['theta']:.2f}{' *' if abs(r['theta'] - policy['theta']) < 1e-9 else ''}",
+                f"{r['expected_layers']:.2f}",
+                f"{r['layer_reduction']:.2f}x",
+                f"{100 * r['exit_rate_by_min_layer_plus_1']:.1f}",
+                f"{r['similarity_to_full']:.3f}",
+                f"{r['nn_at_k']:.3f}",
+                f"{100 * r['nn_fail_lt_0.5']:.1f}",
+                f"{100 * r['nn_fail_lt_0.8']:.1f}",
+            )
         console.print(sweep)
     for d in report["diagnostics"]:
         style = "red" if d["fired"] else ("yellow" if d["fired"] is None else "green")

@@ -15,31 +15,62 @@ from leap_export.commands._options import (
 
 @click.command("encode")
 @artifacts_argument
-@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, path_type=str),
-              help="UTF-8 text file, one sentence per line (every line is embedded, empty ones too).")
-@click.option("--output", required=True, type=click.Path(dir_okay=False, path_type=str), callback=output_npy,
-              help="Embeddings as .npy, float32 [N, H], in input order.")
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=str),
+    help="UTF-8 text file, one sentence per line (every line is embedded, empty ones too).",
+)
+@click.option(
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=str),
+    callback=output_npy,
+    help="Embeddings as .npy, float32 [N, H], in input order.",
+)
 @theta_option
 @min_layer_option
 @batch_size_option
 @click.option("--full-depth", is_flag=True, help="Disable exits: every sentence runs all layers.")
-@click.option("--exit-layers", type=click.Path(dir_okay=False, path_type=str), default=None, callback=output_file,
-              help="Write each line's exit layer and the run's exit statistics as JSON.")
+@click.option(
+    "--exit-layers",
+    type=click.Path(dir_okay=False, path_type=str),
+    default=None,
+    callback=output_file,
+    help="Write each line's exit layer and the run's exit statistics as JSON.",
+)
 @variant_option
 @threads_option
 @distinct_files
-def command(artifacts, input_path, output, theta, min_layer, batch_size, full_depth, exit_layers, variant, threads):
+def command(
+    artifacts, input_path, output, theta, min_layer, batch_size, full_depth, exit_layers, variant, threads
+):
     """Embed sentences with early exit and per-sample batch compaction."""
     from leap_export.encode import encode_file
 
     if full_depth and (theta is not None or min_layer is not None):
-        raise click.UsageError("--full-depth runs every layer for every sentence: --theta and --min-layer would be "
-                               "ignored; drop them, or drop --full-depth")
-    stats = encode_file(artifacts, input_path, output, theta=theta, min_layer=min_layer, batch_size=batch_size,
-                        exits=not full_depth, exit_layers_path=exit_layers, variant=variant, threads=threads)
+        raise click.UsageError(
+            "--full-depth runs every layer for every sentence: --theta and --min-layer would be "
+            "ignored; drop them, or drop --full-depth"
+        )
+    stats = encode_file(
+        artifacts,
+        input_path,
+        output,
+        theta=theta,
+        min_layer=min_layer,
+        batch_size=batch_size,
+        exits=not full_depth,
+        exit_layers_path=exit_layers,
+        variant=variant,
+        threads=threads,
+    )
     rates = ", ".join(f"L{k}: {v:.0%}" for k, v in stats["exit_rate"].items())
     if not stats["samples"]:
         click.echo(f"0 embeddings -> {output} (the input has no lines)", err=True)  # stdout may be an output
         return
-    click.echo(f"{stats['samples']} embeddings -> {output}; exits {rates}; E[layers] {stats['expected_layers']:.2f}",
-               err=True)
+    click.echo(
+        f"{stats['samples']} embeddings -> {output}; exits {rates}; E[layers] {stats['expected_layers']:.2f}",
+        err=True,
+    )

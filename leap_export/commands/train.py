@@ -18,10 +18,18 @@ from leap_export.commands._options import distinct_files, no_progress_option, ou
     help="Short name or model folder to distil from [default: the student's "
     "own checkpoint, i.e. self-distillation; mpnet-base is a stronger 12-layer teacher].",
 )
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False), callback=output_folder,
-              help="Output model folder: new, empty, or a run with a checkpoint to --resume.")
 @click.option(
-    "--baseline", is_flag=True, help="The paper's controlled baseline: identical training without the exit terms (L_exit, L_late)."
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False),
+    callback=output_folder,
+    help="Output model folder: new, empty, or a run with a checkpoint to --resume.",
+)
+@click.option(
+    "--baseline",
+    is_flag=True,
+    help="The paper's controlled baseline: identical training without the exit terms (L_exit, L_late).",
 )
 @click.option(
     "--corpus", type=click.Path(exists=True, file_okay=False), help="Corpus folder (uses train.txt)."
@@ -43,9 +51,13 @@ from leap_export.commands._options import distinct_files, no_progress_option, ou
 @click.option(
     "--checkpoint-every", type=int, default=200, show_default=True, help="Steps between checkpoints."
 )
-@click.option("--resume", is_flag=True, help="Continue an interrupted run from the checkpoint in --out, with the same settings "
-              "(--steps included: the learning-rate schedule depends on them, so a finished run cannot be "
-              "extended; start a new run from its output folder instead).")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted run from the checkpoint in --out, with the same settings "
+    "(--steps included: the learning-rate schedule depends on them, so a finished run cannot be "
+    "extended; start a new run from its output folder instead).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--dropout",
@@ -101,11 +113,17 @@ def command(
     )
     overrides = parse_settings(settings)
     ctx = click.get_current_context()
-    both = [k for k in overrides if k in options and ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE]
+    both = [
+        k
+        for k in overrides
+        if k in options and ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE
+    ]
     if both:
         names = ", ".join("--" + k.replace("_", "-") for k in both)
         raise click.UsageError(f"{names} given twice, as an option and with --set; keep one")
-    config = LeapConfig(**{**options, **overrides})  # --set also sets the named options (when not given as such)
+    config = LeapConfig(
+        **{**options, **overrides}
+    )  # --set also sets the named options (when not given as such)
     if baseline:
         config = config.as_baseline()
     path = run_training(

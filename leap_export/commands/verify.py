@@ -12,12 +12,25 @@ from leap_export.commands._options import (
 @click.command("verify")
 @no_progress_option
 @artifacts_argument
-@click.option("--sentences", type=click.Path(dir_okay=False, path_type=str), default=None,
-              help="UTF-8 file, one sentence per line. Default: the built-in sample set.")
-@click.option("--report", type=click.Path(dir_okay=False, path_type=str), default=None, callback=output_file,
-              help="Write the JSON report.")
-@click.option("--variant", default=None, help="Which build to check (fp32, int8, ...). Default: the manifest's.")
-@click.option("--model", default=None, help="Reference model (short name or folder) if not the manifest's source.")
+@click.option(
+    "--sentences",
+    type=click.Path(dir_okay=False, path_type=str),
+    default=None,
+    help="UTF-8 file, one sentence per line. Default: the built-in sample set.",
+)
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, path_type=str),
+    default=None,
+    callback=output_file,
+    help="Write the JSON report.",
+)
+@click.option(
+    "--variant", default=None, help="Which build to check (fp32, int8, ...). Default: the manifest's."
+)
+@click.option(
+    "--model", default=None, help="Reference model (short name or folder) if not the manifest's source."
+)
 @batch_size_option
 @distinct_files
 def command(artifacts, sentences, report, variant, model, batch_size, no_progress):
@@ -27,9 +40,14 @@ def command(artifacts, sentences, report, variant, model, batch_size, no_progres
 
     texts = read_lines(sentences) if sentences else None
     if texts == []:
-        raise click.BadParameter(f"{sentences} is empty; pass a file with one sentence per line, or leave "
-                                 "--sentences out to check the built-in sample set", param_hint="--sentences")
-    result = verify(artifacts, texts, variant=variant, model=model, batch_size=batch_size, progress=not no_progress)
+        raise click.BadParameter(
+            f"{sentences} is empty; pass a file with one sentence per line, or leave "
+            "--sentences out to check the built-in sample set",
+            param_hint="--sentences",
+        )
+    result = verify(
+        artifacts, texts, variant=variant, model=model, batch_size=batch_size, progress=not no_progress
+    )
     _print(result)
     if report:
         result.save(report)
@@ -42,14 +60,23 @@ def _print(result) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=escape(f"verify {result.artifacts} [{result.variant}] on {result.sentences} sentences "
-                               "(2 of them long probes)"))
+    table = Table(
+        title=escape(
+            f"verify {result.artifacts} [{result.variant}] on {result.sentences} sentences "
+            "(2 of them long probes)"
+        )
+    )
     for col in ("check", "metric", "value", "threshold", ""):
         table.add_column(col)
     for c in result.checks:
         value, threshold = ("-", "-") if c.metric == "error" else (f"{c.value:.6g}", f"{c.threshold:.6g}")
-        table.add_row(escape(c.name), c.metric, value, threshold,
-                      "[green]pass[/green]" if c.passed else f"[red]FAIL[/red] {escape(c.detail)}")
+        table.add_row(
+            escape(c.name),
+            c.metric,
+            value,
+            threshold,
+            "[green]pass[/green]" if c.passed else f"[red]FAIL[/red] {escape(c.detail)}",
+        )
     from leap_export.commands._options import console as make_console
 
     console = make_console()

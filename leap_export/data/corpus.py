@@ -506,8 +506,12 @@ def _collect(streams: dict[str, Callable[[], Iterable[str]]], progress: bool) ->
             elif sentence not in origin:
                 origin[sentence] = name
                 kept += 1
-        stats[name] = {"yielded": yielded, "unique": kept, "length_filtered": length_filtered,
-                       "duplicates": yielded - kept - length_filtered}
+        stats[name] = {
+            "yielded": yielded,
+            "unique": kept,
+            "length_filtered": length_filtered,
+            "duplicates": yielded - kept - length_filtered,
+        }
     return _Collected(origin, stats)
 
 
@@ -601,15 +605,19 @@ def build_corpus(
         if out_dir.exists() and Path(os.path.realpath(out_dir)) in Path(os.path.realpath(path)).parents:
             # the whole folder is replaced: an earlier corpus's train.txt given back as --file was rewritten,
             # and its val/test splits lost
-            raise LeapError(f"corpus file {path} is inside the output folder {out_dir}, which this run replaces; "
-                            "copy the file elsewhere first, or choose another --out")
+            raise LeapError(
+                f"corpus file {path} is inside the output folder {out_dir}, which this run replaces; "
+                "copy the file elsewhere first, or choose another --out"
+            )
     user_texts = [
         read_user_file(path, text_field) for path in files
     ]  # fail on a bad file before the slow part
     for path, texts in zip(files, user_texts, strict=True):
         if not texts:
-            raise LeapError(f"corpus file {path} holds no sentences (it is empty, or its lines are blank or too "
-                            "short to keep); pass a file with one sentence per line")
+            raise LeapError(
+                f"corpus file {path} holds no sentences (it is empty, or its lines are blank or too "
+                "short to keep); pass a file with one sentence per line"
+            )
     streams = _resolve_sources(sources, have_files=bool(files))
     for path, texts in zip(files, user_texts, strict=True):
         streams[f"file:{path.name}"] = functools.partial(iter, texts)

@@ -99,9 +99,11 @@ def load_bible_paraphrase(
     if corpus_limit is not None:
         needed = set(target.values())
         if corpus_limit < len(needed):
-            raise LeapError(f"--bible-corpus-limit {corpus_limit} is smaller than the {len(needed)} verses the queries "
-                            f"need (each query's own verse stays in the corpus); pass at least {len(needed)}, or "
-                            "lower --bible-limit")
+            raise LeapError(
+                f"--bible-corpus-limit {corpus_limit} is smaller than the {len(needed)} verses the queries "
+                f"need (each query's own verse stays in the corpus); pass at least {len(needed)}, or "
+                "lower --bible-limit"
+            )
         others = [r for r in corpus_refs if r not in needed]
         extra = set(_subset(others, corpus_limit - len(needed), b"bible-corpus"))
         corpus_refs = [r for r in corpus_refs if r in needed or r in extra]
@@ -124,7 +126,9 @@ def _score(value: str, path: Path, number: int) -> float:
     return score
 
 
-def _sts_with_header(path: Path, rows: list[tuple[int, list[str]]]) -> tuple[list[str], list[str], list[float]]:
+def _sts_with_header(
+    path: Path, rows: list[tuple[int, list[str]]]
+) -> tuple[list[str], list[str], list[float]]:
     first_line, head = rows[0]
     header = [h.strip().lower() for h in head]
     score_name = next((n for n in ("score", "label", "similarity") if n in header), None)

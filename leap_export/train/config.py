@@ -66,9 +66,11 @@ class LeapConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        wrong = [f"{f.name} must be {f.type}{' (finite)' if 'float' in f.type else ''}, got {getattr(self, f.name)!r}"
-                 for f in fields(self)
-                 if not _has_type(getattr(self, f.name), f.type)]
+        wrong = [
+            f"{f.name} must be {f.type}{' (finite)' if 'float' in f.type else ''}, got {getattr(self, f.name)!r}"
+            for f in fields(self)
+            if not _has_type(getattr(self, f.name), f.type)
+        ]
         if wrong:  # e.g. --set tau=abc: say so, before a comparison of str with float fails inside
             raise LeapError("invalid training configuration: " + "; ".join(wrong))
         problems = []
@@ -85,7 +87,9 @@ class LeapConfig:
                 problems.append(f"{name} must be >= 0")
         if not 0 < self.tau <= 1:
             problems.append("tau must be in (0, 1]")
-        if self.exit_sharpness <= 0:  # negative flips the soft margin: it would push layers away from the final
+        if (
+            self.exit_sharpness <= 0
+        ):  # negative flips the soft margin: it would push layers away from the final
             problems.append("exit_sharpness must be > 0")
         if self.exit_early_weight < 0:
             problems.append("exit_early_weight must be >= 0")
@@ -204,7 +208,9 @@ def parse_settings(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
 
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"did you mean {close[0]}? " if close else ""
-            raise LeapError(f"--set {item!r}: unknown setting {key!r}; {hint}settings: {', '.join(sorted(known))}")
+            raise LeapError(
+                f"--set {item!r}: unknown setting {key!r}; {hint}settings: {', '.join(sorted(known))}"
+            )
         try:
             out[key] = None if raw.strip().lower() in ("none", "null") else json.loads(raw)
         except json.JSONDecodeError:

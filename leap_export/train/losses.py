@@ -135,7 +135,17 @@ class RedundLoss(nn.Module):
         return -step.clamp(max=self.margin).mean()
 
 
-TERMS = ("final", "inter", "exit_teacher", "exit_student", "exit", "contrast", "contrast_exit", "late", "redund")
+TERMS = (
+    "final",
+    "inter",
+    "exit_teacher",
+    "exit_student",
+    "exit",
+    "contrast",
+    "contrast_exit",
+    "late",
+    "redund",
+)
 
 
 @dataclass
@@ -180,7 +190,8 @@ class LeapLoss(nn.Module):
             "contrast": self.contrast(s[-1], t[-1]),
             "contrast_exit": (
                 torch.stack([self.contrast(s[layer], s[-1].detach()) for layer in self.exit_layers]).mean()
-                if self.exit_layers and c.zeta_contrast_exit else s.new_zeros(())
+                if self.exit_layers and c.zeta_contrast_exit
+                else s.new_zeros(())
             ),
             "late": self.late(s),
             "redund": self.redund(s),

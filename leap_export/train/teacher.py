@@ -48,7 +48,9 @@ class TeacherTargets:
         if self.corpus_rows is not None:
             rows = np.minimum(np.searchsorted(self.corpus_rows, indices), len(self.corpus_rows) - 1)
             if np.any(self.corpus_rows[rows] != indices):
-                raise LeapError("a batch drew a sentence the teacher cache does not hold (the schedule changed)")
+                raise LeapError(
+                    "a batch drew a sentence the teacher cache does not hold (the schedule changed)"
+                )
             indices = rows
         return torch.from_numpy(np.asarray(self.embeddings[:, indices], dtype=np.float32))
 
@@ -90,7 +92,11 @@ def teacher_targets(
         )
     try:
         embeddings = np.load(path, mmap_mode="r")
-    except (ValueError, OSError, EOFError) as e:  # truncated or overwritten: the file itself is written atomically
+    except (
+        ValueError,
+        OSError,
+        EOFError,
+    ) as e:  # truncated or overwritten: the file itself is written atomically
         raise LeapError(f"teacher cache {path} is unreadable ({e}); delete it (it is recomputed)") from e
     expected = (teacher.num_layers + 1, len(sentences), teacher.hidden_size)
     if embeddings.shape != expected:
@@ -168,6 +174,8 @@ def _compute(
         "max_length": max_length,
         "shape": list(shape),
     }
-    meta_tmp = path.with_suffix(f".json.{os.getpid()}.tmp")  # per process: two runs may finish one entry at once
+    meta_tmp = path.with_suffix(
+        f".json.{os.getpid()}.tmp"
+    )  # per process: two runs may finish one entry at once
     meta_tmp.write_text(json.dumps(meta, indent=2))
     os.replace(meta_tmp, path.with_suffix(".json"))

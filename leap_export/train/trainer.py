@@ -99,7 +99,9 @@ def load_student(
         if name.startswith("pooler."):  # not part of a sentence embedding; DDP needs every param used
             param.requires_grad_(False)
     torch.manual_seed(seed)  # the projection's initialisation
-    return StudentEncoder(transformer, teacher_width), from_pretrained(AutoTokenizer, source.path, "tokenizer")
+    return StudentEncoder(transformer, teacher_width), from_pretrained(
+        AutoTokenizer, source.path, "tokenizer"
+    )
 
 
 # --- data order -------------------------------------------------------------------------------------
@@ -334,25 +336,33 @@ def _train(
     checkpoint_path = out / CHECKPOINT
     if checkpoint_path.is_file() and not resume:
         if (out / "model.safetensors").is_file():  # exported: the run reached its last step
-            raise LeapError(f"{out} holds a finished run; to train it further, start a new run from it "
-                            f"(--student {out} --out NEW_FOLDER), or pick a new --out")
+            raise LeapError(
+                f"{out} holds a finished run; to train it further, start a new run from it "
+                f"(--student {out} --out NEW_FOLDER), or pick a new --out"
+            )
         raise LeapError(
             f"{out} already holds a training checkpoint: pass --resume to continue it, or pick a new --out"
         )
     _check_output_folder(out, checkpoint_path)
     if resume and not checkpoint_path.is_file() and not (out / LOSS_LOG).is_file():
-        raise LeapError(f"--resume: {out} holds no training run (no checkpoint, no {LOSS_LOG}); check the path, or "
-                        "drop --resume to start a new run there")
+        raise LeapError(
+            f"--resume: {out} holds no training run (no checkpoint, no {LOSS_LOG}); check the path, or "
+            "drop --resume to start a new run there"
+        )
     min_layer = config.exit_min_layer(student_src.num_layers)
     if student_src.num_layers < 2:
         raise LeapError(f"the student has {student_src.num_layers} layer: early exit needs at least 2")
     if not 1 <= min_layer <= student_src.num_layers - 1:
-        raise LeapError(f"min_layer {min_layer}: the {student_src.num_layers}-layer student can exit after layers 1.."
-                        f"{student_src.num_layers - 1} only; set min_layer in that range")
+        raise LeapError(
+            f"min_layer {min_layer}: the {student_src.num_layers}-layer student can exit after layers 1.."
+            f"{student_src.num_layers - 1} only; set min_layer in that range"
+        )
     for role, src in (("student", student_src), ("teacher", teacher_src)):
         if config.max_length > src.max_seq_length:
-            raise LeapError(f"--max-length {config.max_length} exceeds the {role}'s maximum sequence length "
-                            f"{src.max_seq_length}; pass at most that")
+            raise LeapError(
+                f"--max-length {config.max_length} exceeds the {role}'s maximum sequence length "
+                f"{src.max_seq_length}; pass at most that"
+            )
     inputs = _run_inputs(student_src, teacher_src, sentences)
     state = None
     if resume and checkpoint_path.is_file():  # before the teacher: a refusal costs no embedding
@@ -373,8 +383,11 @@ def _train(
     corpus_rows = None if len(drawn) == len(sentences) else drawn
     taught = sentences if corpus_rows is None else [sentences[i] for i in drawn]
     if corpus_rows is not None and d.main:
-        print(f"note: {total} steps x {config.batch_size} draw {len(drawn):,} of the corpus's {len(sentences):,} "
-              "sentences; the teacher embeds only those", file=sys.stderr)
+        print(
+            f"note: {total} steps x {config.batch_size} draw {len(drawn):,} of the corpus's {len(sentences):,} "
+            "sentences; the teacher embeds only those",
+            file=sys.stderr,
+        )
     cache_folder = Path(teacher_cache) if teacher_cache is not None else None
     targets = None
     if d.main:
@@ -415,13 +428,18 @@ def _train(
         if len(rng) == d.world:
             _set_rng_state(rng[d.rank])
         elif d.main:
-            print(f"note: the checkpoint was written by {len(rng)} processes, resumed with {d.world}: each process "
-                  f"computes L_contrast over its own share of the batch ({config.batch_size // len(rng)} sentences "
-                  f"then, {config.batch_size // d.world} now), so the result will differ from an uninterrupted run",
-                  file=sys.stderr)
+            print(
+                f"note: the checkpoint was written by {len(rng)} processes, resumed with {d.world}: each process "
+                f"computes L_contrast over its own share of the batch ({config.batch_size // len(rng)} sentences "
+                f"then, {config.batch_size // d.world} now), so the result will differ from an uninterrupted run",
+                file=sys.stderr,
+            )
         start, elapsed_before = int(state["step"]), float(state["elapsed_s"])
     elif resume and d.main:  # the run stopped before its first checkpoint
-        print(f"note: the run in {out} stopped before its first checkpoint; starting from step 0", file=sys.stderr)
+        print(
+            f"note: the run in {out} stopped before its first checkpoint; starting from step 0",
+            file=sys.stderr,
+        )
     if start and d.main:
         print(f"resuming {out} at step {start} of {total}", file=sys.stderr)
     if d.main:
@@ -482,7 +500,9 @@ def _train(
                     bar.update(1)
                     bar.set_postfix({k: f"{values[k]:.3f}" for k in ("total", "final", "exit", "contrast")})
             if done % config.checkpoint_every == 0 or done == total:
-                _save_checkpoint(checkpoint_path, encoder, optimizer, scheduler, config, inputs, done, elapsed, d)
+                _save_checkpoint(
+                    checkpoint_path, encoder, optimizer, scheduler, config, inputs, done, elapsed, d
+                )
             if stop_after is not None and done >= stop_after and done < total:
                 raise TrainingInterrupted(f"stopped after step {done} (stop_after)")
     finally:
@@ -566,16 +586,22 @@ CHECKPOINT_KEYS = ("step", "elapsed_s", "config", "model", "optimizer", "schedul
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint's contents, or a LeapError saying what to do when it cannot be used."""
-    advice = (f"delete {path} to restart the run from step 0 (or pick a new --out)")
+    advice = f"delete {path} to restart the run from step 0 (or pick a new --out)"
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # torch.load/unpickling raise many types: RuntimeError, EOFError, UnpicklingError, ...
-        raise LeapError(f"cannot read the checkpoint {path}: it is damaged or not a training checkpoint "
-                        f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); {advice}") from e
+    except (
+        Exception
+    ) as e:  # torch.load/unpickling raise many types: RuntimeError, EOFError, UnpicklingError, ...
+        raise LeapError(
+            f"cannot read the checkpoint {path}: it is damaged or not a training checkpoint "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); {advice}"
+        ) from e
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
     if missing or not isinstance(state.get("config"), dict):
-        raise LeapError(f"the checkpoint {path} is not a complete training checkpoint (missing "
-                        f"{', '.join(missing) or 'config'}); {advice}")
+        raise LeapError(
+            f"the checkpoint {path} is not a complete training checkpoint (missing "
+            f"{', '.join(missing) or 'config'}); {advice}"
+        )
     return state
 
 
@@ -583,7 +609,9 @@ def _truncate_log(path: Path, step: int) -> None:
     """Drop log lines after the checkpoint we resume from (a killed run may have logged past it)."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if (n := _log_step(line)) is not None and n <= step]
+    kept = [
+        line for line in path.read_text().splitlines() if (n := _log_step(line)) is not None and n <= step
+    ]
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
@@ -662,7 +690,9 @@ def _check_output_folder(out: Path, checkpoint_path: Path) -> None:
     if checkpoint_path.is_file() or not out.is_dir():
         return
     ours = {LOSS_LOG, Path(CHECKPOINT).parts[0]}  # what a run leaves before its first checkpoint lands
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith(".export-"))
+    foreign = sorted(
+        p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith(".export-")
+    )
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         what = "a finished training run" if "leap_config.json" in foreign else "files of its own"
@@ -776,5 +806,13 @@ def run_training(
 ) -> Path:
     """What ``leap-export train`` does: load the sentences, then :func:`train`."""
     sentences, origin = load_sentences(corpus, sentences_file, max_sentences)
-    return train(student, sentences, out, teacher=teacher, config=config, resume=resume, corpus_origin=origin,
-                 show_progress_bar=show_progress_bar)
+    return train(
+        student,
+        sentences,
+        out,
+        teacher=teacher,
+        config=config,
+        resume=resume,
+        corpus_origin=origin,
+        show_progress_bar=show_progress_bar,
+    )

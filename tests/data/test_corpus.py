@@ -145,8 +145,9 @@ def test_refuses_a_file_inside_the_folder_it_replaces(tmp_path: Path, user_txt: 
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.raises(LeapError, match="inside the output folder"):
         _build(out, [out / "train.txt"])
-    result = CliRunner().invoke(corpus_command, ["--out", str(out), "--file", str(out / "train.txt"), "--no-debian",
-                                                 "--no-progress"])
+    result = CliRunner().invoke(
+        corpus_command, ["--out", str(out), "--file", str(out / "train.txt"), "--no-debian", "--no-progress"]
+    )
     assert isinstance(result.exception, LeapError) and "inside the output folder" in str(result.exception)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     _build(tmp_path / "other", [out / "train.txt"])  # into another folder: fine
@@ -314,8 +315,21 @@ def test_cli_counts_what_length_and_duplicates_removed_and_warns_of_an_empty_spl
     lines = [*SENTENCES[:30], "Too short.", "x" * 201, SENTENCES[0], SENTENCES[1], SENTENCES[1]]
     src = _write_txt(tmp_path / "few.txt", lines)
     out = tmp_path / "c"
-    result = CliRunner().invoke(corpus_command, ["--out", str(out), "--file", str(src), "--no-debian",
-                                                 "--no-progress", "--val-fraction", "0.5", "--test-fraction", "0.001"])
+    result = CliRunner().invoke(
+        corpus_command,
+        [
+            "--out",
+            str(out),
+            "--file",
+            str(src),
+            "--no-debian",
+            "--no-progress",
+            "--val-fraction",
+            "0.5",
+            "--test-fraction",
+            "0.001",
+        ],
+    )
     assert result.exit_code == 0, result.output
     info = json.loads((out / "corpus.json").read_text())["sources"]["file:few.txt"]
     assert (info["yielded"], info["length_filtered"], info["duplicates"], info["unique"]) == (35, 2, 3, 30)
@@ -324,21 +338,35 @@ def test_cli_counts_what_length_and_duplicates_removed_and_warns_of_an_empty_spl
     assert "WARNING: the test split is empty" in result.output and "the val split" not in result.output
 
 
-
 def test_cli_names_the_seed_when_an_earlier_train_split_is_given_back(tmp_path: Path) -> None:
     """Splits hash each sentence with the seed, so an earlier corpus's train.txt lands wholly in train again:
     the warning says so (and --seed fixes it) instead of asking for more sentences."""
-    src = _write_txt(tmp_path / "many.txt", [f"Sentence number {i} is about topic {i * 7} and more." for i in range(300)])
+    src = _write_txt(
+        tmp_path / "many.txt", [f"Sentence number {i} is about topic {i * 7} and more." for i in range(300)]
+    )
     fractions = ["--val-fraction", "0.2", "--test-fraction", "0.2", "--no-debian", "--no-progress"]
     first = CliRunner().invoke(corpus_command, ["--out", str(tmp_path / "a"), "--file", str(src), *fractions])
     assert first.exit_code == 0 and "WARNING" not in first.output, first.output
-    again = CliRunner().invoke(corpus_command, ["--out", str(tmp_path / "b"), "--file", str(tmp_path / "a" / "train.txt"),
-                                                *fractions])
+    again = CliRunner().invoke(
+        corpus_command,
+        ["--out", str(tmp_path / "b"), "--file", str(tmp_path / "a" / "train.txt"), *fractions],
+    )
     assert again.exit_code == 0, again.output
     assert "the val split is empty" in again.output and "pass another --seed" in again.output, again.output
-    reseeded = CliRunner().invoke(corpus_command, ["--out", str(tmp_path / "c"), "--file",
-                                                   str(tmp_path / "a" / "train.txt"), *fractions, "--seed", "1"])
+    reseeded = CliRunner().invoke(
+        corpus_command,
+        [
+            "--out",
+            str(tmp_path / "c"),
+            "--file",
+            str(tmp_path / "a" / "train.txt"),
+            *fractions,
+            "--seed",
+            "1",
+        ],
+    )
     assert reseeded.exit_code == 0 and "WARNING" not in reseeded.output, reseeded.output
+
 
 # ---------------------------------------------------------------------------------------------------------
 # The Debian sources (installed in CI by scripts/install_data_sources.sh)

@@ -143,4 +143,3 @@ def test_sts_files_that_cannot_be_scored_are_refused(tmp_path: Path) -> None:
     same.write_text("g\tf\t2012\t0\t1.0\tnone\tnone\ng\tf\t2012\t1\t2.0\tnone\tnone\n", encoding="utf-8")
     with pytest.raises(LeapError, match="every pair holds the same text twice"):
         load_sts_file(same)
-

@@ -169,8 +169,19 @@ def test_exit_layer_contrast_is_the_mean_contrast_over_exit_layers():
     assert LeapConfig(zeta_contrast_exit=2.0).as_baseline().zeta_contrast_exit == 0
     # the target is stop-gradient: the term moves the exit layers, not the final one
     s_grad = s.clone().requires_grad_(True)
-    LeapLoss(LeapConfig(zeta_contrast_exit=1.0, min_layer=3, alpha_inter=0, beta_exit=0, delta_contrast=0,
-                        epsilon_late=0, gamma_redund=0), 6, 6)(s_grad, s_grad, t, ramp=1.0).terms["contrast_exit"].backward()
+    LeapLoss(
+        LeapConfig(
+            zeta_contrast_exit=1.0,
+            min_layer=3,
+            alpha_inter=0,
+            beta_exit=0,
+            delta_contrast=0,
+            epsilon_late=0,
+            gamma_redund=0,
+        ),
+        6,
+        6,
+    )(s_grad, s_grad, t, ramp=1.0).terms["contrast_exit"].backward()
     assert s_grad.grad[3:6].abs().sum() > 0 and s_grad.grad[6].abs().sum() == 0
 
 
@@ -231,7 +242,9 @@ def test_exit_student_term_uses_the_unprojected_student_embeddings():
     s = torch.stack([unit(9.0), unit(0.5), unit(0.2), unit(0.0)])  # width 2
     # projected to width 3 by a map that does not keep angles: cosines among sp differ from those among s
     sp = F.normalize(torch.cat([s, torch.tensor([0.0, 2.0, -1.0, 0.5]).view(4, 1, 1)], dim=-1), dim=-1)
-    t = F.normalize(torch.tensor([[[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]], [[0.0, 0.0, 1.0]], [[1.0, 0.2, 0.1]]]), dim=-1)
+    t = F.normalize(
+        torch.tensor([[[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]], [[0.0, 0.0, 1.0]], [[1.0, 0.2, 0.1]]]), dim=-1
+    )
     teacher, student = ExitLoss(w, tau=0.98, sharpness=10.0)(sp, s, t)
     m = lambda c: sigmoid(10 * (0.98 - c))  # noqa: E731
     exp_student = (0.1 * m(math.cos(0.5)) + m(math.cos(0.2))) / 2
@@ -239,7 +252,9 @@ def test_exit_student_term_uses_the_unprojected_student_embeddings():
     exp_teacher = (0.1 * m(cos_t[0]) + m(cos_t[1]) + m(cos_t[2])) / 3
     assert student.item() == pytest.approx(exp_student, abs=1e-6)
     assert teacher.item() == pytest.approx(exp_teacher, abs=1e-6)
-    cos_sp = (sp[1:3, 0] * sp[3, 0]).sum(-1).tolist()  # what the projected vectors would give: really different
+    cos_sp = (
+        (sp[1:3, 0] * sp[3, 0]).sum(-1).tolist()
+    )  # what the projected vectors would give: really different
     assert abs((0.1 * m(cos_sp[0]) + m(cos_sp[1])) / 2 - exp_student) > 1e-3
 
 
@@ -249,13 +264,30 @@ def test_leap_loss_weights_each_term_by_its_own_setting():
     torch.manual_seed(2)
     s = F.normalize(torch.randn(4, 6, 8), dim=-1)
     t = F.normalize(torch.randn(4, 6, 8), dim=-1)
-    c = LeapConfig(alpha_inter=0.11, beta_exit=0.23, beta_student=0.37, gamma_redund=0.41, delta_contrast=0.53,
-                   epsilon_late=0.67, zeta_contrast_exit=0.79, min_layer=1)
+    c = LeapConfig(
+        alpha_inter=0.11,
+        beta_exit=0.23,
+        beta_student=0.37,
+        gamma_redund=0.41,
+        delta_contrast=0.53,
+        epsilon_late=0.67,
+        zeta_contrast_exit=0.79,
+        min_layer=1,
+    )
     out = LeapLoss(c, 3, 3)(s, s, t, ramp=0.5)
     x = {k: v.item() for k, v in out.terms.items()}
-    assert all(abs(x[k]) > 1e-3 for k in ("inter", "contrast", "contrast_exit", "late", "redund", "exit_student"))
-    expected = (x["final"] + 0.11 * x["inter"] + 0.23 * (x["exit_teacher"] + 0.37 * 0.5 * x["exit_student"])
-                + 0.53 * x["contrast"] + 0.79 * x["contrast_exit"] + 0.67 * x["late"] + 0.41 * x["redund"])
+    assert all(
+        abs(x[k]) > 1e-3 for k in ("inter", "contrast", "contrast_exit", "late", "redund", "exit_student")
+    )
+    expected = (
+        x["final"]
+        + 0.11 * x["inter"]
+        + 0.23 * (x["exit_teacher"] + 0.37 * 0.5 * x["exit_student"])
+        + 0.53 * x["contrast"]
+        + 0.79 * x["contrast_exit"]
+        + 0.67 * x["late"]
+        + 0.41 * x["redund"]
+    )
     assert out.total.item() == pytest.approx(expected, abs=1e-6)
 
 
@@ -267,8 +299,15 @@ def test_late_loss_moves_the_final_layer_unless_late_detach_final(detach):
     s = F.normalize(torch.randn(4, 5, 8), dim=-1).requires_grad_(True)
     sp = s.detach().clone()  # L_final and L_inter act on sp: s gets gradient only from the other terms
     t = F.normalize(torch.randn(4, 5, 8), dim=-1)
-    only_late = LeapConfig(alpha_inter=0, beta_exit=0, delta_contrast=0, gamma_redund=0, epsilon_late=1.0,
-                           late_layers=2, late_detach_final=detach)
+    only_late = LeapConfig(
+        alpha_inter=0,
+        beta_exit=0,
+        delta_contrast=0,
+        gamma_redund=0,
+        epsilon_late=1.0,
+        late_layers=2,
+        late_detach_final=detach,
+    )
     LeapLoss(only_late, 3, 3)(s, sp, t, ramp=1.0).total.backward()
     assert s.grad[1:3].abs().sum() > 0  # the late layers move
     assert (s.grad[3].abs().sum().item() > 0) is not detach

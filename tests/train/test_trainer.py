@@ -185,12 +185,22 @@ def test_existing_checkpoint_needs_resume_and_same_settings(models, sentences, t
         train(models["student"], sentences, out, config=small(), show_progress_bar=False)
     cache = tmp_path / "teacher-cache"
     with pytest.raises(LeapError, match="lr"):
-        train(models["student"], sentences, out, config=small(lr=5e-4), resume=True, teacher_cache=cache,
-              show_progress_bar=False)
+        train(
+            models["student"],
+            sentences,
+            out,
+            config=small(lr=5e-4),
+            resume=True,
+            teacher_cache=cache,
+            show_progress_bar=False,
+        )
     assert not cache.exists() or not any(cache.rglob("*.npy")), "refused only after the teacher embedded"
     train(models["student"], sentences, out, config=small(), resume=True, show_progress_bar=False)
-    with pytest.raises(LeapError, match=r"holds a finished run; to train it further, start a new run from it "
-                                        r"\(--student .*out --out NEW_FOLDER\)"):
+    with pytest.raises(
+        LeapError,
+        match=r"holds a finished run; to train it further, start a new run from it "
+        r"\(--student .*out --out NEW_FOLDER\)",
+    ):
         train(models["student"], sentences, out, config=small(), show_progress_bar=False)
 
 
@@ -207,7 +217,9 @@ def test_a_folder_with_other_files_is_refused_untouched(models, sentences, tmp_p
     assert (out / "config.json").read_text() == "{}"
     (out / "config.json").unlink()
     (out / "manifest.json").unlink()
-    finished = train(models["student"], sentences, out, config=small(), show_progress_bar=False)  # empty: fine
+    finished = train(
+        models["student"], sentences, out, config=small(), show_progress_bar=False
+    )  # empty: fine
     mask = umask()
     assert all(p.stat().st_mode & 0o777 == (0o777 if p.is_dir() else 0o666) & ~mask for p in finished.rglob("*")
                if p.parent.name != "checkpoint")  # fmt: skip
@@ -326,12 +338,31 @@ def test_cli_help_and_option_errors():
 def test_divergence_and_a_mistyped_resume_stop_with_a_clear_error(models, sentences, tmp_path):
     out = tmp_path / "diverged"
     with pytest.raises(LeapError, match="training diverged: the loss is nan at step"):
-        train(models["student"], sentences, out, config=small(lr=1e30, checkpoint_every=100), show_progress_bar=False)
+        train(
+            models["student"],
+            sentences,
+            out,
+            config=small(lr=1e30, checkpoint_every=100),
+            show_progress_bar=False,
+        )
     assert not (out / "model.safetensors").exists()  # nothing exported
     with pytest.raises(LeapError, match="holds no training run"):
-        train(models["student"], sentences, tmp_path / "typo", config=small(), resume=True, show_progress_bar=False)
+        train(
+            models["student"],
+            sentences,
+            tmp_path / "typo",
+            config=small(),
+            resume=True,
+            show_progress_bar=False,
+        )
     with pytest.raises(LeapError, match="exceeds the student's maximum sequence length 64"):
-        train(models["student"], sentences, tmp_path / "long", config=small(max_length=100), show_progress_bar=False)
+        train(
+            models["student"],
+            sentences,
+            tmp_path / "long",
+            config=small(max_length=100),
+            show_progress_bar=False,
+        )
 
 
 def test_teacher_cache_matches_reference_and_gpu_wrapper_keeps_results(models, sentences, tmp_path):
@@ -423,8 +454,15 @@ def test_a_damaged_or_foreign_checkpoint_is_a_clear_error(models, sentences, tmp
         with pytest.raises(LeapError, match=f"checkpoint {path}"):
             train(models["student"], sentences, out, config=small(), resume=True, show_progress_bar=False)
     path.write_bytes(good)
-    assert json.loads((train(models["student"], sentences, out, config=small(), resume=True,
-                             show_progress_bar=False) / "leap_config.json").read_text())["final_step"] == 8
+    assert (
+        json.loads(
+            (
+                train(models["student"], sentences, out, config=small(), resume=True, show_progress_bar=False)
+                / "leap_config.json"
+            ).read_text()
+        )["final_step"]
+        == 8
+    )
 
 
 def test_resume_drops_a_torn_last_log_line(models, sentences, tmp_path):
@@ -443,8 +481,13 @@ def test_min_layer_must_leave_an_exit_layer(models, sentences, tmp_path):
     # wrote exit_policy min_layer 3 into the manifest
     for min_layer in (3, 9):
         with pytest.raises(LeapError, match="min_layer 3|min_layer 9"):
-            train(models["student"], sentences, tmp_path / f"m{min_layer}", config=small(min_layer=min_layer),
-                  show_progress_bar=False)
+            train(
+                models["student"],
+                sentences,
+                tmp_path / f"m{min_layer}",
+                config=small(min_layer=min_layer),
+                show_progress_bar=False,
+            )
         assert not (tmp_path / f"m{min_layer}").exists()
 
 
@@ -457,8 +500,14 @@ def test_max_length_beyond_the_teachers_limit_is_refused(models, sentences, tmp_
     shutil.copytree(models["teacher"], teacher)
     (teacher / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 16}))
     with pytest.raises(LeapError, match="exceeds the teacher's maximum sequence length 16"):
-        train(models["student"], sentences, tmp_path / "out", teacher=teacher, config=small(max_length=32),
-              show_progress_bar=False)
+        train(
+            models["student"],
+            sentences,
+            tmp_path / "out",
+            teacher=teacher,
+            config=small(max_length=32),
+            show_progress_bar=False,
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -508,7 +557,9 @@ def test_a_failed_checkpoint_write_leaves_no_partial_file(tmp_path, monkeypatch)
     assert torch.load(path, weights_only=False) == {"step": 1}
 
 
-def test_each_step_applies_the_ramp_the_lr_schedule_and_gradient_clipping(models, sentences, tmp_path, monkeypatch):
+def test_each_step_applies_the_ramp_the_lr_schedule_and_gradient_clipping(
+    models, sentences, tmp_path, monkeypatch
+):
     """The loss log shows L_exit = L_exit^(t) + beta_student * ramp(progress) * L_exit^(s) with the step's own
     ramp, the learning rate follows warmup + cosine, and every step's gradient is clipped to grad_clip."""
     import math
@@ -525,14 +576,22 @@ def test_each_step_applies_the_ramp_the_lr_schedule_and_gradient_clipping(models
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
     config = small(grad_clip=0.05, warmup_ratio=0.25)  # 8 steps: warmup 2
-    out = train(models["student"], sentences, tmp_path / "out", teacher=models["teacher"], config=config,
-                show_progress_bar=False)
+    out = train(
+        models["student"],
+        sentences,
+        tmp_path / "out",
+        teacher=models["teacher"],
+        config=config,
+        show_progress_bar=False,
+    )
     log = [json.loads(line) for line in (out / LOSS_LOG).read_text().splitlines()]
     ramps = [config.student_ramp((r["step"] - 1) / 8) for r in log]
     assert any(0 < x < 1 for x in ramps) and ramps[0] == 0 and ramps[-1] == 1  # the ramp really varies
     for r, ramp in zip(log, ramps, strict=True):
         assert r["exit_student"] > 1e-3
-        assert r["exit"] == pytest.approx(r["exit_teacher"] + 0.7 * ramp * r["exit_student"], rel=1e-5, abs=1e-7)
+        assert r["exit"] == pytest.approx(
+            r["exit_teacher"] + 0.7 * ramp * r["exit_student"], rel=1e-5, abs=1e-7
+        )
     # the logged lr is the one after the step's scheduler.step(): lambda(done) of linear warmup then cosine
     want = [(d / 2 if d < 2 else 0.5 * (1 + math.cos(math.pi * (d - 2) / 6))) * 1e-3 for d in range(1, 9)]
     assert [r["lr"] for r in log] == pytest.approx(want, rel=1e-6, abs=1e-12)
