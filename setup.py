@@ -2,7 +2,7 @@
 
 ``trt_runtime/_native/chain.c`` is built as ``trt_runtime/_chain*.so`` and loaded with ctypes by
 ``trt_runtime/native.py`` (it is not a Python module and needs no Python headers). Optional: without a
-C compiler the install goes on and the runtime runs its Python loop instead (README, "The host loop").
+C compiler the install goes on and the runtime runs its Python loop instead (docs/runtime.md).
 """
 
 from setuptools import Extension, setup

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from leap_export.errors import LeapError
-from trt_runtime.fileio import atomic_write, json_bytes
+from trt_runtime.fileio import atomic_write, ensure_parent, json_bytes
 
 log = logging.getLogger(__name__)
 
@@ -273,8 +273,8 @@ def bench(
         text_batches = _batches(sentences, b, n_batches)
         configs: dict[str, Callable] = {
             "monolithic": lambda p: mono.infer({"input_ids": p[0], "attention_mask": p[1]}),
-            "segmented": lambda p: seg._run_padded(*p),
-            "early exit": lambda p: ee._run_padded(*p),
+            "segmented": lambda p: seg.run_padded(*p),
+            "early exit": lambda p: ee.run_padded(*p),
         }
         if merged is not None:
             configs["one graph"] = lambda p: merged.infer({"input_ids": p[0], "attention_mask": p[1]})
@@ -282,7 +282,7 @@ def bench(
             configs[f"monolithic [{v}]"] = lambda p, m=mono_v: m.infer(
                 {"input_ids": p[0], "attention_mask": p[1]}
             )
-            configs[f"early exit [{v}]"] = lambda p, e=ee_v: e._run_padded(*p)
+            configs[f"early exit [{v}]"] = lambda p, e=ee_v: e.run_padded(*p)
         # all start from the same padded arrays: the timed work is the graphs plus the host loop
         inputs: dict[str, list] = {name: padded for name in configs}
         timed: list[int] = []  # which batch each timed sample ran, in order
@@ -351,7 +351,7 @@ def _torch_threads(threads: int):
 def _timed_expected_layers(encoder, padded: list, timed: list[int]) -> float:
     """Mean exit layer over the samples timed: each batch of ``padded`` run once through ``encoder`` (its
     exit layers depend on the batch for int8), counted as often as ``timed`` ran it."""
-    layers = [np.asarray(encoder._run_padded(*p)[1]) for p in padded]
+    layers = [np.asarray(encoder.run_padded(*p)[1]) for p in padded]
     return float(np.concatenate([layers[k] for k in timed]).mean())
 
 
@@ -377,7 +377,7 @@ def bench_processes(
 
     Within one process the figures are stable; between processes the batch-1 monitoring overhead moves
     by a few points (where each session's weights and buffers land in memory is the likely cause,
-    ``scripts/overhead_spread.py``), so one run is one draw. The summary keeps the first run's layout:
+    ``benchmarks/overhead_spread.py``), so one run is one draw. The summary keeps the first run's layout:
     every timing is the median over processes of that process's figure, every derived ratio the median of
     the per-process ratios (``RATIOS``, the breakdown and the other builds' speedups), and ``spread``
     holds each ratio's min and max. ``runs`` keeps every process's own ``results``.
@@ -522,7 +522,7 @@ def _load_st(manifest, threads: int) -> tuple[dict[str, Any], dict[str, str]]:
     except ImportError:
         errors[ST_ONNX] = (
             "not installed (optimum); its ONNX backend needs `pip install 'sentence-transformers[onnx]'`, which "
-            "resolves transformers to < 4.58: `make st-onnx` builds an environment with it (README)"
+            "resolves transformers to < 4.58: `make st-onnx` builds an environment with it (docs/cli.md)"
         )
     else:
         try:
@@ -754,6 +754,8 @@ def save(report: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
     # Everything rendered first (the plot takes a while), then written back to back, so an interrupt
     # cannot leave this run's JSON beside an older run's plot.
     contents = {"json": json_bytes(report), "markdown": markdown(report).encode(), "plot": plot_png(report)}
+    ensure_parent(out, folder=True)
+    out.mkdir(exist_ok=True)
     for key, data in contents.items():
         atomic_write(paths[key], lambda f, data=data: f.write(data))
     return paths

@@ -114,7 +114,7 @@ def trace_boundaries(
         for start in range(0, n, batch_size):
             rows = order[start : start + batch_size]
             trace: list = []
-            enc._run_batch([ids[i] for i in rows], trace=trace)
+            enc.run_ids([ids[i] for i in rows], on_segment=trace.append)
             for layer, active, p, sc in trace:
                 s = boundaries.index(layer)
                 pooled[s, rows[active]] = p
@@ -271,6 +271,18 @@ def calibrate(
     message = _message(
         chosen, rows, current, new_policy, changed, min_nn10, max_quality_drop, trace.num_layers
     )
+    if not current.enabled:  # the build's decision stands: calibrate picks a theta, it does not turn exits on
+        check = manifest.exit_check
+        why = (
+            f" (its exit-compatibility check failed: {'; '.join(check['failed'])})"
+            if check and not check["passed"]
+            else ""
+        )
+        message += (
+            f". Exits stay off by default in this build{why}: the theta applies where they are turned on "
+            "knowingly (--theta, EarlyExitEncoder(..., exits=True)), or rebuild with `leap-export build "
+            "... --exits on`"
+        )
     written = False
     if write and changed:
         _write_policy(
@@ -313,8 +325,7 @@ def boundary_advice(
 ) -> dict[str, Any]:
     """Exit checks that (almost) nobody uses at ``row``'s theta, and the plan without them.
 
-    A boundary costs every sample that reaches it a segment hand-off (tens of µs at batch 1 on a CPU,
-    README "Benchmarks") and saves a layer only for the samples that exit there; below ``min_rate`` of
+    A boundary costs every sample that reaches it a segment hand-off (docs/runtime.md) and saves a layer only for the samples that exit there; below ``min_rate`` of
     samples it is a net cost. The advice is a ``--boundaries`` value for ``leap-export build``.
     """
     rates = {int(k): float(v) for k, v in row["exit_rate"].items()}

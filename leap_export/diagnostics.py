@@ -165,6 +165,7 @@ def diagnose(
     overhead: float | None = None,
     nn_k: int = 10,
     sweep_thetas: tuple[float, ...] = SWEEP_THETAS,
+    boundaries: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """The full diagnostic report for pooled layer embeddings ``[L + 1, N, H]`` (JSON-serialisable).
 
@@ -173,6 +174,7 @@ def diagnose(
     samples never exit early) the checklist is evaluated at L - 1, the deepest layer an exit can happen.
     ``overhead``: measured per-layer monitoring overhead as a fraction of full-depth latency (0.222 is
     22.2 %), for diagnostic 3; None reports it as not measured. ``nn_k`` is lowered to N - 1 for tiny sets.
+    ``boundaries``: the layers after which an exit is checked (a build's segment plan); None: every layer.
     """
     pooled = _check_pooled(pooled)
     num_layers, n, hidden = pooled.shape[0] - 1, pooled.shape[1], pooled.shape[2]
@@ -198,7 +200,7 @@ def diagnose(
     ]
     nn_layers.append(np.ones(n))  # the final layer against itself
 
-    exit_layer = policy.simulate(pooled)
+    exit_layer = policy.simulate(pooled, layers=None if boundaries is None else list(boundaries))
     counts = np.bincount(exit_layer, minlength=num_layers + 1)[1:]  # exits per layer 1..L
     cumulative = np.cumsum(counts) / n
     exited = pooled[exit_layer, np.arange(n)]

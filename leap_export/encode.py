@@ -45,7 +45,7 @@ def encode_file(
     theta=None,
     min_layer=None,
     batch_size=32,
-    exits=True,
+    exits: bool | None = None,
     exit_layers_path=None,
     variant=None,
     threads=None,
@@ -109,7 +109,7 @@ def encode_file(
                     "stats": stats,
                 },
             )
-    return stats
+    return {**stats, "policy": encoder.policy.to_dict()}
 
 
 _NO_ROOM = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}

@@ -9,7 +9,7 @@ The first segment takes token ids and the int32 attention mask, and also outputs
 tensors every later segment needs: ``mask_bias`` (the additive attention mask, ``[B, 1, 1, S]``) and
 ``pool_weights`` (mask / token count, ``[B, 1, S]``). Later segments take those instead of the mask, so a
 segment boundary costs one MatMul (pooling) and a normalised dot product (score), not a rebuild of the
-mask: on a 2-core CPU each boundary op is worth microseconds against a ~300 µs layer.
+mask: each op at a boundary is paid once per segment, by every batch.
 
 The folder is written to a temporary sibling and renamed into place, never half-written.
 """
@@ -17,6 +17,7 @@ The folder is written to a temporary sibling and renamed into place, never half-
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import functools
 import json
@@ -30,6 +31,8 @@ from typing import Any
 
 from leap_export.arch import get_architecture
 from leap_export.errors import LeapError
+from leap_export.exitcheck import EXITS_CHOICES, check_exits
+from leap_export.exitcheck import decide as decide_exits
 from leap_export.sources import TOKENIZER_FILES, ModelSource, resolve_model
 from trt_runtime.fileio import ensure_parent, temp_folder, write_json_atomic
 from trt_runtime.manifest import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, sha256_file
@@ -288,13 +291,21 @@ def build(
     opset: int = OPSET,
     force: bool = False,
     progress: bool = True,
+    exits: str = "auto",
 ) -> Path:
-    """Export ``model`` into ``out``: segment graphs, full graph, tokenizer and manifest.json."""
+    """Export ``model`` into ``out``: segment graphs, full graph, tokenizer and manifest.json.
+
+    ``exits``: whether the manifest's default policy exits early. ``"auto"`` turns exits on only for a
+    model that passes the exit-compatibility check (:mod:`leap_export.exitcheck`); ``"on"`` / ``"off"``
+    decide regardless (the check is recorded either way).
+    """
     from tqdm.auto import tqdm
 
     from leap_export.reference import load_reference
 
     out = Path(out)
+    if exits not in EXITS_CHOICES:
+        raise LeapError(f"exits must be one of {', '.join(EXITS_CHOICES)}, got {exits!r}")
     if precision != "fp32" and (out / MANIFEST_NAME).is_file():
         _check_variant_request(
             model,
@@ -305,6 +316,7 @@ def build(
             patience=patience,
             min_layer=min_layer,
             opset=opset,
+            exits=exits,
         )
         return add_variant(out, precision, force=force, progress=progress)
     if precision != "fp32":
@@ -355,15 +367,20 @@ def build(
     if idle:
         log.warning(
             "no sample can exit after layer %s under this build's policy (exits need l >= min_layer %d and "
-            "l > patience %d): each such boundary is a hand-off that only costs time (about 1.5-2 %% at batch 1 "
-            "on a CPU); drop it from --boundaries unless you will lower --min-layer at run time",
+            "l > patience %d): each such boundary is a hand-off that only costs time; drop it from --boundaries "
+            "unless you will lower --min-layer at run time",
             ", ".join(map(str, idle)),
             policy.min_layer,
             policy.patience,
         )
-    torch_model, _ = load_reference(source)
+    torch_model, torch_tokenizer = load_reference(source)
     pad_id = torch_model.config.pad_token_id
     pad_id = arch.pad_token_default if pad_id is None else int(pad_id)
+    # before the export: the check needs the model loaded above, and says in seconds what the build will do
+    check = check_exits(source, policy, [p.end for p in plans], model=torch_model, tokenizer=torch_tokenizer)
+    enabled, check = decide_exits(check, exits)
+    policy = dataclasses.replace(policy, enabled=enabled)
+    log.info("%s", check["reason"])  # the CLI prints it with the build's summary
 
     ensure_parent(out, folder=True)
     tmp = temp_folder(out.parent, f".{out.name}.tmp-")
@@ -451,6 +468,7 @@ def build(
                 "max_length": source.max_seq_length,
             },
             "exit_policy": policy.to_dict(),
+            "exit_check": check,
             "policy_history": [],
             "tools": _tool_versions(),
         }
@@ -463,7 +481,7 @@ def build(
 
 
 def _check_variant_request(
-    model, out: Path, precision: str, *, boundaries, theta, patience, min_layer, opset
+    model, out: Path, precision: str, *, boundaries, theta, patience, min_layer, opset, exits="auto"
 ) -> None:
     """A quantised variant copies the fp32 build's graphs: refuse options it would silently ignore."""
     from trt_runtime.manifest import load_manifest
@@ -480,6 +498,8 @@ def _check_variant_request(
     ]
     if opset != OPSET:
         given.append("--opset")
+    if exits != "auto":
+        given.append("--exits")
     if given:
         raise LeapError(
             f"--precision {precision} quantises the graphs already in {out}, with their segment plan, opset and "

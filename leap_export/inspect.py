@@ -32,6 +32,7 @@ def summary(artifacts: str | os.PathLike, *, as_json: bool = False, check_files:
 
 
 def _print_summary(console, m, problems: dict[str, list[str]], check_files: bool) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     d = m.data
@@ -46,8 +47,13 @@ def _print_summary(console, m, problems: dict[str, list[str]], check_files: bool
     )
     console.print(
         f"exit policy: theta {policy['theta']}, patience k {policy['patience']}, min_layer {policy['min_layer']}"
-        f"{'' if policy.get('enabled', True) else ' (disabled)'}; history: {_entries(len(d.get('policy_history', [])))}"
+        f"{'' if policy.get('enabled', True) else ' ([bold]exits off[/bold]: full depth unless asked for)'}; "
+        f"history: {_entries(len(d.get('policy_history', [])))}"
     )
+    check = m.exit_check
+    if check is not None:
+        state = "[green]passed[/green]" if check["passed"] else "[bold red]FAILED[/bold red]"
+        console.print(f"exit check: {state}. {escape(check.get('reason', ''))}")
     table = Table(title="segments")
     for col in ("#", "layers", "inputs", "outputs", "ref", *m.variants()):
         table.add_column(col)

@@ -18,7 +18,10 @@ the CLI exits 1 and lists every failure. Checks:
   measured score error of theta, at a check it reaches, may flip legitimately and is left out; where
   fewer than 10 samples remain, every sample counts (a stricter test). The split-theta check runs with
   exits on even when the manifest's policy has them off;
-- compaction: batched results equal batch-1 results (same exit layers, cosine >= tolerance).
+- compaction: batched results equal batch-1 results (same exit layers, cosine >= tolerance);
+- exit quality at the policy verified (the manifest's, or ``theta`` / ``min_layer`` given): each exited
+  embedding against the model's own full-depth one (mean and 1st-percentile cosine, NN@10), so a PASS
+  means "close to full depth" as well as "numerically right"; a failure names the worst sentences.
 
 A graph or manifest the checks cannot run on (a missing output, an inconsistent segment) is a failure
 in the report, not a traceback. The report's ``info`` holds what an audit needs: tool versions, the
@@ -27,8 +30,11 @@ manifest's and the sentences' sha256, the reference model's path and weights has
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,33 +147,47 @@ def verify(
     batch_size: int = 16,
     model: str | None = None,
     progress: bool = True,
+    theta: float | None = None,
+    min_layer: int | None = None,
+    on_stage: Callable[[str], object] | None = None,
 ) -> VerifyReport:
     """Run every parity check; never raises for a failed check (it is recorded), only for unusable input.
 
     Two probe texts longer than the model's max sequence length are always added to ``sentences``, so
     truncation, every position embedding and a padding-heavy batch are checked whatever the sentences.
+    ``theta`` / ``min_layer``: verify the policy a deployment will run (exits on) instead of the manifest's.
+    ``on_stage``: called with one line as each stage starts and ends (the CLI prints them on stderr).
     """
     from leap_export.textio import sample_sentences
     from trt_runtime.errors import ArtifactError
     from trt_runtime.manifest import load_manifest
 
+    stage = _Stages(on_stage)
     sentences = list(sentences) if sentences else sample_sentences()
     manifest = load_manifest(artifacts, check_files=False)
     variant = variant or manifest.data.get("default_variant", "fp32")
     label = manifest.variant(variant).get("precision", variant)
     tol = TOLERANCES.get(label, TOLERANCES["fp32"])
     max_length = int(manifest.data["tokenizer"]["max_length"])
+    policy = manifest.default_policy
+    if theta is not None or min_layer is not None:  # what the runtime does with them: exits on
+        policy = ExitPolicy(
+            theta=policy.theta if theta is None else theta,
+            patience=policy.patience,
+            min_layer=policy.min_layer if min_layer is None else min_layer,
+        )
     sentences += long_probes(max_length)
     report = VerifyReport(str(artifacts), variant, len(sentences), dict(tol))
-    try:
-        manifest.check_files(variant)
-        report.add("artifact files", "intact", 1.0, 1.0, higher_is_better=True)
-    except ArtifactError as e:
-        report.fail("artifact files", str(e))
-        return report
+    with stage("hashing the artifact files"):
+        try:
+            manifest.check_files(variant)
+            report.add("artifact files", "intact", 1.0, 1.0, higher_is_better=True)
+        except ArtifactError as e:
+            report.fail("artifact files", str(e))
+            return report
 
-    # the tolerance follows what the graphs are, not only what the manifest calls them
-    kinds = graph_precisions(manifest.segment_paths(variant) + [manifest.full_path(variant)])
+        # the tolerance follows what the graphs are, not only what the manifest calls them
+        kinds = graph_precisions(manifest.segment_paths(variant) + [manifest.full_path(variant)])
     found = sorted(set(kinds.values()), key=PRECISION_ORDER.index)
     precision = found[0] if len(found) == 1 else "mixed: " + ", ".join(found)
     if found != [label]:
@@ -190,13 +210,38 @@ def verify(
     tol = TOLERANCES.get(strict, TOLERANCES["fp32"])
     report.tolerances = dict(tol)
 
-    source = _reference_source(manifest, model)  # LeapError: no reference to verify against
-    report.info.update(_audit(manifest, source, sentences, variant, precision))
+    with stage("hashing the reference model"):
+        source = _reference_source(manifest, model)  # LeapError: no reference to verify against
+        report.info.update(_audit(manifest, source, sentences, variant, precision, policy))
     try:
-        _run_checks(report, artifacts, manifest, source, sentences, variant, batch_size, tol, progress)
+        _run_checks(
+            report, artifacts, manifest, source, sentences, variant, batch_size, tol, progress, policy, stage
+        )
     except Exception as e:  # noqa: BLE001 - a graph or manifest the checks cannot run on fails, in the report
         report.fail("verify stopped", f"{type(e).__name__}: {e}")
+    report.info["timing_s"] = stage.timings
     return report
+
+
+class _Stages:
+    """``with stage("what"):`` reports "verify: what ..." and "verify: what: 1.2 s" and keeps the timings."""
+
+    def __init__(self, on_stage: Callable[[str], object] | None) -> None:
+        self.on_stage = on_stage
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, what: str):
+        if self.on_stage:
+            self.on_stage(f"verify: {what} ...")
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            took = time.perf_counter() - t0
+            self.timings[what] = round(took, 3)
+            if self.on_stage:
+                self.on_stage(f"verify: {what}: {took:.1f} s")
 
 
 PRECISION_ORDER = ("fp32", "fp16", "int8")  # strictest tolerances first
@@ -237,7 +282,7 @@ def long_probes(max_length: int) -> list[str]:
     return [" ".join(text), " ".join(reversed(text))]
 
 
-def _audit(manifest, source, sentences, variant, precision) -> dict[str, Any]:
+def _audit(manifest, source, sentences, variant, precision, policy) -> dict[str, Any]:
     """What a reader of the report needs to know what was compared: versions, inputs, their hashes."""
     import hashlib
     from datetime import UTC, datetime
@@ -256,12 +301,15 @@ def _audit(manifest, source, sentences, variant, precision) -> dict[str, Any]:
             "max_seq_length": source.max_seq_length,
             "normalize": source.normalize,
         },
-        "policy": manifest.default_policy.to_dict(),
+        "policy": policy.to_dict(),
+        "default_policy": manifest.default_policy.to_dict(),
         "sentences_sha256": hashlib.sha256("\n".join(sentences).encode("utf-8")).hexdigest(),
     }
 
 
-def _run_checks(report, artifacts, manifest, source, sentences, variant, batch_size, tol, progress) -> None:
+def _run_checks(
+    report, artifacts, manifest, source, sentences, variant, batch_size, tol, progress, policy, stage
+) -> None:
     from leap_export.reference import layer_embeddings
     from trt_runtime.encoder import EarlyExitEncoder
     from trt_runtime.runners import OrtRunner
@@ -317,15 +365,19 @@ def _run_checks(report, artifacts, manifest, source, sentences, variant, batch_s
         else f"manifest normalize={manifest.normalize}, the source model's is {source.normalize}",
     )
 
-    ref = layer_embeddings(source, sentences, batch_size=batch_size, show_progress_bar=progress)
+    with stage(f"reference: PyTorch on {len(sentences)} sentences"):
+        ref = layer_embeddings(source, sentences, batch_size=batch_size, show_progress_bar=progress)
     k = manifest.patience
     ref_layers = {seg.end: seg.ref_layer for seg in manifest.segments}
 
-    # per segment, and the segment chain at full depth
-    # the Python loop traces every segment's outputs; the exit checks below run the default loop (the C one
-    # where it is built) and compare it with this one
-    full_depth = EarlyExitEncoder(artifacts, exits=False, variant=variant, check_files=False, loop="python")
-    ids = full_depth.tokenizer.encode(sentences)
+    # per segment, and the segment chain at full depth, from one traced run. The exit checks below run the
+    # default loop (the C one where it is built) and compare it with this Python-loop encoder, which
+    # serves every policy in turn (one set of sessions, not one per check)
+    with stage("loading the segment graphs"):
+        python_loop = EarlyExitEncoder(
+            artifacts, exits=False, variant=variant, check_files=False, loop="python", warn_exit_check=False
+        )
+    ids = python_loop.tokenizer.encode(sentences)
     lengths_seen = np.array([len(x) for x in ids])
     report.info["tokens"] = {
         "max_length": max_length,
@@ -334,61 +386,134 @@ def _run_checks(report, artifacts, manifest, source, sentences, variant, batch_s
         "max": int(lengths_seen.max()),
         "truncated_rows": int((lengths_seen >= max_length).sum()),
     }
-    for start in range(0, len(ids), batch_size):
-        trace: list = []
-        full_depth._run_batch(ids[start : start + batch_size], trace=trace)
-        for layer, rows, pooled, score in trace:
-            _segment_acc(report, layer, start + rows, pooled, score, ref, ref_layers[layer])
-    _finish_segments(report, manifest, tol)
-
-    chain = full_depth.encode(sentences, batch_size=batch_size)
-    _compare_end_to_end(report, "segments, exits off", chain, _normalise(ref[-1]), tol)
-    with OrtRunner(manifest.full_path(variant)) as mono:
+    chain = np.zeros((len(ids), manifest.hidden_size), dtype=np.float32)
+    with stage("segments, exits off"):
+        for start in range(0, len(ids), batch_size):
+            trace: list = []
+            pooled, _ = python_loop.run_ids(ids[start : start + batch_size], on_segment=trace.append)
+            chain[start : start + len(pooled)] = pooled
+            for layer, rows, seg_pooled, score in trace:
+                _segment_acc(report, layer, start + rows, seg_pooled, score, ref, ref_layers[layer])
+        _finish_segments(report, manifest, tol)
+    _compare_end_to_end(report, "segments, exits off", _normalise(chain), _normalise(ref[-1]), tol)
+    with stage("monolithic graph"), OrtRunner(manifest.full_path(variant)) as mono:
         pooled = np.concatenate(
             [
                 mono.infer(
-                    dict(
-                        zip(
-                            ("input_ids", "attention_mask"),
-                            full_depth.tokenizer.pad(ids[s : s + batch_size]),
-                            strict=True,
-                        )
-                    )
+                    dict(zip(("input_ids", "attention_mask"), python_loop.tokenizer.pad(batch), strict=True))
                 )["pooled"]
-                for s in range(0, len(ids), batch_size)
+                for batch in (ids[s : s + batch_size] for s in range(0, len(ids), batch_size))
             ]
         )
     _compare_end_to_end(report, "monolithic graph", _normalise(pooled), _normalise(ref[-1]), tol)
 
-    # with exits: the default policy and a theta that splits the batch. The split check runs with exits
-    # on even when the manifest's policy has them off, so a PASS always covers the exit and compaction path
-    policy = manifest.default_policy
+    # with exits: the policy verified and a theta that splits the batch. The split check runs with exits
+    # on even when the policy has them off, so a PASS always covers the exit and compaction path; exit
+    # quality is judged at the policy verified (the split theta is a test setting, chosen to split)
     exiting = dataclasses.replace(policy, enabled=True)
     first_exit = next(
         (b for b in manifest.boundaries if exiting.may_exit_at(b) and b < manifest.num_layers), None
     )
-    thetas = {"default policy": (policy, policy.theta)}
+    verified = "default policy" if policy == manifest.default_policy else "given policy"
+    policies = {verified: policy}
     if first_exit is not None:
         split = float(min(max(split_theta(convergence_scores(ref, first_exit, k)), 1e-3), 1.0))
-        thetas["split theta"] = (exiting, split)
-    report.info["thetas"] = {label: theta for label, (_, theta) in thetas.items()}
+        policies["split theta"] = replace_theta(exiting, split)
+    report.info["thetas"] = {label: p.theta for label, p in policies.items()}
     report.info["exit_path_checked"] = first_exit is not None
-    for label, (base, theta) in thetas.items():
-        _check_exits(
-            report,
-            label,
-            artifacts,
-            variant,
-            sentences,
-            ref,
-            replace_theta(base, theta),
-            manifest.boundaries,
-            batch_size,
-            tol,
+    with stage("exits and compaction"):
+        encoder = EarlyExitEncoder(
+            artifacts, exits=False, variant=variant, check_files=False, warn_exit_check=False
         )
+        for label, checked in policies.items():
+            got = _check_exits(
+                report,
+                label,
+                encoder,
+                python_loop,
+                sentences,
+                ref,
+                checked,
+                manifest.boundaries,
+                batch_size,
+                tol,
+            )
+            if label == verified:
+                _check_exit_quality(report, sentences, got, ref, checked)
     report.info["reference_scores"] = {
         str(b): float(np.mean(convergence_scores(ref, b, k))) for b in manifest.boundaries
     }
+
+
+# Exit quality at the policy verified: the exited embeddings against the model's own full depth. The
+# similarity and NN@10 floors are the paper's deployment checklist (§5.2); the 1st percentile catches
+# the few sentences a mean hides (a false convergence returns an embedding at cosine 0.3 to its own).
+EXIT_QUALITY = {"mean_cosine": 0.94, "p1_cosine": 0.80, "nn_at_10": 0.80}
+WORST_SHOWN = 5
+
+
+def _check_exit_quality(report, sentences, got, ref, policy) -> None:
+    from leap_export.diagnostics import nn_overlap
+
+    full = _normalise(ref[-1])
+    cos = cosine(got.embeddings, full)
+    n = len(sentences)
+    k = min(10, n - 1)
+    nn = float(nn_overlap(got.embeddings, full, k).mean()) if k >= 1 else 1.0
+    exited = got.exit_layers < ref.shape[0] - 1
+    worst = np.argsort(cos, kind="stable")[:WORST_SHOWN]
+    worst_rows = [
+        {"sentence": sentences[i], "exit_layer": int(got.exit_layers[i]), "cosine": float(cos[i])}
+        for i in worst
+        if exited[i]
+    ]
+    shown = "; worst: " + ", ".join(
+        f"{_clip(r['sentence'])!r} (layer {r['exit_layer']}, {r['cosine']:.3f})" for r in worst_rows
+    )
+    what = (
+        f"theta {policy.theta:g}, {int(exited.sum())} of {n} sentences exited early"
+        if policy.enabled
+        else "exits off: every sentence at full depth"
+    )
+    name = "exit quality (exited vs full depth)"
+    p1 = float(np.percentile(cos, 1))
+    report.add(
+        name,
+        "mean_cosine",
+        float(cos.mean()),
+        EXIT_QUALITY["mean_cosine"],
+        higher_is_better=True,
+        detail=what,
+    )
+    report.add(
+        name,
+        "p1_cosine",
+        p1,
+        EXIT_QUALITY["p1_cosine"],
+        higher_is_better=True,
+        detail=(what + shown) if worst_rows else what,
+    )
+    report.add(
+        name,
+        "nn_at_10",
+        nn,
+        EXIT_QUALITY["nn_at_10"],
+        higher_is_better=True,
+        detail=what if k == 10 else f"{what}; computed as NN@{k} over {n} sentences",
+    )
+    report.info["exit_quality"] = {
+        "policy": policy.to_dict(),
+        "exited": int(exited.sum()),
+        "min_cosine": float(cos.min()),
+        "p1_cosine": p1,
+        "mean_cosine": float(cos.mean()),
+        f"nn_at_{k}": nn,
+        "worst": worst_rows,
+    }
+
+
+def _clip(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def split_theta(scores: np.ndarray) -> float:
@@ -445,22 +570,17 @@ def _compare_end_to_end(report, name, got, want, tol) -> None:
     )
 
 
-def _check_exits(
-    report, label, artifacts, variant, sentences, ref, policy, boundaries, batch_size, tol
-) -> None:
-    from trt_runtime.encoder import EarlyExitEncoder
-
-    enc = EarlyExitEncoder(artifacts, policy=policy, variant=variant, check_files=False)
-    got = enc.encode_with_exits(sentences, batch_size=batch_size)
-    report.info["host_loop"] = enc.loop
+def _check_exits(report, label, encoder, python_loop, sentences, ref, policy, boundaries, batch_size, tol):
+    """Exit layers against the rule applied to the reference, the C loop against the Python loop, and
+    compaction (batched against batch 1), at ``policy``; returns the batched result."""
+    encoder.policy = policy
+    got = encoder.encode_with_exits(sentences, batch_size=batch_size)
+    report.info["host_loop"] = encoder.loop
     if (
-        enc.loop == "native"
-    ):  # the C loop against the Python loop, the reference implementation of the same rule
-        python_loop = EarlyExitEncoder(
-            artifacts, policy=policy, variant=variant, check_files=False, loop="python"
-        )
+        encoder.loop == "native"
+    ):  # the C loop against the Python loop, the reference implementation of the rule
+        python_loop.policy = policy
         other = python_loop.encode_with_exits(sentences, batch_size=batch_size)
-        del python_loop
         report.add(
             f"C loop vs Python loop at {label}",
             "exit_layer_agreement",
@@ -522,7 +642,7 @@ def _check_exits(
         "distribution": {str(b): int((got.exit_layers == b).sum()) for b in boundaries},
     }
     # compaction: batched == batch-1
-    single = enc.encode_with_exits(sentences, batch_size=1)
+    single = encoder.encode_with_exits(sentences, batch_size=1)
     single_emb = single.embeddings
     same = single.exit_layers == got.exit_layers
     report.add(
@@ -540,3 +660,4 @@ def _check_exits(
         higher_is_better=True,
         detail="over rows with the same exit layer",
     )
+    return got

@@ -31,8 +31,11 @@ print(
 print(f"embeddings     {emb.shape[0]} x {emb.shape[1]} -> {out / 'embeddings.npy'}")
 print(
     f"exit policy    theta {exits['policy']['theta']}, k {exits['policy']['patience']}, "
-    f"min layer {exits['policy']['min_layer']}"
+    f"min layer {exits['policy']['min_layer']}, exits {'on' if exits['policy']['enabled'] else 'OFF'}"
 )
+check = json.loads((out / "minilm-l6" / "manifest.json").read_text()).get("exit_check")
+if check is not None:
+    print(f"exit check     {'passed' if check['passed'] else 'FAILED'}: {check['reason']}")
 print(
     "exit layers    "
     + ", ".join(f"L{k}: {v}" for k, v in stats["exit_counts"].items())
@@ -43,9 +46,7 @@ sims = emb @ emb.T
 np.fill_diagonal(sims, -1)
 i, j = np.unravel_index(np.argmax(sims), sims.shape)
 print(f"closest pair   {sims[i, j]:.3f}: {sentences[i]!r} ~ {sentences[j]!r}")
-if stats["expected_layers"] >= exits["policy"]["min_layer"] and all(
-    v == 0 for k, v in stats["exit_counts"].items() if int(k) < 6
-):
+if exits["policy"]["enabled"] and all(v == 0 for k, v in stats["exit_counts"].items() if int(k) < 6):
     print(
         "note           the stock all-MiniLM-L6-v2 exited no sentence early (as the LEAP paper predicts);\n"
         "               train it with `leap-export train` (LEAP) to make early exit pay off."

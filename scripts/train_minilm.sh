@@ -8,7 +8,7 @@
 # Knobs (environment): STEPS, LR, BATCH, MAX_LENGTH, SENTENCES, ALPHA_INTER, BETA_EXIT, EPSILON_LATE,
 # LATE_LAYERS, DELTA_CONTRAST, ZETA_CONTRAST_EXIT, OUT, CORPUS, PY.
 # Why these settings: see leap_export/train/config.py and the comments below.
-# Measured figures (2-core CPU): README "LEAP training" and docs/RESULTS.md.
+# Measured figures (2-core CPU): docs/training.md and docs/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,7 +38,7 @@ LATE_LAYERS=${LATE_LAYERS:-4}
 DELTA_CONTRAST=${DELTA_CONTRAST:-1.0}
 # L_contrast also at the exit layers 3-5 against the student's own final embedding (stop-gradient): not in
 # the paper. Without it 83 % of samples exited at layer 3 with NN@10 0.744-0.765 against full depth
-# (target 0.80); with 2.0: 63 % at layer 3, 99.8 % by layer 4, NN@10 0.82 (README "LEAP training").
+# (target 0.80); with 2.0: 63 % at layer 3, 99.8 % by layer 4, NN@10 0.82 (docs/training.md).
 ZETA_CONTRAST_EXIT=${ZETA_CONTRAST_EXIT:-2.0}
 export HF_HUB_OFFLINE=1
 # Run again to continue an interrupted run (or to redo the steps after it on a finished one): --resume
@@ -47,6 +47,7 @@ RESUME=()
 if [[ -f "$OUT/checkpoint/last.pt" || -f "$OUT/loss_log.jsonl" ]]; then RESUME=(--resume); fi
 
 start=$(date +%s)
+mkdir -p "$(dirname "$OUT")" "$(dirname "$CORPUS")"  # the commands write into folders that exist
 if [[ ! -f "$CORPUS/corpus.json" ]]; then
   # Fortunes + WordNet: the two sources that build in seconds; test.txt is the held-out set.
   "$PY" -m leap_export.cli corpus --out "$CORPUS" --source fortunes --source wordnet --no-progress

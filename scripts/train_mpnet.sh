@@ -29,6 +29,7 @@ export HF_HUB_OFFLINE=1
 RESUME=()
 if [[ -f "$OUT/checkpoint/last.pt" || -f "$OUT/loss_log.jsonl" ]]; then RESUME=(--resume); fi
 
+mkdir -p "$(dirname "$OUT")" "$(dirname "$CORPUS")"  # the commands write into folders that exist
 if [[ ! -f "$CORPUS/corpus.json" ]]; then
   "$PY" -m leap_export.cli corpus --out "$CORPUS" --source fortunes --source wordnet --no-progress
 fi

@@ -219,6 +219,23 @@ def test_a_damaged_model_folder_gives_a_clear_error(damage, message, tiny_bert, 
         (["bench", "{art}", "--batch-sizes", "1,0"], "integers >= 1"),
         (["bench", "{art}", "--batch-sizes", ","], "integers >= 1"),
         (["bench", "{art}", "--iters", "0"], "--iters"),
+        # a missing folder is named, not created (a typo would leave a tree of folders behind)
+        (
+            ["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/no/such/o.npy"],
+            "folder {tmp}/no/such does not exist; create it first (mkdir -p {tmp}/no/such)",
+        ),
+        (["build", "{model}", "--out", "{tmp}/no/art"], "folder {tmp}/no does not exist"),
+        (["verify", "{art}", "--report", "{tmp}/no/r.json"], "folder {tmp}/no does not exist"),
+        # usage errors have the one shape of every other error
+        (["encode", "{art}", "--input", "{tmp}", "--output", "{tmp}/o.npy"], "is a directory"),
+        (
+            ["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--min-layer", "0"],
+            ">= 1",
+        ),
+        (
+            ["encode", "{art}", "--input", "{tmp}/in.txt", "--output", "{tmp}/o.npy", "--no-such"],
+            "No such option",
+        ),
     ],
 )
 def test_bad_input_gives_a_clear_error_and_no_output(args, message, tiny_artifacts, tiny_bert, tmp_path):
@@ -228,8 +245,10 @@ def test_bad_input_gives_a_clear_error_and_no_output(args, message, tiny_artifac
     fmt = {"tmp": tmp_path, "art": tiny_artifacts["bert"], "model": tiny_bert}
     proc = run(*[a.format(**fmt) for a in args], ok=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert message in proc.stderr
+    assert message.format(**fmt) in proc.stderr
     assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr  # one shape: no usage text
     assert not (tmp_path / "o.npy").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt", "in.txt", "latin1.txt"]
 
@@ -239,6 +258,7 @@ def test_outputs_get_the_users_umask(tiny_artifacts, tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("one\ntwo\n", encoding="utf-8")
     out, exits = tmp_path / "sub" / "emb.npy", tmp_path / "exits.json"
+    out.parent.mkdir()
     proc = subprocess.run(
         [
             "sh",
@@ -525,3 +545,21 @@ def test_inspect_counts_policy_history_entries_in_words():
         "1 entry",
         "2 entries",
     ]  # inspect's "history: ..."
+
+
+def test_a_read_only_output_is_refused_and_a_replaced_one_keeps_its_mode(tiny_artifacts, tmp_path):
+    """As ``cp`` would: a file without write permission is not replaced (not even by root, who could: the
+    owner took the write bit away), and a file that is replaced keeps its mode."""
+    src = tmp_path / "in.txt"
+    src.write_text("one\ntwo\n", encoding="utf-8")
+    locked = tmp_path / "locked.npy"
+    locked.write_bytes(b"mine")
+    locked.chmod(0o444)
+    proc = run("encode", tiny_artifacts["bert"], "--input", src, "--output", locked, ok=False)
+    assert proc.returncode == 2 and f"{locked} is read-only: refusing to replace it" in proc.stderr
+    assert locked.read_bytes() == b"mine" and oct(locked.stat().st_mode & 0o777) == oct(0o444)
+    private = tmp_path / "private.npy"
+    private.write_bytes(b"old")
+    private.chmod(0o600)
+    run("encode", tiny_artifacts["bert"], "--input", src, "--output", private)
+    assert private.read_bytes() != b"old" and oct(private.stat().st_mode & 0o777) == oct(0o600)

@@ -179,7 +179,7 @@ def _run_to(consumer: DocConsumer, ids: np.ndarray, last: int) -> dict:
 
 def consumer_options():
     # in the same process as EarlyExitEncoder, ONNX Runtime refuses sessions with default options once the
-    # encoder's shared thread pool exists (README, "Other ONNX Runtime models in the same process")
+    # encoder's shared thread pool exists (docs/runtime.md)
     return ort_session_options()
 
 
@@ -243,7 +243,7 @@ def six_layer_bert(tmp_path_factory):
     ],
 )
 def test_reference_vectors_and_int8_through_the_documented_contract(plan, six_layer_bert, tmp_path):
-    root = build(six_layer_bert, tmp_path / "art", progress=False, **plan)
+    root = build(six_layer_bert, tmp_path / "art", progress=False, exits="on", **plan)
     build(six_layer_bert, root, precision="int8", progress=False)
     thetas = _thetas(DocConsumer(root, session_options=consumer_options()), TEXTS)
     assert len(_agree(root, TEXTS, thetas=thetas)) >= 2
@@ -286,7 +286,7 @@ def test_the_tokenizer_file_as_built_carries_the_contract(tiny_artifacts, tiny_b
 
 @pytest.mark.slow
 def test_the_contract_on_the_packaged_minilm(tmp_path):
-    root = build("minilm-l6", tmp_path / "art", progress=False)
+    root = build("minilm-l6", tmp_path / "art", progress=False, exits="on")
     build("minilm-l6", root, precision="int8", progress=False)
     from leap_export.textio import sample_sentences
 

@@ -122,7 +122,7 @@ def test_a_float64_theta_next_to_a_score_decides_as_the_float32_graphs_do(tiny_a
     mask must agree, so a sentence exits at the same layer alone and batched, and the stats count it once."""
     probe = EarlyExitEncoder(tiny_artifacts["bert"], min_layer=2)
     trace = []
-    probe._run_batch(probe.tokenizer.encode(sentences), trace=trace)
+    probe.run_ids(probe.tokenizer.encode(sentences), on_segment=trace.append)
     layer, _, _, score = trace[0]
     theta = np.float64(np.sort(score)[len(score) // 2]) + 1e-11  # float32(theta) is that score again
     assert np.float32(theta) == np.sort(score)[len(score) // 2] and theta > np.sort(score)[len(score) // 2]

@@ -219,6 +219,7 @@ def test_force_never_replaces_a_folder_that_is_not_a_build(tiny_bert, tmp_path):
 def test_force_through_a_symlink_keeps_the_linked_build_and_leaves_no_stray_link(tiny_bert, tmp_path):
     """--out a link to a build elsewhere: the new build takes the link's place, the old one stays where it
     was (nothing the user made is deleted), and no `.NAME.old-PID` link is left behind."""
+    (tmp_path / "builds").mkdir()
     old = build(tiny_bert, tmp_path / "builds" / "v1", min_layer=2, progress=False)
     link = tmp_path / "current"
     link.symlink_to(old, target_is_directory=True)
@@ -345,7 +346,7 @@ def test_exit_test_decides_in_float32_like_numpy(tiny_artifacts, sentences):
     """
     enc = EarlyExitEncoder(tiny_artifacts["bert"], exits=False)
     trace: list = []
-    enc._run_batch(enc.tokenizer.encode(sentences[:1]), trace=trace)
+    enc.run_ids(enc.tokenizer.encode(sentences[:1]), on_segment=trace.append)
     layer, _, _, score = trace[0]  # the first boundary (layer 2, l_min)
     s = float(score[0])
     assert 0.0 < s < 1.0
@@ -375,7 +376,7 @@ def test_full_depth_results_are_the_callers_own(tiny_artifacts, sentences):
     a.embeddings[:] = 0
     assert b.exit_layers.tolist() == [4] * len(sentences) and np.abs(b.embeddings).sum() > 0
     ids = enc.tokenizer.encode(sentences[:2])
-    _, layers = enc._run_batch(ids)
+    _, layers = enc.run_ids(ids)
     assert not layers.flags.writeable
 
 
@@ -614,7 +615,7 @@ def test_exit_stats_count_rows_where_they_were_and_average_their_scores(
     scores = {b: [] for b in probe.manifest.boundaries}
     for text in texts:
         trace = []
-        probe._run_batch(probe.tokenizer.encode([text]), trace=trace)
+        probe.run_ids(probe.tokenizer.encode([text]), on_segment=trace.append)
         for layer, _, _, score in trace:
             scores[layer].append(float(score[0]))
     stats = enc.stats.as_dict()
@@ -653,7 +654,7 @@ def test_a_compacted_batch_is_trimmed_to_its_longest_survivor(tiny_artifacts, ti
     )
     seen = _record_feeds(enc)
     ids = enc.tokenizer.encode(texts)
-    _, layers = enc._run_batch(ids)
+    _, layers = enc.run_ids(ids)
     lengths = np.array([len(x) for x in ids])
     assert (layers == 2).any() and (layers > 2).any()
     assert lengths[layers == 2].max() > lengths[layers > 2].max(), "the longest row must exit for this test"

@@ -51,6 +51,6 @@ def test_an_output_folder_that_is_not_writable_is_named_before_any_work(tmp_path
     import trt_runtime.fileio as fileio
 
     monkeypatch.setattr(fileio.os, "access", lambda path, mode: os.fspath(path) != os.fspath(tmp_path))
-    problem = fileio.output_problem(tmp_path / "new" / "e.npy")
+    problem = fileio.output_problem(tmp_path / "e.npy")
     assert problem and f"folder {tmp_path} is not writable" in problem
-    assert fileio.output_problem(tmp_path / "new" / "e.npy", folder=True)
+    assert fileio.output_problem(tmp_path / "new", folder=True)

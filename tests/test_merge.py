@@ -30,7 +30,7 @@ def test_one_graph_equals_the_segment_chain(arch, tiny_artifacts, tmp_path, sent
     ]
     input_ids, mask = chain.tokenizer.pad(chain.tokenizer.encode(sentences))
     trace: list = []
-    chain._run_padded(input_ids, mask, trace)
+    chain.run_padded(input_ids, mask, on_segment=trace.append)
     out = merged.infer({"input_ids": input_ids, "attention_mask": mask})
     for k, (_, rows, pooled, score) in enumerate(trace):
         assert rows.size == input_ids.shape[0]  # exits off: every row reaches every segment
@@ -49,7 +49,7 @@ def test_patience_two_references_cross_segments(tiny_models, tmp_path, sentences
     merged = _merged(art, tmp_path)
     input_ids, mask = chain.tokenizer.pad(chain.tokenizer.encode(sentences))
     trace: list = []
-    chain._run_padded(input_ids, mask, trace)
+    chain.run_padded(input_ids, mask, on_segment=trace.append)
     out = merged.infer({"input_ids": input_ids, "attention_mask": mask})
     for k, (_, _, pooled, score) in enumerate(trace):
         np.testing.assert_allclose(out[f"pooled_{k}"], pooled, rtol=1e-5, atol=1e-6)

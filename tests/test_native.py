@@ -139,9 +139,9 @@ def test_onnx_runtime_errors_inside_the_c_loop_are_raised(tiny_artifacts, senten
     ids, mask = enc.tokenizer.pad(enc.tokenizer.encode(sentences[:2]))
     # the graphs take int32 ids
     with pytest.raises(NativeError, match=r"segment 0 \(ending at layer 2\): Unexpected input data type"):
-        enc._run_padded(ids.astype(np.int64), mask.astype(np.int64))
+        enc.run_padded(ids.astype(np.int64), mask.astype(np.int64))
     with pytest.raises(RuntimeInputError, match="int32 or int64"):
-        enc._run_padded(ids.astype(np.float32), mask)
+        enc.run_padded(ids.astype(np.float32), mask)
     assert enc.encode(sentences[:2]).shape == (2, enc.embedding_dim)  # still works afterwards
 
 

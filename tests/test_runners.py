@@ -46,7 +46,7 @@ def _run(tiny_artifacts, tmp_path, mode, loop="python"):
 
 
 def test_the_shared_pool_needs_other_sessions_to_join_it(tiny_artifacts, tmp_path):
-    # what the encoder's docstring and the README say: a default session after the encoder fails with
+    # what the encoder's docstring and docs/runtime.md say: a default session after the encoder fails with
     # ONNX Runtime's own message, and ort_session_options() is the remedy
     stdout, _ = _run(tiny_artifacts, tmp_path, "shared")
     assert "default session: failed:" in stdout and "use_per_session_threads must be false" in stdout
@@ -261,3 +261,17 @@ def test_the_pool_has_the_threads_asked_for(tiny_artifacts, mode, loop):
         assert (
             spinning == "['0']"
         )  # several pools spinning on the same cores would steal them from each other
+
+
+def test_an_accelerator_that_is_not_there_is_an_error_not_the_cpu(tiny_artifacts):
+    """ONNX Runtime alone would log a warning and run on the CPU (and the encoder would have switched loops)."""
+    from trt_runtime import EarlyExitEncoder
+    from trt_runtime.errors import RuntimeInputError
+    from trt_runtime.runners import OrtRunner
+
+    with pytest.raises(RuntimeInputError, match="CUDAExecutionProvider is not available in this onnxruntime"):
+        EarlyExitEncoder(tiny_artifacts["bert"], providers=["CUDAExecutionProvider"])
+    with pytest.raises(RuntimeInputError, match="TensorrtExecutionProvider is not available"):
+        OrtRunner(tiny_artifacts["bert"] / "full.onnx", providers=["TensorrtExecutionProvider"]).activate()
+    with pytest.raises(RuntimeInputError, match="a list of provider names"):
+        EarlyExitEncoder(tiny_artifacts["bert"], providers="CPUExecutionProvider")

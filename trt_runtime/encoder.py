@@ -15,7 +15,7 @@ padding does not dominate, and results are returned in input order.
 
 Two implementations of that loop give the same results: the C one (``trt_runtime.native``, the default
 where its extension is built) runs a whole batch in one call, with no Python between segment runs; the
-Python one (``_run_padded_python``) is the reference, the fallback, and the one that can ``trace`` each
+Python one (``_run_padded_python``) is the reference, the fallback, and the one that can trace each
 segment's outputs for ``verify`` and ``calibrate``.
 """
 
@@ -28,13 +28,14 @@ import threading
 from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from trt_runtime.errors import RuntimeInputError
 from trt_runtime.manifest import Manifest, load_manifest
 from trt_runtime.policy import ExitPolicy
-from trt_runtime.runners import OrtRunner, check_threads, default_threads
+from trt_runtime.runners import OrtRunner, check_providers, check_threads, default_threads
 from trt_runtime.tokenize import TokenBatcher
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,15 @@ class ExitStats:
                 read(True)
 
 
+class SegmentTrace(NamedTuple):
+    """What one segment run gave (``on_segment``): ``rows`` index the batch as given."""
+
+    layer: int  # the segment's last layer
+    rows: np.ndarray  # [R] int: the rows of the batch this segment ran (survivors of earlier exits)
+    pooled: np.ndarray  # [R, H] float32: masked-mean pooled hidden state after ``layer``, not normalised
+    score: np.ndarray  # [R] float32: the convergence score the graph computed
+
+
 @dataclass
 class EncodeResult:
     embeddings: np.ndarray  # [N, H] float32, input order
@@ -127,7 +137,10 @@ class EarlyExitEncoder:
 
     ``policy`` defaults to the manifest's (a dict overrides the fields it names); ``theta`` /
     ``min_layer`` override it; ``exits=False`` runs every sample to full depth through the same segments
-    (the comparison setting).
+    (the comparison setting). A build whose model failed its exit-compatibility check has exits off in
+    its manifest (``leap-export build``): ``exits=True`` or an explicit ``theta`` / ``min_layer`` turns them on,
+    and the first such encoder of the process logs one warning naming the failed checks
+    (``warn_exit_check=False`` silences it, for tools that measure the exits themselves).
 
     ``loop``: ``"auto"`` (the default) runs each batch through the C host loop (``trt_runtime.native``)
     where its extension was built at install, else through the Python loop; ``"native"`` insists on the
@@ -157,17 +170,20 @@ class EarlyExitEncoder:
         theta: float | None = None,
         min_layer: int | None = None,
         patience: int | None = None,
-        exits: bool = True,
+        exits: bool | None = None,
         variant: str | None = None,
         threads: int | None = None,
         providers: list[str] | None = None,
         check_files: bool = True,
         shared_pool: bool = True,
         loop: str = "auto",
+        warn_exit_check: bool = True,
     ) -> None:
         threads = check_threads(threads)  # before any work, whichever loop runs
+        check_providers(providers)  # an accelerator asked for and not there is an error, not the CPU
         self.manifest: Manifest = load_manifest(artifacts, check_files=check_files, variant=variant)
         self.segments = self.manifest.segments
+        self._warn_exit_check = warn_exit_check
         self._apply_policy(self._policy(policy, theta, min_layer, patience, exits))
         self._variant = variant
         self._threads = threads
@@ -203,7 +219,7 @@ class EarlyExitEncoder:
     @policy.setter
     def policy(self, value: ExitPolicy | Mapping) -> None:
         """A new policy for later calls, checked as the constructor checks one (a dict overrides the fields it names)."""
-        self._apply_policy(self._policy(value, None, None, None, True))
+        self._apply_policy(self._policy(value, None, None, None, None))
 
     def _apply_policy(self, policy: ExitPolicy) -> None:
         # the loop reads this rule, not the policy: assigning ``encoder.policy`` must update it too. One
@@ -212,6 +228,8 @@ class EarlyExitEncoder:
         # theta as the float32 the graphs' scores are compared in (numpy compares float32 with a float in
         # float32), so the plain-Python exit test in the loop decides exactly as ``score >= theta`` does;
         # per segment: may a sample exit after it? (decided once, not per batch)
+        if policy.enabled and self._warn_exit_check:
+            _warn_failed_exit_check(self.manifest, policy)
         can_exit = tuple(
             policy.may_exit_at(s.end) and s.end < self.manifest.num_layers for s in self.segments
         )
@@ -286,7 +304,7 @@ class EarlyExitEncoder:
     @property
     def runners(self) -> list[OrtRunner]:
         """The segments' ONNX Runtime sessions in the Python binding: the Python loop's (with the C loop,
-        made at the first ``trace``)."""
+        made at the first traced batch)."""
         if self._runners is None:
             runners = [
                 OrtRunner(p, threads=self._threads, providers=self._providers, shared_pool=self._shared_pool)
@@ -325,21 +343,38 @@ class EarlyExitEncoder:
         return self.manifest.hidden_size
 
     def _policy(self, policy, theta, min_layer, patience, exits) -> ExitPolicy:
+        """The policy the loop runs: the manifest's, overridden by what the caller names.
+
+        Exits are on where the manifest's policy has them on, or where the caller asks for them knowingly:
+        ``exits=True``, an explicit ``theta`` or ``min_layer`` (arguments, or keys of a ``policy`` dict), or
+        an :class:`ExitPolicy` object (its own ``enabled``). ``exits=False`` always runs full depth.
+        """
+        if exits is not None and not isinstance(exits, bool | np.bool_):
+            raise RuntimeInputError(
+                f"exits must be True, False or None (the manifest's default), got {exits!r}"
+            )
+        default = self.manifest.default_policy
         if isinstance(policy, Mapping):
             # the fields it names override the manifest's policy; the rest (patience k, min_layer) stay the
             # build's, not ExitPolicy's defaults (k=1 would be refused on a k=2 build, min_layer 1 would act
-            # on checks the build planned no exit at)
-            policy = ExitPolicy.from_dict({**self.manifest.default_policy.to_dict(), **policy})
+            # on checks the build planned no exit at). A theta named there is a request for exits
+            asked = {"enabled": True} if "theta" in policy or "min_layer" in policy else {}
+            policy = ExitPolicy.from_dict({**default.to_dict(), **asked, **policy})
         elif policy is not None and not isinstance(policy, ExitPolicy):
             raise RuntimeInputError(
                 f"policy must be a trt_runtime.ExitPolicy or a dict of its fields, got {type(policy).__name__}"
             )
-        base = policy or self.manifest.default_policy
+        base = policy or default
+        enabled = base.enabled
+        if exits is not None:
+            enabled = bool(exits)
+        elif theta is not None or min_layer is not None:
+            enabled = True
         policy = ExitPolicy(
             theta=base.theta if theta is None else theta,
             patience=base.patience if patience is None else patience,
             min_layer=base.min_layer if min_layer is None else min_layer,
-            enabled=base.enabled and bool(exits),
+            enabled=enabled,
         )
         if policy.min_layer > self.manifest.num_layers:
             raise RuntimeInputError(
@@ -450,7 +485,7 @@ class EarlyExitEncoder:
             starts = tqdm(starts, desc="encode", unit="batch")
         for start in starts:
             rows = order[start : start + batch_size]
-            pooled, layers = self._run_batch([ids[i] for i in rows])
+            pooled, layers = self.run_ids([ids[i] for i in rows])
             embeddings[rows] = pooled
             exit_layers[rows] = layers
             if on_batch is not None:
@@ -461,7 +496,7 @@ class EarlyExitEncoder:
         return EncodeResult(embeddings, exit_layers)
 
     def _crossed_a_fork(self) -> None:
-        """Warn once per process: ONNX Runtime's pool threads do not survive a fork (README "In a service")."""
+        """Warn once per process: ONNX Runtime's pool threads do not survive a fork (docs/runtime.md)."""
         log.warning(
             "this encoder was created in process %d and is used in process %d, after a fork: ONNX Runtime's "
             "pool threads do not survive it, so every run here uses one core, and a fork while another thread "
@@ -473,23 +508,41 @@ class EarlyExitEncoder:
 
     # -- the loop -------------------------------------------------------------------------------------
 
-    def _run_batch(self, ids: list[np.ndarray], trace: list | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """One batch through the segments. ``trace`` (a list) receives (layer, rows, pooled, score) per segment."""
-        input_ids, mask = self.tokenizer.pad(ids)
-        return self._run_padded(input_ids, mask, trace)
+    def run_ids(
+        self, ids: Sequence[np.ndarray], *, on_segment: Callable[[SegmentTrace], object] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One batch of token ids (``encoder.tokenizer.encode`` output), padded to its longest row and run as
+        it is: (each row's pooled vector at its exit ``[B, H]``, not normalised; exit layers ``[B]``).
 
-    def _run_padded(self, input_ids: np.ndarray, mask: np.ndarray, trace: list | None = None):
-        """One padded batch: (pooled vector at each row's exit, exit layers). The C loop where it runs,
-        unless ``trace`` asks for each segment's outputs."""
-        if self._native is not None and trace is None:
+        ``on_segment``: the tracing hook. Called after every segment run with a :class:`SegmentTrace` (the
+        rows it ran and its pooled vectors and scores); a traced batch runs the Python loop, whose results
+        equal the C loop's to the last bit.
+        """
+        input_ids, mask = self.tokenizer.pad(list(ids))
+        return self.run_padded(input_ids, mask, on_segment=on_segment)
+
+    def run_padded(
+        self,
+        input_ids: np.ndarray,
+        mask: np.ndarray,
+        *,
+        on_segment: Callable[[SegmentTrace], object] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``run_ids`` for a batch already padded: ``input_ids`` and ``mask`` int32 ``[B, S]``."""
+        if self._native is not None and on_segment is None:
             return self._run_padded_native(input_ids, mask)
-        return self._run_padded_python(input_ids, mask, trace)
+        return self._run_padded_python(input_ids, mask, on_segment)
 
     def _run_padded_native(self, input_ids: np.ndarray, mask: np.ndarray):
         theta, _, can_exit = self._rule
         return self._native.run(input_ids, mask, theta, can_exit)  # the statistics are counted in C
 
-    def _run_padded_python(self, input_ids: np.ndarray, mask: np.ndarray, trace: list | None = None):
+    def _run_padded_python(
+        self,
+        input_ids: np.ndarray,
+        mask: np.ndarray,
+        on_segment: Callable[[SegmentTrace], object] | None = None,
+    ):
         """The loop of the module docstring in Python, written for the batch-1 latency it adds.
 
         Between two segment runs the host does as little as it can: the CPU caches are full of the
@@ -497,8 +550,7 @@ class EarlyExitEncoder:
         microseconds instead of the fraction of one a micro-benchmark shows. Scores are therefore read
         once (``tolist``) and the exit test, the statistics and the "nothing exited" fast path are plain
         Python; output arrays are only allocated once some row leaves before the others (for a batch
-        that leaves together, the segment's own pooled output is the result). Measured with
-        ``scripts/host_loop_cost.py``.
+        that leaves together, the segment's own pooled output is the result).
         """
         batch = input_ids.shape[0]
         stats, (theta, can_exit, _) = self.stats, self._rule
@@ -515,8 +567,12 @@ class EarlyExitEncoder:
             pooled, score = res["pooled"], res["score"]
             scores = score.tolist()
             rows = len(scores)
-            if trace is not None:
-                trace.append((seg.end, np.arange(batch) if active is None else active.copy(), pooled, score))
+            if on_segment is not None:
+                on_segment(
+                    SegmentTrace(
+                        seg.end, np.arange(batch) if active is None else active.copy(), pooled, score
+                    )
+                )
             if seg.index == last:
                 n_exit = rows
             elif can_exit[seg.index]:
@@ -566,6 +622,32 @@ class EarlyExitEncoder:
             if len(self._uniform) < 256:
                 self._uniform[key] = arr
         return arr
+
+
+_exit_check_warned: set[str] = set()  # artifact folders already warned about in this process
+_exit_check_lock = threading.Lock()
+
+
+def _warn_failed_exit_check(manifest: Manifest, policy: ExitPolicy) -> None:
+    """Exits on for a build that failed its exit-compatibility check: one warning per folder and process."""
+    check = manifest.exit_check
+    if not check or check.get("passed", True):
+        return
+    key = os.path.realpath(manifest.root)
+    with _exit_check_lock:
+        if key in _exit_check_warned:
+            return
+        _exit_check_warned.add(key)
+    failed = "; ".join(check.get("failed") or []) or "see its manifest's exit_check"
+    log.warning(
+        "exits are on (theta %g) for %s, which failed its exit-compatibility check (%s): exited embeddings may "
+        "be far from full depth; `leap-export verify %s --theta %g` measures how far",
+        policy.theta,
+        manifest.root,
+        failed,
+        manifest.root,
+        policy.theta,
+    )
 
 
 def _interactive() -> bool:

@@ -3,7 +3,7 @@
 Every file leap-export writes goes to a temporary file in the target folder first and is renamed over
 the target, so a reader never sees half a file and an interrupted run leaves the old file in place.
 Output paths are checked up front (``output_problem``), so a long run does not fail at its last step
-because the target's folder is a file or not writable.
+because the target's folder is missing, a file or not writable, or the target is read-only.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -46,7 +47,10 @@ def temp_folder(parent: str | os.PathLike, prefix: str) -> Path:
 def output_problem(path: str | os.PathLike, *, folder: bool = False) -> str | None:
     """Why ``path`` cannot be written as an output file (or, with ``folder``, created as a folder); None if it can.
 
-    Nothing is created: missing parent folders are fine when the nearest existing one is a writable folder.
+    Nothing is created. The folder an output goes into must exist (a typo in it must not leave a tree of
+    new folders behind), and an existing file is replaced only where ``cp`` would replace it: not a
+    read-only one (no write permission for this user, or no write bit at all, which ``cp`` run as root
+    would ignore but the file's owner meant).
     """
     path = Path(path)
     if path.exists():
@@ -54,16 +58,31 @@ def output_problem(path: str | os.PathLike, *, folder: bool = False) -> str | No
             return f"{path} is a file, not a folder; choose a folder path"
         if not folder and path.is_dir():
             return f"{path} is a folder; pass a file path"
-    ancestor = nearest_existing(path.parent)
-    if not ancestor.is_dir():
-        return f"cannot write {path}: {ancestor} is a file, not a folder; choose another output path"
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        return f"cannot write {path}: folder {ancestor} is not writable; choose another output path"
+        if not folder and path.is_file() and read_only(path):
+            return (
+                f"{path} is read-only: refusing to replace it; make it writable (chmod u+w {path}) or choose "
+                "another output path"
+            )
+    parent = path.parent
+    if not parent.exists():
+        return (
+            f"cannot write {path}: folder {parent} does not exist; create it first (mkdir -p {parent}) or fix "
+            "the path"
+        )
+    if not parent.is_dir():
+        return f"cannot write {path}: {parent} is a file, not a folder; choose another output path"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot write {path}: folder {parent} is not writable; choose another output path"
     return None
 
 
+def read_only(path: str | os.PathLike) -> bool:
+    """No write permission for this user, or no write bit for anyone (``chmod a-w``, which root could ignore)."""
+    return not os.access(path, os.W_OK) or not os.stat(path).st_mode & 0o222
+
+
 def nearest_existing(path: str | os.PathLike) -> Path:
-    """``path`` or its nearest ancestor that exists (where the folders an output needs would be created)."""
+    """``path`` or its nearest ancestor that exists."""
     path = Path(path)
     while not path.exists() and path != path.parent:
         path = path.parent
@@ -72,7 +91,6 @@ def nearest_existing(path: str | os.PathLike) -> Path:
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """Same regular file (or the same not-yet-existing path); pipes and devices such as /dev/stdin never match."""
-    import stat
 
     def kind(path):
         try:
@@ -89,20 +107,14 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 
 
 def ensure_parent(path: str | os.PathLike, *, folder: bool = False) -> Path:
-    """Create ``path``'s parent folders; a clear ``OutputPathError`` where that is impossible.
+    """``path``, once :func:`output_problem` finds nothing wrong with it; else a clear ``OutputPathError``.
 
-    ``folder``: ``path`` is an output folder (it may exist as one), not a file.
+    ``folder``: ``path`` is an output folder (it may exist as one), not a file. No folder is created here.
     """
     path = Path(path)
     problem = output_problem(path, folder=folder)
     if problem:
         raise OutputPathError(problem)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputPathError(
-            f"cannot create folder {path.parent}: {e.strerror or e}; choose another output path"
-        ) from e
     return path
 
 
@@ -119,7 +131,8 @@ def create_new(path: Path) -> int:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
-    """``write(f)`` into a temporary file next to ``path``, then rename it to ``path`` (mode 0666 & ~umask).
+    """``write(f)`` into a temporary file next to ``path``, then rename it to ``path`` (mode 0666 & ~umask, or
+    the mode of the file it replaces, as ``cp`` keeps it).
 
     A symlink is followed (the file it points to is replaced, the link stays). A stream or device
     (``/dev/stdout``, a named pipe) is written directly: renaming over it would replace the device itself.
@@ -135,6 +148,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> P
     try:
         with os.fdopen(create_new(tmp), "wb") as f:
             write(f)
+        if path.is_file():  # replaced as cp replaces a file: it keeps its mode
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

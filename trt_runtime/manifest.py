@@ -11,6 +11,7 @@
   the monolithic full-depth graph
 - ``tokenizer``: files (+ sha256), pad id, max length
 - ``exit_policy`` (the default) and ``policy_history``
+- ``exit_check``: the build's exit-compatibility check, which decided whether the default exits early
 """
 
 from __future__ import annotations
@@ -109,6 +110,12 @@ class Manifest:
     @property
     def default_policy(self) -> ExitPolicy:
         return ExitPolicy.from_dict(self.data["exit_policy"])
+
+    @property
+    def exit_check(self) -> dict[str, Any] | None:
+        """The build's exit-compatibility check (``passed``, ``failed``, ``reason``...); None for builds older
+        than the check."""
+        return self.data.get("exit_check")
 
     def variants(self) -> list[str]:
         return list(self.data["variants"])
@@ -338,6 +345,13 @@ def _check_structure(data: dict[str, Any], path: Path) -> None:
         data["exit_policy"].get("enabled", True), bool
     ):  # ExitPolicy would read "false" as True
         fail("exit_policy.enabled", "true or false", data["exit_policy"]["enabled"])
+    check = data.get("exit_check")
+    if check is not None:
+        if not isinstance(check, dict) or not isinstance(check.get("passed"), bool):
+            fail("exit_check", 'an object with "passed": true or false', check)
+        failed = check.get("failed", [])
+        if not isinstance(failed, list) or not all(isinstance(f, str) for f in failed):
+            fail("exit_check.failed", "a list of strings", failed)
     try:
         ExitPolicy.from_dict(data["exit_policy"])
     except RuntimeInputError as e:

@@ -2,8 +2,8 @@
 
 One call runs a padded batch through every segment: the exit test, the statistics, compaction with the
 padding trim and the scatter back happen in C, between ONNX Runtime runs, with no Python in between.
-That removes the Python binding's per-run work from each hand-off (``scripts/c_host_loop.py`` measured it
-at about two points of the batch-1 monitoring overhead).
+That removes the Python binding's per-run work from each hand-off, the largest part of the batch-1
+monitoring overhead that the host adds (docs/runtime.md).
 
 The C library calls ONNX Runtime's C API in the ``libonnxruntime.so`` that the onnxruntime wheel ships
 beside its Python module. That is a second copy of ONNX Runtime in the process, with its own environment,

@@ -4,7 +4,7 @@ The early-exit loop composes runners with an exit policy and never asks which ba
 
 ONNX Runtime on few cores: every ``InferenceSession`` owns an intra-op thread pool whose workers spin
 after each run. With one session per segment, the idle pools spin against the busy one and a
-six-segment pipeline runs several times slower than one graph (DATA.md: 19.6–22 ms vs 3.2 ms). All
+segment pipeline runs several times slower than one graph (docs/runtime.md has the figures). All
 segment sessions here therefore share ONE process-wide thread pool
 (``set_global_thread_pool_sizes`` + ``use_per_session_threads = False``): spinning stays on, and only
 one pool exists. That pool is sized once per process, and ONNX Runtime then allows no session a pool of
@@ -15,10 +15,9 @@ a per-session pool with spinning disabled, the next best setting.
 Memory goes the same way: every session allocates its per-run activation block from ONE process-wide
 CPU arena (``create_and_register_allocator`` + ``session.use_env_allocators``) instead of an arena of its
 own. A segment then reuses the block the previous segment just released, still in cache, as the layers of
-one monolithic graph do. With one arena per session the four MiniLM segments touched four blocks: at
-batch 32 their kernels ran ~6 % slower than the same kernels in the monolithic graph; with the shared
-arena, ~1-2 % (``leap-export bench``). The arena is shared with ``shared_pool=False`` as well: it is not
-a thread setting, and with one arena per session peak memory was 2.9x (each arena kept its own peak).
+one monolithic graph do; with an arena per session each segment touches a block of its own, colder in
+cache. The arena is shared with ``shared_pool=False`` as well: it is not a thread setting, and with an
+arena per session each arena keeps its own peak, so peak memory multiplies.
 """
 
 from __future__ import annotations
@@ -69,8 +68,7 @@ def default_threads() -> int:
 
     A quota (Kubernetes ``limits.cpu``, ``docker --cpus``, systemd ``CPUQuota``) leaves the affinity at
     every core of the node; a spinning pool that size on a quota of 2 cores runs several times slower
-    (LEAP-MiniLM, 8 threads on 2 cores: batch 32 133-146 ms against 25-26 ms, batch-1 p99 18-19 ms
-    against 2.6-2.9 ms).
+    (its threads spin against each other for the cores the quota grants).
     """
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     quota = cgroup_cpu_quota()
@@ -148,9 +146,8 @@ def ort_session_options(threads: int | None = None, *, shared_pool: bool = True)
             _global_pool_failed = True
             log.warning("could not create a shared ONNX Runtime thread pool (%s); using per-session pools", e)
     # the arena is shared with private pools too (shared_pool=False): an allocator registered with the
-    # environment serves only the sessions that opt in, so other libraries' sessions are unaffected. With an
-    # arena per segment session, peak memory was 2.9x the shared arena's (LEAP-MiniLM, batch 64 of
-    # 256-token texts: +2,970 MB against +1,025 MB), and no run was faster for it
+    # environment serves only the sessions that opt in, so other libraries' sessions are unaffected; an
+    # arena per segment session would keep one peak per segment
     if _register_shared_arena():
         so.add_session_config_entry("session.use_env_allocators", "1")
     if _global_pool_threads is not None:
@@ -194,6 +191,29 @@ def _register_shared_arena() -> bool:
     return _shared_arena
 
 
+def check_providers(providers: list[str] | None) -> None:
+    """Every requested ONNX Runtime execution provider exists in the installed onnxruntime; else an error
+    naming what is missing (ONNX Runtime itself would warn and run on the CPU)."""
+    if not providers:
+        return
+    import onnxruntime as ort
+
+    if isinstance(providers, str) or not all(isinstance(p, str) for p in providers):
+        raise RuntimeInputError(f"providers must be a list of provider names, got {providers!r}")
+    available = ort.get_available_providers()
+    missing = [p for p in providers if p not in available]
+    if missing:
+        hint = (
+            " (install onnxruntime-gpu for CUDAExecutionProvider)"
+            if "CUDAExecutionProvider" in missing
+            else ""
+        )
+        raise RuntimeInputError(
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not available in this onnxruntime "
+            f"{ort.__version__} (it has {', '.join(available)}){hint}; leave providers out to run on the CPU"
+        )
+
+
 class OrtRunner:
     """ONNX Runtime runner for one graph."""
 
@@ -219,14 +239,24 @@ class OrtRunner:
             return
         import onnxruntime as ort
 
+        check_providers(self.providers)
         so = ort_session_options(self.threads, shared_pool=self.shared_pool)
-        self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=self.providers)
+        session = ort.InferenceSession(str(self.path), sess_options=so, providers=self.providers)
+        # ONNX Runtime falls back to the CPU with a log line when a listed provider cannot start (a GPU
+        # build on a machine without a GPU): never silently elsewhere than asked
+        dropped = [p for p in self.providers if p not in session.get_providers()]
+        if dropped:
+            raise RuntimeInputError(
+                f"ONNX Runtime could not start {', '.join(dropped)} for {self.path.name} (it would run on "
+                f"{', '.join(session.get_providers())} instead): is the GPU and its driver there? Leave "
+                "providers out to run on the CPU"
+            )
+        self.session = session
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         # The binding's own run, for CPU sessions: ``InferenceSession.run`` first re-validates the feed in
-        # Python against the inputs' metadata (a handful of binding calls per input, every run). Between
-        # two segments that costs about 5 us per run at batch 1, with caches cold (``scripts/host_loop_cost.py``).
-        # Any failure is retried through ``InferenceSession.run``, which raises its usual clear error.
+        # Python against the inputs' metadata (a handful of binding calls per input, every run), work done
+        # between two segments with caches cold. Any failure is retried through ``InferenceSession.run``, which raises its usual clear error.
         raw = getattr(self.session, "_sess", None)
         cpu_only = self.session.get_providers() == ["CPUExecutionProvider"]
         self._raw_run = raw.run if cpu_only and hasattr(raw, "run") else None

@@ -7,6 +7,8 @@ from leap_export.commands._options import (
     no_progress_option,
     output_folder,
 )
+from leap_export.exitcheck import EXITS_CHOICES
+from leap_export.export import MAX_OPSET, MIN_OPSET, OPSET
 
 
 @click.command("build")
@@ -51,14 +53,25 @@ from leap_export.commands._options import (
     help="fp32 builds the folder; int8 adds a quantised variant to the fp32 build at --out (MODEL: the "
     "model it was built from, or that folder itself).",
 )
-@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (12..20).")
+@click.option(
+    "--opset", type=int, default=OPSET, show_default=True, help=f"ONNX opset ({MIN_OPSET}..{MAX_OPSET})."
+)
+@click.option(
+    "--exits",
+    type=click.Choice(EXITS_CHOICES),
+    default="auto",
+    show_default=True,
+    help="The manifest's default: auto turns early exit on only if the model passes the exit-compatibility "
+    "check on built-in probe sentences (a model that fails ships with exits off, and says why); on/off decide "
+    "regardless.",
+)
 @click.option(
     "--force",
     is_flag=True,
     help="Replace an earlier build or an empty folder at --out (kept until the "
     "new one is complete); a folder that is not a build is never replaced.",
 )
-def command(model, out, boundaries, theta, patience, min_layer, precision, opset, force, no_progress):
+def command(model, out, boundaries, theta, patience, min_layer, precision, opset, exits, force, no_progress):
     """Export MODEL (a short name such as minilm-l6, or a model folder) into per-layer-segment ONNX graphs."""
     from leap_export.export import build
     from leap_export.inspect import summary
@@ -74,5 +87,6 @@ def command(model, out, boundaries, theta, patience, min_layer, precision, opset
         opset=opset,
         force=force,
         progress=not no_progress,
+        exits=exits,
     )
     summary(path)

@@ -32,7 +32,13 @@ from leap_export.commands._options import (
 @theta_option
 @min_layer_option
 @batch_size_option
-@click.option("--full-depth", is_flag=True, help="Disable exits: every sentence runs all layers.")
+@click.option(
+    "--exits/--full-depth",
+    default=None,
+    help="--exits: exit early even where the build's default has exits off (its exit-compatibility check "
+    "failed; a warning names what failed); --theta or --min-layer implies it. --full-depth: every sentence runs all layers. "
+    "Default: the manifest's policy.",
+)
 @click.option(
     "--exit-layers",
     type=click.Path(dir_okay=False, path_type=str),
@@ -44,12 +50,12 @@ from leap_export.commands._options import (
 @threads_option
 @distinct_files
 def command(
-    artifacts, input_path, output, theta, min_layer, batch_size, full_depth, exit_layers, variant, threads
+    artifacts, input_path, output, theta, min_layer, batch_size, exits, exit_layers, variant, threads
 ):
     """Embed sentences with early exit and per-sample batch compaction."""
     from leap_export.encode import encode_file
 
-    if full_depth and (theta is not None or min_layer is not None):
+    if exits is False and (theta is not None or min_layer is not None):
         raise click.UsageError(
             "--full-depth runs every layer for every sentence: --theta and --min-layer would be "
             "ignored; drop them, or drop --full-depth"
@@ -61,12 +67,14 @@ def command(
         theta=theta,
         min_layer=min_layer,
         batch_size=batch_size,
-        exits=not full_depth,
+        exits=exits,
         exit_layers_path=exit_layers,
         variant=variant,
         threads=threads,
     )
     rates = ", ".join(f"L{k}: {v:.0%}" for k, v in stats["exit_rate"].items())
+    if not stats.get("policy", {}).get("enabled", True):
+        rates = "off (full depth; --exits turns them on)"
     if not stats["samples"]:
         click.echo(f"0 embeddings -> {output} (the input has no lines)", err=True)  # stdout may be an output
         return

@@ -4,8 +4,10 @@ from leap_export.commands._options import (
     artifacts_argument,
     batch_size_option,
     distinct_files,
+    min_layer_option,
     no_progress_option,
     output_file,
+    theta_option,
 )
 
 
@@ -31,10 +33,13 @@ from leap_export.commands._options import (
 @click.option(
     "--model", default=None, help="Reference model (short name or folder) if not the manifest's source."
 )
+@theta_option
+@min_layer_option
 @batch_size_option
 @distinct_files
-def command(artifacts, sentences, report, variant, model, batch_size, no_progress):
-    """Prove parity: PyTorch vs ONNX Runtime, per segment and end to end. Exit code 1 on any failure."""
+def command(artifacts, sentences, report, variant, model, theta, min_layer, batch_size, no_progress):
+    """Prove parity (PyTorch vs ONNX Runtime, per segment and end to end) and exit quality (exited vs full-depth
+    embeddings at the manifest's policy, or at --theta / --min-layer). Exit code 1 on any failure."""
     from leap_export.textio import read_lines
     from leap_export.verify import verify
 
@@ -46,7 +51,15 @@ def command(artifacts, sentences, report, variant, model, batch_size, no_progres
             param_hint="--sentences",
         )
     result = verify(
-        artifacts, texts, variant=variant, model=model, batch_size=batch_size, progress=not no_progress
+        artifacts,
+        texts,
+        variant=variant,
+        model=model,
+        batch_size=batch_size,
+        progress=not no_progress,
+        theta=theta,
+        min_layer=min_layer,
+        on_stage=lambda line: click.echo(line, err=True),
     )
     _print(result)
     if report:

@@ -1,4 +1,4 @@
-"""Labelled evaluation sets that exist offline (see DATA.md).
+"""Labelled evaluation sets that exist offline (docs/data.md).
 
 - Lee document similarity: 50 news documents and 1,225 human-rated pairs, shipped in the gensim wheel.
 - Bible paraphrase retrieval: a WEB verse is the query, every KJV verse is the corpus, and the KJV verse with

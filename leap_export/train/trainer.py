@@ -369,7 +369,7 @@ def _train(
         state = _load_checkpoint(checkpoint_path)
         _check_resumable(state["config"], config)
         _check_same_inputs(state.get("inputs"), inputs)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(exist_ok=True)  # its parent was checked (an output's folder must exist)
     if d.main and d.device.type == "cpu" and config.batch_size >= 64 and config.max_length >= 128:
         print(
             "hint: training on CPU; --batch-size 32 --max-length 64 is several times faster per step "

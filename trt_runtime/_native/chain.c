@@ -8,8 +8,8 @@
  * and lx_init checks a few of them on a tensor of known shape before anything else runs.
  *
  * Why: between two segment runs at batch 1 the Python loop pays the Python binding's per-run work (numpy
- * in, a list of new arrays out) with caches the weights just flushed; scripts/c_host_loop.py measured it
- * at about two points of the batch-1 monitoring overhead. Here the loop of trt_runtime/encoder.py
+ * in, a list of new arrays out) with caches the weights just flushed, the largest part of the batch-1
+ * monitoring overhead the host adds (docs/runtime.md). Here the loop of trt_runtime/encoder.py
  * (_run_padded_python) runs without leaving C: the exit test in float32, the statistics, compaction with
  * the padding trim, the scatter back to input order. Tensors pass from one segment to the next as
  * OrtValues, without copies, until some row leaves.

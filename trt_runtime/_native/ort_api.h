@@ -1,4 +1,4 @@
-/* ONNX Runtime's C API as trt_runtime/_native/chain.c and scripts/c_host_loop.c use it, without its headers.
+/* ONNX Runtime's C API as trt_runtime/_native/chain.c uses it, without its headers.
  *
  * The API is a table of function pointers (OrtApi) that only ever grows at its end; the slots used are
  * named here by their index in that table (API version 22, ONNX Runtime >= 1.22). Every ONNX Runtime
