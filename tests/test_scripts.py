@@ -1,11 +1,10 @@
-"""The measurement scripts run end to end on a tiny build and report what they say they report."""
+"""The user scripts and the benchmarks run end to end on a tiny build and report what they say they report."""
 
 from __future__ import annotations
 
 import json
 import math
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ def _run(*args: str) -> str:
 def test_overhead_spread(tiny_artifacts, tmp_path):
     out_json = tmp_path / "spread.json"
     out = _run(
-        "scripts/overhead_spread.py",
+        "benchmarks/overhead_spread.py",
         str(tiny_artifacts["bert"]),
         "--processes",
         "2",
@@ -55,7 +54,7 @@ def test_overhead_spread_pairs_the_two_host_loops(tiny_artifacts, tmp_path):
         pytest.skip("the C extension is not built here")
     out_json = tmp_path / "paired.json"
     out = _run(
-        "scripts/overhead_spread.py",
+        "benchmarks/overhead_spread.py",
         str(tiny_artifacts["mpnet"]),
         "--processes",
         "2",
@@ -83,118 +82,66 @@ def test_overhead_spread_pairs_the_two_host_loops(tiny_artifacts, tmp_path):
     assert f"C loop lower in {lower} of 2 rounds" in out
 
 
-def test_host_loop_cost(tiny_artifacts):
-    out = _run(
-        "scripts/host_loop_cost.py", str(tiny_artifacts["mpnet"]), "--batch-sizes", "1,3", "--rounds", "2"
-    )
-    rows = [line.split("|") for line in out.splitlines() if re.match(r"\| \d+ \|", line)]
-    assert [int(r[1]) for r in rows] == [1, 3]
-    for r in rows:
-        assert float(r[2]) > 0 and float(r[3]) > 0 and math.isfinite(float(r[4]))
-
-
-def test_handoff_cost(tiny_artifacts, tmp_path):
-    out_json = tmp_path / "handoff.json"
-    out = _run(
-        "scripts/handoff_cost.py",
-        str(tiny_artifacts["bert"]),
-        "--rows",
-        "4",
-        "--rounds",
-        "2",
-        "--flush-mb",
-        "1",
-        "--json",
-        str(out_json),
-    )
-    data = json.loads(out_json.read_text())
-    us = data["median_us"]
-    assert set(us) == {"monolithic", "chain", "monolithic, flushed", "chain, flushed"}
-    assert all(math.isfinite(v) and v > 0 for v in us.values())
-    assert (
-        data["handoffs"]
-        == len(json.loads((tiny_artifacts["bert"] / "manifest.json").read_text())["segments"]) - 1
-    )
-    h = data["handoffs_us"]
-    assert h["warm"] == us["chain"] - us["monolithic"]
-    assert h["flushed"] == us["chain, flushed"] - us["monolithic, flushed"]
-    assert f"{data['handoffs']} hand-offs: {h['warm']:+.1f} us warm" in out
-    rows = [
-        line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| configuration")
-    ]
-    assert len(rows) == 4
-
-
-@pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None, reason="needs a C compiler")
-@pytest.mark.parametrize("arch", ["bert", "mpnet"])
-def test_c_host_loop(tiny_artifacts, tmp_path, arch):
-    # the C chain must compute the runtime's exit scores (the script refuses to time otherwise), then time
-    out_json = tmp_path / "c.json"
-    out = _run(
-        "scripts/c_host_loop.py",
-        str(tiny_artifacts[arch]),
-        "--rounds",
-        "2",
-        "--blocks",
-        "2",
-        "--rows",
-        "6",
-        "--threads",
-        "1",
-        "--json",
-        str(out_json),
-    )
-    parity = re.search(
-        r"parity: the C chain's exit scores match the runtime's on 6 sentences \(max abs diff (\S+)\)", out
-    )
-    assert parity and float(parity.group(1)) <= 1e-4, out
-    data = json.loads(out_json.read_text())
-    assert data["threads"] == 1 and data["rows"] == 6 and len(data["rounds"]) == 2
-    for row in data["rounds"]:
-        for host in ("python", "c"):
-            assert len(row[host]["ratios"]) == 2 and all(
-                math.isfinite(r) and r > 0 for r in row[host]["ratios"]
-            )
-            assert all(m > 0 for m in row[host]["monolithic_ms"] + row[host]["segmented_ms"])
-    for host, label in (("python", "Python host"), ("c", "C host")):
-        s = data["summary"][host]
-        assert s["min"] <= s["median"] <= s["max"]
-        assert f"{label}: median {s['median']:+.1%}" in out
-    assert f"C lower than Python in {data['c_lower_in']} of 2 rounds" in out
-
-
-def test_handoff_cost_rejects_bad_settings(tiny_artifacts):
-    res = subprocess.run(
-        [sys.executable, "scripts/handoff_cost.py", str(tiny_artifacts["bert"]), "--rounds", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert res.returncode == 2 and "--rounds >= 2" in res.stderr
-
-
-def test_scripts_refuse_bad_input_before_timing(tiny_artifacts, tmp_path):
+def test_benchmark_refuses_bad_input_before_timing(tiny_artifacts, tmp_path):
     # one argparse line (exit 2), no traceback, no table of nan, nothing measured first
     art = str(tiny_artifacts["bert"])
     cases = [
-        (["scripts/host_loop_cost.py", art, "--rounds", "1"], "--rounds must be at least 2"),
-        (["scripts/host_loop_cost.py", art, "--batch-sizes", "0"], "must be at least 1"),
-        (["scripts/host_loop_cost.py", art, "--batch-sizes", "1,5000"], "larger than the"),
-        (["scripts/host_loop_cost.py", str(tmp_path / "nope")], "is not a folder"),
-        (["scripts/overhead_spread.py", art, "--processes", "0"], "must be at least 1"),
-        (["scripts/overhead_spread.py", art, "--blocks", "0"], "must be at least 1"),
-        (["scripts/overhead_spread.py", art, "--json", str(tmp_path)], "--json: "),
-        (["scripts/handoff_cost.py", art, "--json", str(tmp_path)], "--json: "),
-        (["scripts/handoff_cost.py", str(tmp_path / "nope")], "is not a folder"),
-        (["scripts/c_host_loop.py", art, "--rounds", "0"], "must be at least 1"),
-        (["scripts/c_host_loop.py", art, "--json", str(tmp_path)], "--json: "),
-        (["scripts/c_host_loop.py", str(tmp_path / "nope")], "is not a folder"),
+        (["benchmarks/overhead_spread.py", art, "--processes", "0"], "must be at least 1"),
+        (["benchmarks/overhead_spread.py", art, "--blocks", "0"], "must be at least 1"),
+        (["benchmarks/overhead_spread.py", art, "--json", str(tmp_path)], "--json: "),
+        (["benchmarks/overhead_spread.py", art, "--json", str(tmp_path / "no" / "x.json")], "does not exist"),
+        (["benchmarks/overhead_spread.py", str(tmp_path / "nope")], "nope"),
     ]
     for args, message in cases:
         res = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert res.returncode == 2 and message in res.stderr, (args, res.stdout + res.stderr)
         assert "Traceback" not in res.stderr and res.stdout == "", args
+
+
+def test_benchmarks_run_from_any_folder(tiny_artifacts, tmp_path):
+    # benchmarks/_checks.py is found beside the script, whatever the working folder
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "overhead_spread.py"),
+            str(tiny_artifacts["bert"]),
+            "--blocks",
+            "0",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 2 and "must be at least 1" in res.stderr, res.stderr
+
+
+def test_benchmarks_use_only_the_public_runtime_api():
+    """No ``obj._private`` attribute and no ``_private`` name imported from the packages: the benchmarks
+    must keep working as the runtime's internals change."""
+    import ast
+
+    scripts = sorted((ROOT / "benchmarks").glob("*.py"))
+    assert scripts
+    found = []
+    for path in scripts:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
+                found.append(f"{path.name}:{node.lineno}: .{node.attr}")
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in (
+                "trt_runtime",
+                "leap_export",
+            ):
+                found += [
+                    f"{path.name}:{node.lineno}: {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") or any(part.startswith("_") for part in node.module.split("."))
+                ]
+    assert not found, found
 
 
 def test_demo_report_runs_from_any_folder_and_names_a_wrong_one(tmp_path):
@@ -206,39 +153,6 @@ def test_demo_report_runs_from_any_folder_and_names_a_wrong_one(tmp_path):
         timeout=120,
     )
     assert res.returncode == 1 and "lacks verify.json" in res.stderr and "Traceback" not in res.stderr
-
-
-def test_handoff_cost_on_the_int8_variant(tiny_artifacts, tmp_path):
-    from leap_export.export import build
-
-    art = tmp_path / "art"
-    shutil.copytree(tiny_artifacts["bert"], art)
-    build(art, art, precision="int8", progress=False)
-    out_json = tmp_path / "handoff.json"
-    _run(
-        "scripts/handoff_cost.py",
-        str(art),
-        "--variant",
-        "int8",
-        "--rows",
-        "3",
-        "--rounds",
-        "2",
-        "--flush-mb",
-        "1",
-        "--json",
-        str(out_json),
-    )
-    data = json.loads(out_json.read_text())
-    assert data["variant"] == "int8" and all(v > 0 for v in data["median_us"].values())
-    res = subprocess.run(
-        [sys.executable, "scripts/handoff_cost.py", str(art), "--variant", "int4", "--rows", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert res.returncode != 0 and "int4" in res.stderr
 
 
 def test_train_minilm_recipe_runs_fresh_and_again(tmp_path):

@@ -1,6 +1,6 @@
 """Batch-1 segment overhead (exits off vs monolithic) across fresh processes: its spread, not one draw.
 
-    python scripts/overhead_spread.py ARTIFACTS [--sentences FILE] [--processes 8] [--blocks 5] [--rows 400]
+    python benchmarks/overhead_spread.py ARTIFACTS [--sentences FILE] [--processes 8] [--blocks 5] [--rows 400]
         [--threads N] [--loop auto|native|python|both] [--json OUT.json]
 
 ``leap-export bench`` measures the overhead in one process. At batch 1 that figure moves by a few
@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from _checks import check_inputs, positive_int  # scripts/, on sys.path when run as a script
+from _checks import check_inputs, positive_int  # benchmarks/, on sys.path when run as a script
 
 from trt_runtime.fileio import write_json_atomic
 
@@ -48,7 +48,7 @@ def worker(
         mono.infer({"input_ids": p[0], "attention_mask": p[1]})
 
     def run_seg(p):
-        seg._run_padded(p[0], p[1])
+        seg.run_padded(p[0], p[1])
 
     clock = time.perf_counter
     ratios, mono_ms, seg_ms = [], [], []
@@ -77,7 +77,7 @@ def worker_command(
     threads: int | None = None,
     loop: str = "auto",
 ) -> list[str]:
-    """The command line of one fresh worker process (also used by scripts/c_host_loop.py)."""
+    """The command line of one fresh worker process."""
     cmd = [
         sys.executable,
         __file__,
