@@ -169,6 +169,7 @@ def bench(
     schedule: str = "round-robin",
     progress: bool = True,
     loop: str = "auto",
+    backend: str = "auto",
 ) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
@@ -199,16 +200,30 @@ def bench(
         )
     threads = threads or default_threads()
     ee = EarlyExitEncoder(
-        artifacts, theta=theta, min_layer=min_layer, variant=variant, threads=threads, loop=loop
+        artifacts,
+        theta=theta,
+        min_layer=min_layer,
+        variant=variant,
+        threads=threads,
+        loop=loop,
+        backend=backend,
     )
+    # the same backend and build for every configuration (auto could pick another for another variant)
     seg = EarlyExitEncoder(
-        artifacts, exits=False, variant=variant, threads=threads, check_files=False, loop=loop
+        artifacts,
+        exits=False,
+        variant=ee.variant,
+        threads=threads,
+        check_files=False,
+        loop=loop,
+        backend=ee.backend,
+        warn_exit_check=False,
     )
     # the baseline in the same ONNX Runtime as the segments (the C loop's copy or the Python binding's)
     mono = ee.monolithic_runner()
     # other builds (e.g. int8) timed in the same rounds: their own monolithic graph and early exit
     extra: dict[str, tuple] = {}
-    main_variant = variant or ee.manifest.data.get("default_variant", "fp32")
+    main_variant = ee.variant
     if main_variant in also_variants:
         raise LeapError(
             f"--also-variant {main_variant} is the build already being timed (--variant {main_variant}); "
@@ -218,7 +233,14 @@ def bench(
         if v in extra:
             continue
         ee_v = EarlyExitEncoder(
-            artifacts, theta=theta, min_layer=min_layer, variant=v, threads=threads, loop=loop
+            artifacts,
+            theta=theta,
+            min_layer=min_layer,
+            variant=v,
+            threads=threads,
+            loop=loop,
+            backend=ee.backend,
+            warn_exit_check=False,
         )
         mono_v = ee_v.monolithic_runner()
         extra[v] = (ee_v, mono_v)
@@ -239,8 +261,10 @@ def bench(
     expected = float(exit_layers.mean())
     report: dict[str, Any] = {
         "artifacts": str(artifacts),
-        "model": ee.manifest.data["source"]["name"],
-        "variant": variant or ee.manifest.data.get("default_variant", "fp32"),
+        "model": ee.manifest.source.get("name"),
+        "variant": ee.variant,
+        "backend": ee.backend,
+        "backend_reason": ee.backend_reason,
         "policy": ee.policy.to_dict(),
         "num_layers": num_layers,
         "sentences": len(sentences),
@@ -511,8 +535,8 @@ def _load_st(manifest, threads: int) -> tuple[dict[str, Any], dict[str, str]]:
     except ImportError as e:
         why = f"not installed ({e.name}); pip install 'leap-export[train]'"
         return {}, {ST: why, ST_ONNX: why}
-    path = manifest.data["source"]["path"]
-    if not Path(path).is_dir():
+    path = manifest.source.get("path")
+    if not path or not Path(path).is_dir():
         why = f"source model folder {path} is not on this machine"
         return {}, {ST: why, ST_ONNX: why}
     models: dict[str, Any] = {ST: SentenceTransformer(path, device="cpu")}
@@ -574,20 +598,17 @@ def _export_st_onnx(path: str, folder: str) -> None:
 def _machine() -> dict[str, Any]:
     import platform
 
+    from leap_export.machine import cpu_info
     from trt_runtime.runners import default_threads
 
+    cpu = cpu_info()
     info = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu["model"],
+        "cpu_simd": cpu["simd"],
+        "int8_path": cpu["int8_path"],
         "cores": default_threads(),
         "python": platform.python_version(),
     }
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(
-                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), info["cpu"]
-            )
-    except OSError:
-        pass
     try:
         import onnxruntime
 

@@ -50,6 +50,7 @@ def encode_file(
     variant=None,
     threads=None,
     chunk_size: int = CHUNK_SIZE,
+    backend: str = "auto",
 ) -> dict:
     from tqdm.auto import tqdm
 
@@ -64,7 +65,13 @@ def encode_file(
     with _readable_twice(Path(input_path), output) as source:
         count = sum(1 for _ in iter_lines(source))  # every line checked before any work
         encoder = EarlyExitEncoder(
-            artifacts, theta=theta, min_layer=min_layer, exits=exits, variant=variant, threads=threads
+            artifacts,
+            theta=theta,
+            min_layer=min_layer,
+            exits=exits,
+            variant=variant,
+            threads=threads,
+            backend=backend,
         )
         exit_layers = np.empty(count, dtype=np.int64)
         row_dtype = np.dtype("<f4")

@@ -34,6 +34,7 @@ from leap_export.errors import LeapError
 from leap_export.exitcheck import EXITS_CHOICES, check_exits
 from leap_export.exitcheck import decide as decide_exits
 from leap_export.sources import TOKENIZER_FILES, ModelSource, resolve_model
+from trt_runtime.contract import HIDDEN_DTYPE, IDS_DTYPE, MASK_TENSORS
 from trt_runtime.fileio import ensure_parent, temp_folder, write_json_atomic
 from trt_runtime.manifest import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, sha256_file
 from trt_runtime.policy import ExitPolicy
@@ -42,13 +43,6 @@ log = logging.getLogger(__name__)
 
 OPSET = 17
 MIN_OPSET, MAX_OPSET = 12, 20  # MPNet needs 12; torch 2.13's TorchScript exporter supports up to 20
-IDS_DTYPE = "int32"  # token ids and mask travel as int32: TensorRT- and Triton-friendly, vocab < 2**31
-HIDDEN_DTYPE = "float32"
-# computed once by the first segment from the int32 mask, carried (and compacted) by the host
-MASK_TENSORS = (
-    {"name": "mask_bias", "dtype": HIDDEN_DTYPE, "shape": ["batch", 1, 1, "sequence"]},
-    {"name": "pool_weights", "dtype": HIDDEN_DTYPE, "shape": ["batch", 1, "sequence"]},
-)
 
 
 @dataclass(frozen=True)
@@ -521,46 +515,43 @@ def _check_variant_request(
         )
 
 
+VARIANT_PRECISIONS = ("int8", "fp16")  # added to an fp32 build by `build ART --out ART --precision P`
+
+
 def add_variant(out: Path, precision: str, *, force: bool = False, progress: bool = True) -> Path:
-    """Add a quantised build of every graph to an existing fp32 artifact folder (``out/<precision>/``).
+    """Add a build of every graph at another precision to an existing fp32 artifact folder (``out/<precision>/``).
 
     ``int8``: ONNX Runtime dynamic quantization (int8 weights, activations quantised per batch at run
-    time) of each segment and of the monolithic graph, so the two stay comparable. The folder is
-    written beside the others and the manifest is updated last, atomically. An existing build of the
-    same precision is only replaced with ``force``.
+    time) of each segment and of the monolithic graph, so the two stay comparable. ``fp16``: FP16-typed
+    graphs (:func:`leap_export.fp16.to_fp16`) with LayerNorm, Softmax, reductions, pooling, the score and
+    every input and output in FP32, for GPUs (TensorRT, ONNX Runtime CUDA). The folder is written beside the
+    others and the manifest is updated last, atomically. An existing build of the same precision is only
+    replaced with ``force``.
     """
     from tqdm.auto import tqdm
 
     from trt_runtime.manifest import load_manifest
 
-    if precision != "int8":
-        raise LeapError(f"precision '{precision}' is not supported; supported: fp32, int8")
+    if precision not in VARIANT_PRECISIONS:
+        raise LeapError(
+            f"precision '{precision}' is not supported; supported: fp32, {', '.join(VARIANT_PRECISIONS)}"
+        )
     manifest = load_manifest(out, variant="fp32")
     if precision in manifest.variants() and not force:
         raise LeapError(
             f"{out} already has an {precision} build; pass --force to rebuild it (the old one is "
             "kept until the new one is complete)"
         )
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     fp32 = manifest.variant("fp32")
+    convert, how = (_quantize_int8, INT8_METHOD) if precision == "int8" else (_to_fp16, FP16_METHOD)
     tmp = temp_folder(out, f".{precision}.tmp-")
     try:
         files = []
         graphs = [*fp32["segments"], fp32["full"]]
-        for entry in tqdm(graphs, desc=f"quantize {precision}", unit="graph", disable=not progress):
+        verb = "quantize" if precision == "int8" else "convert"
+        for entry in tqdm(graphs, desc=f"{verb} {precision}", unit="graph", disable=not progress):
             name = Path(entry["file"]).name
-            # weights only (MatMulConstBOnly): quantising the attention's activation x activation products
-            # costs accuracy for little speed; per-channel weight scales keep each output unit's range
-            with _quiet_preprocess_advice():
-                quantize_dynamic(
-                    out / entry["file"],
-                    tmp / name,
-                    weight_type=QuantType.QInt8,
-                    per_channel=True,
-                    op_types_to_quantize=["MatMul"],
-                    extra_options={"MatMulConstBOnly": True},
-                )
+            convert(out / entry["file"], tmp / name)
             files.append(name)
         final = out / precision
         _replace_dir(tmp, final)
@@ -571,13 +562,67 @@ def add_variant(out: Path, precision: str, *, force: bool = False, progress: boo
     manifest.data["variants"][precision] = {
         "backend": "onnxruntime",
         "precision": precision,
-        "quantization": "onnxruntime.quantization.quantize_dynamic: QInt8 per-channel weights of MatMul with "
-        "constant B; activations quantised per tensor at run time",
+        ("quantization" if precision == "int8" else "conversion"): how,
         "segments": entries[:-1],
         "full": {**fp32["full"], **entries[-1]},
     }
     manifest.save()
     return out
+
+
+INT8_METHOD = (
+    "onnxruntime.quantization.quantize_dynamic: QInt8 per-channel weights with reduce_range (7-bit) of every "
+    "MatMul with constant B except the feed-forward down-projections (kept float32); activations quantised "
+    "per tensor at run time"
+)
+FP16_METHOD = (
+    "leap_export.fp16.to_fp16: FP16 weights and matrix products; LayerNormalization, Softmax, reductions, "
+    "the mask tensors, pooling, the score and every graph input and output FP32"
+)
+
+
+def _quantize_int8(src: Path, dst: Path) -> None:
+    """Dynamic int8 that computes the same on every x86-64 CPU ONNX Runtime supports.
+
+    - Weights only (``MatMulConstBOnly``): quantising the attention's activation x activation products costs
+      accuracy for little speed. Per-channel weight scales keep each output unit's range.
+    - ``reduce_range`` (7-bit weights): without VNNI, ONNX Runtime's u8 x s8 kernel adds pairs of products in
+      int16 with saturation (``vpmaddubsw``), with VNNI it accumulates in int32; full-range weights make the
+      two differ. With 7-bit weights no pair can saturate, both are exact, and the results are the same on
+      every CPU.
+    - The feed-forward down-projections (the MatMul whose weight maps the intermediate width back to the
+      hidden width) stay float32: their input is the GELU output, whose heavy tail a per-tensor activation
+      scale cannot hold; quantising them is most of int8's error (docs/RESULTS.md measures the options).
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(src), load_external_data=False).graph
+    shapes = {i.name: tuple(i.dims) for i in graph.initializer}
+    down_projections = [
+        n.name
+        for n in graph.node
+        if n.op_type == "MatMul"
+        and len(shapes.get(n.input[1], ())) == 2
+        and shapes[n.input[1]][0] > shapes[n.input[1]][1]
+    ]
+    with _quiet_preprocess_advice():
+        quantize_dynamic(
+            src,
+            dst,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            reduce_range=True,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_exclude=down_projections,
+            extra_options={"MatMulConstBOnly": True},
+        )
+
+
+def _to_fp16(src: Path, dst: Path) -> None:
+    from leap_export.fp16 import to_fp16
+
+    to_fp16(src, dst)
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ def merge_segments(artifacts: str | Path, variant: str | None = None) -> Any:
     import onnx
     from onnx import helper
 
-    from trt_runtime.encoder import CARRIED
+    from trt_runtime.contract import CARRIED
     from trt_runtime.manifest import load_manifest
 
     manifest = load_manifest(artifacts, variant=variant)

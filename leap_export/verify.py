@@ -33,8 +33,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,8 +54,13 @@ TOLERANCES: dict[str, dict[str, float]] = {
     # composition; exit layers may flip near theta, and compaction equivalence holds approximately
     # (LEAP-MiniLM, 1000 held-out sentences: min cosine 0.9926, score diff up to 0.015, pooled abs up to 0.33)
     "int8": {"min_cosine": 0.98, "max_abs_diff": 0.5, "score_abs_diff": 0.03, "exit_agreement": 0.9},
-    "fp16": {"min_cosine": 0.999, "max_abs_diff": 0.05, "score_abs_diff": 0.005, "exit_agreement": 0.95},
+    # fp16 (emulated on the CPU, or run on a GPU) against PyTorch fp32: FP16 rounding moves a cosine in its
+    # sixth digit and an exit decision only for a score at theta (docs/RESULTS.md, "FP16")
+    "fp16": {"min_cosine": 0.999, "max_abs_diff": 0.05, "score_abs_diff": 0.005, "exit_agreement": 0.99},
 }
+
+
+BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", "tensorrt")
 
 
 @dataclass
@@ -80,6 +87,8 @@ class VerifyReport:
     tolerances: dict[str, float]
     checks: list[Check] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    # per backend: {"ran": True, "variant", "precision", "tolerances", "info"} or {"ran": False, "why_not"}
+    backends: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.checks) and all(c.passed for c in self.checks)
@@ -127,7 +136,7 @@ def _reference_source(manifest, model: str | None):
 
     if model is not None:
         return resolve_model(model)
-    src = manifest.data["source"]
+    src = manifest.source
     if src.get("path") and Path(src["path"]).is_dir():
         return resolve_model(src["path"])  # absolute: a relative spec was relative to the build's cwd
     try:
@@ -150,6 +159,7 @@ def verify(
     theta: float | None = None,
     min_layer: int | None = None,
     on_stage: Callable[[str], object] | None = None,
+    backends: Sequence[str] = BACKENDS,
 ) -> VerifyReport:
     """Run every parity check; never raises for a failed check (it is recorded), only for unusable input.
 
@@ -157,6 +167,8 @@ def verify(
     truncation, every position embedding and a padding-heavy batch are checked whatever the sentences.
     ``theta`` / ``min_layer``: verify the policy a deployment will run (exits on) instead of the manifest's.
     ``on_stage``: called with one line as each stage starts and ends (the CLI prints them on stderr).
+    ``backends``: the runtimes checked against the reference, each where it can run here (the report's
+    ``backends`` says which ran, and why each other one did not).
     """
     from leap_export.textio import sample_sentences
     from trt_runtime.errors import ArtifactError
@@ -165,10 +177,10 @@ def verify(
     stage = _Stages(on_stage)
     sentences = list(sentences) if sentences else sample_sentences()
     manifest = load_manifest(artifacts, check_files=False)
-    variant = variant or manifest.data.get("default_variant", "fp32")
+    variant = variant or manifest.default_variant
     label = manifest.variant(variant).get("precision", variant)
     tol = TOLERANCES.get(label, TOLERANCES["fp32"])
-    max_length = int(manifest.data["tokenizer"]["max_length"])
+    max_length = manifest.tokenizer.max_length
     policy = manifest.default_policy
     if theta is not None or min_layer is not None:  # what the runtime does with them: exits on
         policy = ExitPolicy(
@@ -215,7 +227,18 @@ def verify(
         report.info.update(_audit(manifest, source, sentences, variant, precision, policy))
     try:
         _run_checks(
-            report, artifacts, manifest, source, sentences, variant, batch_size, tol, progress, policy, stage
+            report,
+            artifacts,
+            manifest,
+            source,
+            sentences,
+            variant,
+            batch_size,
+            tol,
+            progress,
+            policy,
+            stage,
+            backends,
         )
     except Exception as e:  # noqa: BLE001 - a graph or manifest the checks cannot run on fails, in the report
         report.fail("verify stopped", f"{type(e).__name__}: {e}")
@@ -308,13 +331,22 @@ def _audit(manifest, source, sentences, variant, precision, policy) -> dict[str,
 
 
 def _run_checks(
-    report, artifacts, manifest, source, sentences, variant, batch_size, tol, progress, policy, stage
+    report,
+    artifacts,
+    manifest,
+    source,
+    sentences,
+    variant,
+    batch_size,
+    tol,
+    progress,
+    policy,
+    stage,
+    backends,
 ) -> None:
     from leap_export.reference import layer_embeddings
-    from trt_runtime.encoder import EarlyExitEncoder
-    from trt_runtime.runners import OrtRunner
 
-    built_from = manifest.data["source"]["weights_sha256"]
+    built_from = manifest.source.get("weights_sha256")
     report.add(
         "source weights",
         "sha256 match",
@@ -326,7 +358,7 @@ def _run_checks(
         else f"{source.path} has other weights than the artifacts were built from; pass --model",
     )
     shape = {
-        "architecture": (source.architecture, manifest.data["architecture"]),
+        "architecture": (source.architecture, manifest.architecture),
         "layers": (source.num_layers, manifest.num_layers),
         "hidden size": (source.hidden_size, manifest.hidden_size),
     }
@@ -341,8 +373,8 @@ def _run_checks(
         )
         return
     # settings the runtime takes from the manifest, against the source model's own
-    max_length = int(manifest.data["tokenizer"]["max_length"])
-    lengths = {"tokenizer.max_length": max_length, "max_seq_length": int(manifest.data["max_seq_length"])}
+    max_length = manifest.tokenizer.max_length
+    lengths = {"tokenizer.max_length": max_length, "max_seq_length": manifest.max_seq_length}
     wrong = [f"{k} {v}" for k, v in lengths.items() if v != source.max_seq_length]
     report.add(
         "max sequence length",
@@ -367,18 +399,10 @@ def _run_checks(
 
     with stage(f"reference: PyTorch on {len(sentences)} sentences"):
         ref = layer_embeddings(source, sentences, batch_size=batch_size, show_progress_bar=progress)
-    k = manifest.patience
-    ref_layers = {seg.end: seg.ref_layer for seg in manifest.segments}
-
-    # per segment, and the segment chain at full depth, from one traced run. The exit checks below run the
-    # default loop (the C one where it is built) and compare it with this Python-loop encoder, which
-    # serves every policy in turn (one set of sessions, not one per check)
-    with stage("loading the segment graphs"):
-        python_loop = EarlyExitEncoder(
-            artifacts, exits=False, variant=variant, check_files=False, loop="python", warn_exit_check=False
-        )
-    ids = python_loop.tokenizer.encode(sentences)
-    lengths_seen = np.array([len(x) for x in ids])
+    report.info["reference_scores"] = {
+        str(b): float(np.mean(convergence_scores(ref, b, manifest.patience))) for b in manifest.boundaries
+    }
+    lengths_seen = np.array([len(x) for x in _tokenize(manifest, sentences)])
     report.info["tokens"] = {
         "max_length": max_length,
         "min": int(lengths_seen.min()),
@@ -386,26 +410,139 @@ def _run_checks(
         "max": int(lengths_seen.max()),
         "truncated_rows": int((lengths_seen >= max_length).sum()),
     }
+    # every backend that can run here, against the same reference: the CPU always, CUDA and TensorRT where
+    # present. One that cannot run is reported with the reason, never as passing
+    report.backends = {}
+    emulation = Path(tempfile.mkdtemp(prefix="leap-verify-fp16-"))
+    try:
+        _each_backend(report, artifacts, manifest, sentences, variant, batch_size, tol, policy, stage, backends,
+                      ref, emulation)  # fmt: skip
+    finally:
+        shutil.rmtree(emulation, ignore_errors=True)
+
+
+def _each_backend(report, artifacts, manifest, sentences, variant, batch_size, tol, policy, stage, backends, ref,
+                  emulation) -> None:  # fmt: skip
+    from trt_runtime.backends import why_not
+
+    for name in backends:
+        spec, why = why_not(name, manifest, None if name == "tensorrt" else variant)
+        if spec is None:
+            report.backends[name] = {"ran": False, "why_not": why}
+            continue
+        if name == "tensorrt":  # engines: their own build, of their own precision
+            scope_tol = TOLERANCES.get(spec.precision, TOLERANCES["fp16"])
+        else:
+            scope_tol = tol
+        scope = _Scope(report, "" if name == "onnxruntime-cpu" else f"[{name}] ")
+        report.backends[name] = {
+            "ran": True,
+            "variant": spec.name,
+            "precision": spec.precision,
+            "tolerances": dict(scope_tol),
+        }
+        if name != "onnxruntime-cpu":  # the CPU's figures stay at the top level, where reports have them
+            report.backends[name]["info"] = scope.info
+        folder = artifacts
+        if name == "onnxruntime-cpu" and spec.precision == "fp16":
+            # ONNX Runtime's CPU kernels compute most FP16 ops in FP32: run graphs that round as a GPU does
+            with stage("FP16 graphs emulated for the CPU (leap_export.fp16.emulated)"):
+                folder = _emulated_fp16(manifest, spec.name, emulation)
+            report.backends[name]["fp16_oracle"] = FP16_ORACLE
+        with stage(f"{name} ({spec.name})"):
+            _backend_checks(scope, name, spec.name, folder, manifest, sentences, ref, policy, batch_size,
+                            scope_tol, stage)  # fmt: skip
+        if name == "onnxruntime-cpu":
+            report.info.update(scope.info)
+
+
+FP16_ORACLE = (
+    "the fp16 graphs emulated on ONNX Runtime's CPU provider (leap_export.fp16.emulated): every FP16 tensor "
+    "rounded to FP16 after the op that makes it, products and sums accumulated in FP32, overflow to inf"
+)
+
+
+def _emulated_fp16(manifest, variant: str, folder: Path) -> Path:
+    """An artifact folder in ``folder`` whose ``variant`` runs the emulated copies of the fp16 graphs (the same
+    manifest otherwise, the tokenizer linked), for the CPU checks of an fp16 build."""
+    import json
+    import shutil
+
+    from leap_export.fp16 import emulated
+    from trt_runtime.manifest import MANIFEST_NAME, sha256_file
+
+    data = json.loads(json.dumps(manifest.data))
+    entry = data["variants"][variant]
+    (folder / "emulated").mkdir()
+    for file_entry in [*entry["segments"], entry["full"]]:
+        target = Path("emulated") / Path(file_entry["file"]).name
+        emulated(manifest.root / file_entry["file"], folder / target)
+        file_entry.update(file=str(target), sha256=sha256_file(folder / target))
+    tokenizer = Path(data["tokenizer"]["file"])
+    shutil.copytree(manifest.root / tokenizer.parent, folder / tokenizer.parent)
+    data["variants"] = {variant: entry}
+    data["default_variant"] = variant
+    (folder / MANIFEST_NAME).write_text(json.dumps(data))
+    return folder
+
+
+def _tokenize(manifest, sentences):
+    from trt_runtime.tokenize import TokenBatcher
+
+    tok = manifest.tokenizer
+    return TokenBatcher(manifest.tokenizer_path(), max_length=tok.max_length, pad_id=tok.pad_id).encode(
+        sentences
+    )
+
+
+class _Scope:
+    """One backend's checks: names prefixed, figures in its own ``info`` (the CPU's go to the top level)."""
+
+    def __init__(self, report: VerifyReport, prefix: str) -> None:
+        self.report, self.prefix, self.info = report, prefix, {}
+
+    def add(self, name: str, *args, **kwargs) -> None:
+        self.report.add(self.prefix + name, *args, **kwargs)
+
+    def fail(self, name: str, detail: str) -> None:
+        self.report.fail(self.prefix + name, detail)
+
+
+def _backend_checks(
+    scope, backend, variant, artifacts, manifest, sentences, ref, policy, batch_size, tol, stage
+):
+    from trt_runtime.encoder import EarlyExitEncoder
+
+    k = manifest.patience
+    ref_layers = {seg.end: seg.ref_layer for seg in manifest.segments}
+    # per segment, and the segment chain at full depth, from one traced run. The exit checks below run the
+    # backend's default loop (on the CPU the C one where it is built) and compare it with this loop, one
+    # encoder serving every policy in turn (one set of sessions, not one per check)
+    common = {"variant": variant, "backend": backend, "check_files": False, "warn_exit_check": False}
+    traced = EarlyExitEncoder(artifacts, exits=False, loop="python", **common)
+    ids = traced.tokenizer.encode(sentences)
     chain = np.zeros((len(ids), manifest.hidden_size), dtype=np.float32)
     with stage("segments, exits off"):
         for start in range(0, len(ids), batch_size):
             trace: list = []
-            pooled, _ = python_loop.run_ids(ids[start : start + batch_size], on_segment=trace.append)
+            pooled, _ = traced.run_ids(ids[start : start + batch_size], on_segment=trace.append)
             chain[start : start + len(pooled)] = pooled
             for layer, rows, seg_pooled, score in trace:
-                _segment_acc(report, layer, start + rows, seg_pooled, score, ref, ref_layers[layer])
-        _finish_segments(report, manifest, tol)
-    _compare_end_to_end(report, "segments, exits off", _normalise(chain), _normalise(ref[-1]), tol)
-    with stage("monolithic graph"), OrtRunner(manifest.full_path(variant)) as mono:
+                _segment_acc(scope, layer, start + rows, seg_pooled, score, ref, ref_layers[layer])
+        _finish_segments(scope, manifest, tol)
+    _compare_end_to_end(scope, "segments, exits off", _normalise(chain), _normalise(ref[-1]), tol)
+    with stage("monolithic graph"):
+        mono = traced.monolithic_runner()
         pooled = np.concatenate(
             [
                 mono.infer(
-                    dict(zip(("input_ids", "attention_mask"), python_loop.tokenizer.pad(batch), strict=True))
+                    dict(zip(("input_ids", "attention_mask"), traced.tokenizer.pad(batch), strict=True))
                 )["pooled"]
                 for batch in (ids[s : s + batch_size] for s in range(0, len(ids), batch_size))
             ]
         )
-    _compare_end_to_end(report, "monolithic graph", _normalise(pooled), _normalise(ref[-1]), tol)
+        mono.deactivate()
+    _compare_end_to_end(scope, "monolithic graph", _normalise(pooled), _normalise(ref[-1]), tol)
 
     # with exits: the policy verified and a theta that splits the batch. The split check runs with exits
     # on even when the policy has them off, so a PASS always covers the exit and compaction path; exit
@@ -419,30 +556,18 @@ def _run_checks(
     if first_exit is not None:
         split = float(min(max(split_theta(convergence_scores(ref, first_exit, k)), 1e-3), 1.0))
         policies["split theta"] = replace_theta(exiting, split)
-    report.info["thetas"] = {label: p.theta for label, p in policies.items()}
-    report.info["exit_path_checked"] = first_exit is not None
+    scope.info["thetas"] = {label: p.theta for label, p in policies.items()}
+    scope.info["exit_path_checked"] = first_exit is not None
     with stage("exits and compaction"):
-        encoder = EarlyExitEncoder(
-            artifacts, exits=False, variant=variant, check_files=False, warn_exit_check=False
-        )
+        encoder = EarlyExitEncoder(artifacts, exits=False, **common)
         for label, checked in policies.items():
             got = _check_exits(
-                report,
-                label,
-                encoder,
-                python_loop,
-                sentences,
-                ref,
-                checked,
-                manifest.boundaries,
-                batch_size,
-                tol,
+                scope, label, encoder, traced, sentences, ref, checked, manifest.boundaries, batch_size, tol
             )
             if label == verified:
-                _check_exit_quality(report, sentences, got, ref, checked)
-    report.info["reference_scores"] = {
-        str(b): float(np.mean(convergence_scores(ref, b, k))) for b in manifest.boundaries
-    }
+                _check_exit_quality(scope, sentences, got, ref, checked)
+    encoder.close()
+    traced.close()
 
 
 # Exit quality at the policy verified: the exited embeddings against the model's own full depth. The

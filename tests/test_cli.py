@@ -51,7 +51,13 @@ def test_build_inspect_encode_verify(tiny_bert, tmp_path, sentences):
     assert np.sum(np.load(out) * ref, axis=1).min() >= 0.99999
     report = tmp_path / "report.json"
     proc = run("verify", art, "--sentences", src, "--report", report)
-    assert "PASSED" in proc.stdout and json.loads(report.read_text())["passed"] is True
+    data = json.loads(report.read_text())
+    assert "PASSED" in proc.stdout and data["passed"] is True
+    # the verdict names where it ran and what did not run, and a backend that did not run says why
+    passed = next(line for line in proc.stdout.splitlines() if line.startswith("PASSED"))
+    assert data["backends"]["onnxruntime-cpu"]["ran"] and "on onnxruntime-cpu" in passed
+    for name, b in data["backends"].items():
+        assert b["ran"] or (b["why_not"] and name in passed.split("(")[-1]), (name, b, passed)
 
 
 def test_verify_exits_1_and_lists_failures(tiny_bert, tiny_mpnet, tmp_path):

@@ -369,7 +369,7 @@ def test_full_depth_results_are_the_callers_own(tiny_artifacts, sentences):
     array; ``encode_with_exits`` copies both, so what a caller gets is writable and independent."""
     enc = EarlyExitEncoder(
         tiny_artifacts["bert"], exits=False, loop="python"
-    )  # the C loop: tests/test_native.py
+    )  # the C loop: tests/trt_runtime/test_native.py
     a = enc.encode_with_exits(sentences, batch_size=4)
     b = enc.encode_with_exits(sentences, batch_size=4)
     a.exit_layers[:] = 0
@@ -381,13 +381,11 @@ def test_full_depth_results_are_the_callers_own(tiny_artifacts, sentences):
 
 
 def test_runner_reports_a_missing_input_clearly(tiny_artifacts):
-    """The runner calls ONNX Runtime's binding directly (no per-run Python validation); a bad feed still
-    gets ONNX Runtime's own clear error, naming the missing input."""
+    """A bad feed gets ONNX Runtime's own clear error, naming the missing input."""
     from trt_runtime.runners import OrtRunner
 
     runner = OrtRunner(load_manifest(tiny_artifacts["bert"]).segment_paths()[1])
     runner.activate()
-    assert runner._raw_run is not None
     with pytest.raises(ValueError, match="hidden_in"):
         runner.infer({"mask_bias": np.zeros((1, 1, 1, 3), np.float32)})
 
@@ -648,7 +646,7 @@ def test_a_compacted_batch_is_trimmed_to_its_longest_survivor(tiny_artifacts, ti
     cut to the longest survivor (int8's per-batch activation scales depend on it; fp32 results do not)."""
     texts = sentences * 2
     ref = layer_embeddings(tiny_models["bert"], texts)
-    # the Python loop's feeds are visible; the C loop must match it (tests/test_native.py, int8)
+    # the Python loop's feeds are visible; the C loop must match it (tests/trt_runtime/test_native.py, int8)
     enc = EarlyExitEncoder(
         tiny_artifacts["bert"], theta=split_theta(convergence_scores(ref, 2, 1)), loop="python"
     )
@@ -769,35 +767,45 @@ def test_a_lower_min_layer_at_run_time_exits_where_the_build_policy_could_not(ti
     assert got.exit_layers.tolist() == want.tolist() and set(want.tolist()) == {2, 4}
 
 
-def test_int8_quantises_every_weight_matmul_per_channel_and_nothing_else(tiny_bert, tmp_path):
-    """What the manifest's ``quantization`` says: int8 weights of each MatMul with a constant B (the projections
-    and the feed-forward), one scale and zero point per output column; the attention's activation x activation
-    products, the pooling MatMul and every other op (embedding Gathers included) stay float32."""
+def test_int8_quantises_the_weight_matmuls_in_7_bits_per_channel_and_nothing_else(tiny_bert, tmp_path):
+    """What the manifest's ``quantization`` says: 7-bit (reduce_range) int8 weights of each MatMul with a
+    constant B, one scale and zero point per output column, except the feed-forward down-projections (weight
+    maps the intermediate width back to the hidden width), which stay float32 like the attention's activation x
+    activation products, the pooling MatMul and every other op (embedding Gathers included).
+
+    7-bit weights are what make int8 compute the same with and without VNNI: no pair of u8 x s8 products can
+    saturate ONNX Runtime's int16 intermediate on a CPU without VNNI."""
     import onnx
     from onnx import numpy_helper
 
     out = build(tiny_bert, tmp_path / "q", min_layer=2, progress=False)
     build(tiny_bert, out, precision="int8", progress=False)
     m = load_manifest(out)
-    assert "per-channel" in m.data["variants"]["int8"]["quantization"]
+    how = m.data["variants"]["int8"]["quantization"]
+    assert "per-channel" in how and "reduce_range" in how and "down-projections" in how
     for fp32_path, int8_path in zip(
         [*m.segment_paths("fp32"), m.full_path("fp32")],
         [*m.segment_paths("int8"), m.full_path("int8")],
         strict=True,
     ):
         g32, g8 = onnx.load(fp32_path).graph, onnx.load(int8_path).graph
-        const32 = {i.name for i in g32.initializer}
-        weight_matmuls = sum(n.op_type == "MatMul" and n.input[1] in const32 for n in g32.node)
-        other_matmuls = sum(n.op_type == "MatMul" and n.input[1] not in const32 for n in g32.node)
-        assert weight_matmuls > 0 and other_matmuls > 0
+        shape32 = {i.name: tuple(i.dims) for i in g32.initializer}
+        weights = [n for n in g32.node if n.op_type == "MatMul" and n.input[1] in shape32]
+        down = [n for n in weights if shape32[n.input[1]][0] > shape32[n.input[1]][1]]
+        other_matmuls = sum(n.op_type == "MatMul" and n.input[1] not in shape32 for n in g32.node)
+        assert down and len(weights) > len(down) and other_matmuls > 0, int8_path.name
         inits = {i.name: numpy_helper.to_array(i) for i in g8.initializer}
         qmatmuls = [n for n in g8.node if n.op_type == "MatMulInteger"]
-        assert len(qmatmuls) == weight_matmuls, int8_path.name
-        assert sum(n.op_type == "MatMul" for n in g8.node) == other_matmuls, int8_path.name
+        assert len(qmatmuls) == len(weights) - len(down), int8_path.name
+        float_matmuls = [n for n in g8.node if n.op_type == "MatMul"]
+        assert len(float_matmuls) == other_matmuls + len(down), int8_path.name
+        assert {n.name for n in down} <= {n.name for n in float_matmuls}  # kept float32, same weights
+        assert all(inits[n.input[1]].dtype == np.float32 for n in float_matmuls if n.input[1] in inits)
         quantised = set()
         for n in qmatmuls:
             weight, zero_point = inits[n.input[1]], inits[n.input[3]]  # B and its zero point: constants
             assert weight.dtype == np.int8 and weight.ndim == 2
+            assert int(np.abs(weight.astype(np.int16)).max()) <= 64, n.name  # 7 bits: [-64, 64]
             assert zero_point.shape == (weight.shape[1],), (int8_path.name, n.name)  # per output column
             quantised |= {n.input[1], n.input[3]}
         # no other int8 / uint8 constant: nothing but those weights was quantised

@@ -1,22 +1,10 @@
 """EarlyExitEncoder: tokenize -> segments -> exit policy -> compaction -> embeddings + exit layers.
 
-Per batch::
-
-    active = every row
-    for segment in segments:
-        outputs = runner[segment].infer(inputs of the active rows)
-        exited  = policy.decide(segment.end, outputs.score)
-        write the pooled vector of exited rows to their original rows; record their exit layer
-        active  = active without exited        # later segments see fewer rows, trimmed to their longest
-    rows still active take the last segment's pooled vector (full depth)
-
 Sentences are sorted by token length before batching (sentence-transformers sorts by characters) so
-padding does not dominate, and results are returned in input order.
-
-Two implementations of that loop give the same results: the C one (``trt_runtime.native``, the default
-where its extension is built) runs a whole batch in one call, with no Python between segment runs; the
-Python one (``_run_padded_python``) is the reference, the fallback, and the one that can trace each
-segment's outputs for ``verify`` and ``calibrate``.
+padding does not dominate, and results are returned in input order. Each batch runs through a backend
+(:mod:`trt_runtime.backends`: ONNX Runtime on the CPU or on CUDA, TensorRT) composed with the exit policy by
+one loop, :class:`trt_runtime.chain.SegmentChain`, or by the backend's own fast path where it has one (the C
+host loop of the CPU backend), with the same results. A traced batch (``on_segment``) always runs the loop.
 """
 
 from __future__ import annotations
@@ -26,104 +14,23 @@ import numbers
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence, Set
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
+from trt_runtime.backends import choose
+from trt_runtime.chain import SegmentChain, SegmentTrace
 from trt_runtime.errors import RuntimeInputError
 from trt_runtime.manifest import Manifest, load_manifest
 from trt_runtime.policy import ExitPolicy
-from trt_runtime.runners import OrtRunner, check_providers, check_threads, default_threads
+from trt_runtime.runners import check_threads
+from trt_runtime.stats import ExitStats
 from trt_runtime.tokenize import TokenBatcher
 
 log = logging.getLogger(__name__)
 
-# outputs of the first segment that every later segment takes as inputs (segment contract, schema 2)
-CARRIED = ("mask_bias", "pool_weights")
-
-
-@dataclass
-class ExitStats:
-    """Production logging (paper §5.2): per-layer exit counts and mean convergence score per layer."""
-
-    num_layers: int
-    boundaries: list[int]
-    exits: dict[int, int] = field(default_factory=dict)
-    score_sum: dict[int, float] = field(default_factory=dict)
-    score_count: dict[int, int] = field(default_factory=dict)
-    # one encoder may serve several threads: each update is a read-modify-write of three dicts
-    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
-    # counters kept elsewhere (the C loop's, kept in C): read(reset) -> rows of (layer, score sum, rows, exits)
-    _sources: list = field(default_factory=list, repr=False, compare=False)
-
-    def record(self, layer: int, score_sum: float, count: int, exited: int) -> None:
-        """``count`` rows reached ``layer`` with convergence scores summing to ``score_sum``; ``exited`` left there."""
-        with self._lock:
-            self.score_sum[layer] = self.score_sum.get(layer, 0.0) + score_sum
-            self.score_count[layer] = self.score_count.get(layer, 0) + count
-            if exited:
-                self.exits[layer] = self.exits.get(layer, 0) + exited
-
-    def attach(self, read: Callable[[bool], Sequence[tuple[int, float, float, float]]]) -> None:
-        """Counters kept outside this object (the C loop's) count in every figure and are reset with it."""
-        self._sources.append(read)
-
-    def _merged(self) -> tuple[dict, dict, dict]:
-        with self._lock:
-            exits, total, count = dict(self.exits), dict(self.score_sum), dict(self.score_count)
-        for read in self._sources:
-            for layer, s, c, e in read(False):
-                if c:
-                    total[layer] = total.get(layer, 0.0) + s
-                    count[layer] = count.get(layer, 0) + int(c)
-                if e:
-                    exits[layer] = exits.get(layer, 0) + int(e)
-        return exits, total, count
-
-    @property
-    def samples(self) -> int:
-        return sum(self._merged()[0].values())
-
-    def expected_layers(self) -> float:
-        return self._expected(self._merged()[0])
-
-    @staticmethod
-    def _expected(exits: dict) -> float:
-        n = sum(exits.values())
-        return sum(layer * c for layer, c in exits.items()) / n if n else float("nan")
-
-    def as_dict(self) -> dict:
-        exits, total, count = self._merged()  # one snapshot for every figure
-        n = sum(exits.values())
-        layers = self.boundaries
-        expected = self._expected(exits)
-        return {
-            "samples": n,
-            "exit_counts": {str(layer): exits.get(layer, 0) for layer in layers},
-            "exit_rate": {str(layer): (exits.get(layer, 0) / n if n else 0.0) for layer in layers},
-            "mean_score": {str(layer): total[layer] / count[layer] for layer in layers if count.get(layer)},
-            "expected_layers": expected if n else None,
-            "layer_reduction": self.num_layers / expected if n else None,
-        }
-
-    def reset(self) -> None:
-        with self._lock:
-            self.exits.clear()
-            self.score_sum.clear()
-            self.score_count.clear()
-            for read in self._sources:
-                read(True)
-
-
-class SegmentTrace(NamedTuple):
-    """What one segment run gave (``on_segment``): ``rows`` index the batch as given."""
-
-    layer: int  # the segment's last layer
-    rows: np.ndarray  # [R] int: the rows of the batch this segment ran (survivors of earlier exits)
-    pooled: np.ndarray  # [R, H] float32: masked-mean pooled hidden state after ``layer``, not normalised
-    score: np.ndarray  # [R] float32: the convergence score the graph computed
+__all__ = ["EarlyExitEncoder", "EncodeResult", "ExitStats", "SegmentTrace"]
 
 
 @dataclass
@@ -133,7 +40,7 @@ class EncodeResult:
 
 
 class EarlyExitEncoder:
-    """Early-exit sentence encoder over a leap-export artifact folder (ONNX Runtime segments).
+    """Early-exit sentence encoder over a leap-export artifact folder.
 
     ``policy`` defaults to the manifest's (a dict overrides the fields it names); ``theta`` /
     ``min_layer`` override it; ``exits=False`` runs every sample to full depth through the same segments
@@ -142,24 +49,26 @@ class EarlyExitEncoder:
     and the first such encoder of the process logs one warning naming the failed checks
     (``warn_exit_check=False`` silences it, for tools that measure the exits themselves).
 
-    ``loop``: ``"auto"`` (the default) runs each batch through the C host loop (``trt_runtime.native``)
-    where its extension was built at install, else through the Python loop; ``"native"`` insists on the
-    C loop (an error says why it cannot run), ``"python"`` takes the Python loop. The environment
-    variable ``TRT_RUNTIME_LOOP`` (auto / native / python) overrides ``"auto"``. ``encoder.loop`` says
-    which runs and ``encoder.loop_reason`` why. Both give the same results (``tests/test_native.py``).
+    ``backend``: ``"auto"`` (the default) takes TensorRT where engines for this GPU were built, else ONNX
+    Runtime on CUDA where onnxruntime-gpu and a GPU are there, else ONNX Runtime on the CPU;
+    ``encoder.backend`` says which runs and ``encoder.backend_reason`` why. A backend named here that cannot
+    run is an error naming what is missing (:mod:`trt_runtime.backends`). ``variant`` picks the build
+    (fp32, int8, fp16, a TensorRT engine set); None: the manifest's default (for TensorRT: this GPU's engines).
 
-    ``shared_pool=True`` (the default) runs every segment on ONE process-wide ONNX Runtime thread pool
-    (``trt_runtime.runners``; all segments allocate from one process-wide CPU arena either way). The C
-    loop keeps that pool in its own copy of ONNX Runtime (the C library the onnxruntime wheel ships), so
-    other libraries' sessions in the process are unaffected. The Python loop keeps it in the Python
-    binding's ONNX Runtime, which then requires every later session in the process to opt into that
-    pool: a library that creates its own session with default options fails with
-    "use_per_session_threads must be false when using a global thread pool". Give such sessions
-    ``trt_runtime.ort_session_options()``, or pass ``shared_pool=False`` here: per-session pools
-    without spinning in the Python binding (the Python loop), which leave the process's ONNX Runtime
-    environment as other libraries expect it (slower at small batches). The pool's size belongs to the
-    first encoder of the process: a later encoder asking for other ``threads`` (or, in the Python
-    binding, for ``shared_pool=False``) joins it, with a warning.
+    Options of the ONNX Runtime CPU backend. ``loop``: ``"auto"`` runs each batch through the C host loop
+    (``trt_runtime.native``) where its extension was built at install, else through the Python loop;
+    ``"native"`` insists on the C loop, ``"python"`` takes the Python loop; ``TRT_RUNTIME_LOOP`` (auto /
+    native / python) overrides ``"auto"``. ``encoder.loop`` says which runs and ``encoder.loop_reason`` why;
+    both give the same results to the last bit. ``shared_pool=True`` (the default) runs every segment on ONE
+    process-wide ONNX Runtime thread pool (``trt_runtime.runners``; all segments allocate from one
+    process-wide CPU arena either way). The C loop keeps that pool in its own copy of ONNX Runtime (the C
+    library the onnxruntime wheel ships), so other libraries' sessions in the process are unaffected. The
+    Python loop keeps it in the Python binding's ONNX Runtime, which then requires every later session in
+    the process to opt into that pool: a library that creates its own session with default options fails
+    with "use_per_session_threads must be false when using a global thread pool". Give such sessions
+    ``trt_runtime.ort_session_options()``, or pass ``shared_pool=False``: per-session pools without
+    spinning in the Python binding, slower at small batches. The pool's size belongs to the first encoder
+    of the process: a later encoder asking for other ``threads`` joins it, with a warning.
     """
 
     def __init__(
@@ -172,45 +81,55 @@ class EarlyExitEncoder:
         patience: int | None = None,
         exits: bool | None = None,
         variant: str | None = None,
+        backend: str = "auto",
         threads: int | None = None,
-        providers: list[str] | None = None,
         check_files: bool = True,
         shared_pool: bool = True,
         loop: str = "auto",
         warn_exit_check: bool = True,
+        backend_options: Mapping | None = None,
     ) -> None:
-        threads = check_threads(threads)  # before any work, whichever loop runs
-        check_providers(providers)  # an accelerator asked for and not there is an error, not the CPU
-        self.manifest: Manifest = load_manifest(artifacts, check_files=check_files, variant=variant)
+        threads = check_threads(threads)  # before any work, whichever backend runs
+        self.manifest: Manifest = load_manifest(artifacts, check_files=False)
+        backend_cls, spec, self.backend_reason = choose(self.manifest, variant, backend)
+        if check_files:
+            self.manifest.check_files(spec.name)
+        self.variant = spec.name
         self.segments = self.manifest.segments
         self._warn_exit_check = warn_exit_check
         self._apply_policy(self._policy(policy, theta, min_layer, patience, exits))
-        self._variant = variant
-        self._threads = threads
-        self._providers = providers
-        self._shared_pool = shared_pool
-        self._runners: list[OrtRunner] | None = None
-        self._native = None
-        self.loop, self.loop_reason = self._choose_loop(loop)
-        if self.loop == "python":
-            self.runners  # noqa: B018 - sessions now, not at the first batch
-        tok = self.manifest.data["tokenizer"]
+        options = {"shared_pool": shared_pool, "loop": loop, **(backend_options or {})}
+        self._backend = backend_cls(self.manifest, spec, threads=threads, options=options)
+        self.backend = backend_cls.name
+        self.loop, self.loop_reason = self._backend.loop
+        tok = self.manifest.tokenizer
         self.tokenizer = TokenBatcher(
-            self.manifest.tokenizer_path(), max_length=int(tok["max_length"]), pad_id=int(tok["pad_id"])
+            self.manifest.tokenizer_path(), max_length=tok.max_length, pad_id=tok.pad_id
         )
         self.stats = ExitStats(self.manifest.num_layers, self.manifest.boundaries)
-        if self._native is not None:  # the C loop counts in C (no Python per batch for the statistics)
+        self._fast = self._backend.fast_path()
+        if (
+            self._fast is not None
+        ):  # a fast path counts in its own loop (no Python per batch for the statistics)
             ends = [s.end for s in self.segments]
-            native_chain = self._native
+            fast = self._fast
             self.stats.attach(
                 lambda reset: [
-                    (end, *row) for end, row in zip(ends, native_chain.totals(reset).tolist(), strict=True)
+                    (end, *row) for end, row in zip(ends, fast.totals(reset).tolist(), strict=True)
                 ]
             )
-        # (segment, output) pairs a later segment takes as its reference pooled vector
-        self._refs_needed = {(s.ref_from, s.ref_output) for s in self.segments if s.ref_from is not None}
-        self._uniform: dict[tuple[int, int], np.ndarray] = {}
+        self._chain: SegmentChain | None = None
+        if self._fast is None:
+            self._loop_chain()  # sessions now, not at the first batch
         self._pid = os.getpid()  # a call from another process: this encoder crossed a fork
+
+    def _loop_chain(self) -> SegmentChain:
+        """The generic loop over the backend's runners (with a fast path, made at the first traced batch)."""
+        if self._chain is None:
+            self._chain = SegmentChain(
+                self.segments, self._backend.segment_runners(), self._backend.ops, self.stats
+            )
+        return self._chain
 
     @property
     def policy(self) -> ExitPolicy:
@@ -236,103 +155,22 @@ class EarlyExitEncoder:
         self._exit_policy = policy
         self._rule = (float(np.float32(policy.theta)), can_exit, bytes(can_exit))
 
-    def _choose_loop(self, loop: str) -> tuple[str, str]:
-        """("native" | "python", why). ``loop="auto"`` (``TRT_RUNTIME_LOOP`` may name one) takes the C loop
-        where it can run: CPU sessions on the shared pool (the default), the extension built, graphs whose
-        inputs the C loop knows. ``loop="native"`` where it cannot is an error that says why."""
-        if loop not in ("auto", "native", "python"):
-            raise RuntimeInputError(f"loop must be 'auto', 'native' or 'python', got {loop!r}")
-        asked = loop
-        if loop == "auto":
-            loop = os.environ.get("TRT_RUNTIME_LOOP", "auto").strip().lower() or "auto"
-            if loop not in ("auto", "native", "python"):
-                raise RuntimeInputError(f"TRT_RUNTIME_LOOP must be auto, native or python, got {loop!r}")
-        if loop == "python":
-            return "python", f"loop={asked!r}" if asked == "python" else "TRT_RUNTIME_LOOP=python"
-        why = None
-        if not self._shared_pool:
-            why = "shared_pool=False (private per-session pools run on the Python binding)"
-        elif self._providers not in (None, ["CPUExecutionProvider"]):
-            why = f"providers {self._providers} (the C loop runs CPU sessions only)"
-        else:
-            plan, why = self._native_plan()
-            if plan is not None:
-                from trt_runtime import native
-
-                why = native.status(self._threads or default_threads())
-                if why is None:
-                    self._native = native.NativeChain(plan, self.manifest.hidden_size)
-                    return "native", "the C host loop"
-        if loop == "native":
-            asked_by = "loop='native'" if asked == "native" else "TRT_RUNTIME_LOOP=native"
-            raise RuntimeInputError(
-                f"{asked_by}: the C host loop cannot run here: {why}; use loop='auto' or 'python'"
-            )
-        log.debug("Python host loop: %s", why)
-        return "python", why
-
-    def _native_plan(self) -> tuple[list[dict] | None, str | None]:
-        """The segments as ``trt_runtime.native.NativeChain`` takes them, or (None, why not)."""
-        plan = []
-        paths = self.manifest.segment_paths(self._variant)
-        for seg, entry, path in zip(self.segments, self.manifest.data["segments"], paths, strict=True):
-            inputs: dict = {}
-            for name in seg.inputs:
-                if seg.index == 0 and name in ("input_ids", "attention_mask"):
-                    inputs[name] = "ids" if name == "input_ids" else "mask"
-                elif seg.index > 0 and name == "hidden_in":
-                    inputs[name] = (seg.index - 1, "hidden_out")
-                elif seg.index > 0 and name in CARRIED:
-                    inputs[name] = (0, name)
-                elif name == "ref_pooled" and seg.ref_from is not None:
-                    inputs[name] = (seg.ref_from, seg.ref_output)
-                else:
-                    return None, f"segment {seg.index} takes an input the C loop does not know: {name}"
-            if "pooled" not in seg.outputs or "score" not in seg.outputs:
-                return None, f"segment {seg.index} has no pooled or score output"
-            plan.append(
-                {
-                    "path": str(path),
-                    "end": seg.end,
-                    "inputs": inputs,
-                    "outputs": entry["outputs"],
-                    "score": "score",
-                }
-            )
-        return plan, None
-
     @property
-    def runners(self) -> list[OrtRunner]:
-        """The segments' ONNX Runtime sessions in the Python binding: the Python loop's (with the C loop,
-        made at the first traced batch)."""
-        if self._runners is None:
-            runners = [
-                OrtRunner(p, threads=self._threads, providers=self._providers, shared_pool=self._shared_pool)
-                for p in self.manifest.segment_paths(self._variant)
-            ]
-            for runner in runners:
-                runner.activate()
-            self._runners = runners
-        return self._runners
+    def runners(self):
+        """The backend's segment runners, one per segment, as the generic loop runs them."""
+        return self._loop_chain().runners
 
     def monolithic_runner(self):
-        """The build's monolithic full-depth graph, run by the same ONNX Runtime as this encoder's segments
-        (the C library's with the C loop, the Python binding's otherwise) with the same settings: the
-        baseline a comparison with this encoder must time."""
-        if self.loop == "native":
-            from trt_runtime.native import NativeRunner
+        """The build's monolithic full-depth graph in the same runtime and settings as this encoder's segments
+        (with the C loop, the C library's copy of ONNX Runtime): the baseline a comparison must time.
+        ``infer({"input_ids", "attention_mask"})`` takes host arrays and returns ``{"pooled": host array}``."""
+        return self._backend.monolithic_runner()
 
-            full = self.manifest.variant(self._variant)["full"]
-            outputs = full.get("outputs") or [{"name": "pooled", "shape": ["batch", "hidden"]}]
-            return NativeRunner(self.manifest.full_path(self._variant), outputs, self.manifest.hidden_size)
-        runner = OrtRunner(
-            self.manifest.full_path(self._variant),
-            threads=self._threads,
-            providers=self._providers,
-            shared_pool=self._shared_pool,
-        )
-        runner.activate()
-        return runner
+    def close(self) -> None:
+        """Release the backend's sessions, engines and device memory now rather than at collection."""
+        self._backend.close()
+        self._chain = None
+        self._fast = None
 
     @property
     def root(self) -> Path:
@@ -471,6 +309,8 @@ class EarlyExitEncoder:
         ):
             raise RuntimeInputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         batch_size = int(batch_size)
+        if self._backend.max_batch is not None:  # engines built for at most this many rows per run
+            batch_size = min(batch_size, self._backend.max_batch)
         n, hidden = len(texts), self.manifest.hidden_size
         embeddings = np.zeros((n, hidden), dtype=np.float32)
         exit_layers = np.zeros(n, dtype=np.int64)
@@ -529,99 +369,10 @@ class EarlyExitEncoder:
         on_segment: Callable[[SegmentTrace], object] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """``run_ids`` for a batch already padded: ``input_ids`` and ``mask`` int32 ``[B, S]``."""
-        if self._native is not None and on_segment is None:
-            return self._run_padded_native(input_ids, mask)
-        return self._run_padded_python(input_ids, mask, on_segment)
-
-    def _run_padded_native(self, input_ids: np.ndarray, mask: np.ndarray):
-        theta, _, can_exit = self._rule
-        return self._native.run(input_ids, mask, theta, can_exit)  # the statistics are counted in C
-
-    def _run_padded_python(
-        self,
-        input_ids: np.ndarray,
-        mask: np.ndarray,
-        on_segment: Callable[[SegmentTrace], object] | None = None,
-    ):
-        """The loop of the module docstring in Python, written for the batch-1 latency it adds.
-
-        Between two segment runs the host does as little as it can: the CPU caches are full of the
-        weights the segment just streamed, so every numpy call there runs cold and costs several
-        microseconds instead of the fraction of one a micro-benchmark shows. Scores are therefore read
-        once (``tolist``) and the exit test, the statistics and the "nothing exited" fast path are plain
-        Python; output arrays are only allocated once some row leaves before the others (for a batch
-        that leaves together, the segment's own pooled output is the result).
-        """
-        batch = input_ids.shape[0]
-        stats, (theta, can_exit, _) = self.stats, self._rule
-        feeds = {"input_ids": input_ids, "attention_mask": mask}
-        carried: dict[str, np.ndarray] = {}  # mask_bias, pool_weights: from the first segment on
-        refs: dict[tuple[int, str], np.ndarray] = {}
-        active = None  # rows still running (indices into the batch); None: every row, nothing has exited
-        out = exit_layer = None  # allocated at the first exit that leaves other rows behind
-        last = len(self.segments) - 1
-        for seg, runner in zip(self.segments, self.runners, strict=True):
-            if seg.ref_from is not None:
-                feeds["ref_pooled"] = refs[(seg.ref_from, seg.ref_output)]
-            res = runner.infer(feeds)
-            pooled, score = res["pooled"], res["score"]
-            scores = score.tolist()
-            rows = len(scores)
-            if on_segment is not None:
-                on_segment(
-                    SegmentTrace(
-                        seg.end, np.arange(batch) if active is None else active.copy(), pooled, score
-                    )
-                )
-            if seg.index == last:
-                n_exit = rows
-            elif can_exit[seg.index]:
-                n_exit = sum(s >= theta for s in scores)
-            else:
-                n_exit = 0
-            stats.record(seg.end, sum(scores), rows, n_exit)
-            if n_exit == rows:  # every remaining row leaves here
-                if active is None:
-                    return pooled, self._uniform_exit(batch, seg.end)
-                out[active] = pooled
-                exit_layer[active] = seg.end
-                return out, exit_layer
-            if seg.index == 0:  # the mask-derived tensors every later segment takes (computed once, in-graph)
-                carried = {name: res[name] for name in CARRIED}
-            hidden = res["hidden_out"]
-            for key in self._refs_needed:
-                if key[0] == seg.index:
-                    refs[key] = res[key[1]]
-            if n_exit:
-                exited = score >= np.float32(theta)  # the same float32 comparison as the test above
-                if active is None:
-                    active = np.arange(batch)
-                    out = np.empty((batch, pooled.shape[1]), dtype=np.float32)
-                    exit_layer = np.empty(batch, dtype=np.int64)
-                out[active[exited]] = pooled[exited]
-                exit_layer[active[exited]] = seg.end
-                keep = ~exited
-                active = active[keep]
-                mask = mask[keep]
-                width = int(mask.sum(axis=1).max())  # trim padding no survivor needs
-                mask = mask[:, :width]
-                # every carried tensor has batch first and sequence last
-                carried = {name: np.ascontiguousarray(v[keep][..., :width]) for name, v in carried.items()}
-                hidden = np.ascontiguousarray(hidden[keep, :width])
-                refs = {k: v[keep] for k, v in refs.items()}
-            feeds = {"hidden_in": hidden, **carried}
-        raise AssertionError("unreachable: the last segment returns")
-
-    def _uniform_exit(self, batch: int, layer: int) -> np.ndarray:
-        """A read-only ``[batch]`` array of ``layer`` (cached: the common result, built once)."""
-        key = (batch, layer)
-        arr = self._uniform.get(key)
-        if arr is None:
-            arr = np.full(batch, layer, dtype=np.int64)
-            arr.setflags(write=False)
-            if len(self._uniform) < 256:
-                self._uniform[key] = arr
-        return arr
+        rule = self._rule
+        if self._fast is not None and on_segment is None:
+            return self._fast.run(input_ids, mask, rule[0], rule[2])  # the statistics are counted there
+        return self._loop_chain().run(input_ids, mask, rule, on_segment)
 
 
 _exit_check_warned: set[str] = set()  # artifact folders already warned about in this process

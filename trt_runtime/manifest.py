@@ -61,6 +61,33 @@ class SegmentSpec:
         return self.start == 0
 
 
+@dataclass(frozen=True)
+class FileEntry:
+    file: str  # relative to the artifact folder
+    sha256: str
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    file: str
+    sha256: str
+    pad_id: int
+    max_length: int  # truncation, special tokens included (the model's max_seq_length)
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One build of the graphs: its precision, the backend family that runs it, and its files."""
+
+    name: str
+    backend: str  # "onnxruntime" (ONNX graphs: ONNX Runtime on CPU or CUDA) or "tensorrt" (engines)
+    precision: str  # fp32, int8, fp16
+    segments: tuple[FileEntry, ...]
+    full: FileEntry  # the monolithic full-depth graph (or engine)
+    full_outputs: tuple[dict[str, Any], ...]  # the full graph's outputs (name, dtype, shape)
+    record: dict[str, Any]  # the manifest entry as written: backend-specific keys (a TensorRT build's GPU...)
+
+
 @dataclass
 class Manifest:
     root: Path
@@ -108,6 +135,40 @@ class Manifest:
         ]
 
     @property
+    def architecture(self) -> str:
+        return str(self.data["architecture"])
+
+    @property
+    def source(self) -> dict[str, Any]:
+        """What the build came from: ``spec``, ``name``, ``path``, ``weights_sha256`` (any may be absent)."""
+        return dict(self.data.get("source") or {})
+
+    @property
+    def tokenizer(self) -> TokenizerSpec:
+        tok = self.data["tokenizer"]
+        return TokenizerSpec(tok["file"], tok["sha256"], int(tok["pad_id"]), int(tok["max_length"]))
+
+    def segment_outputs(self, index: int) -> list[dict[str, Any]]:
+        """Segment ``index``'s output entries as written (name, dtype, shape with "batch" / "sequence")."""
+        return [dict(o) for o in self.data["segments"][index]["outputs"]]
+
+    def variant_spec(self, name: str | None = None) -> VariantSpec:
+        """The typed view of a variant (``name`` None: the default one); an unknown name is an error."""
+        v = self.variant(name)
+        full = v["full"]
+        return VariantSpec(
+            name=name or self.default_variant,
+            backend=str(v.get("backend", "onnxruntime")),
+            precision=str(v.get("precision", name or self.default_variant)),
+            segments=tuple(FileEntry(f["file"], f["sha256"]) for f in v["segments"]),
+            full=FileEntry(full["file"], full["sha256"]),
+            full_outputs=tuple(
+                full.get("outputs") or [{"name": "pooled", "dtype": "float32", "shape": ["batch", "hidden"]}]
+            ),
+            record=v,
+        )
+
+    @property
     def default_policy(self) -> ExitPolicy:
         return ExitPolicy.from_dict(self.data["exit_policy"])
 
@@ -145,7 +206,7 @@ class Manifest:
         return self.root / self.variant(variant)["full"]["file"]
 
     def tokenizer_path(self) -> Path:
-        return self.root / self.data["tokenizer"]["file"]
+        return self.root / self.tokenizer.file
 
     def file_entries(self) -> list[dict[str, str]]:
         entries = [{"file": self.data["tokenizer"]["file"], "sha256": self.data["tokenizer"]["sha256"]}]
@@ -173,7 +234,9 @@ class Manifest:
 
     def rebuild_hint(self, variant: str | None = None, problems: Sequence[str] = ()) -> str:
         """The command that rewrites ``variant``'s files (a quantised variant alone, unless the tokenizer broke)."""
-        name, tokenizer = variant or self.default_variant, self.data["tokenizer"]["file"]
+        name, tokenizer = variant or self.default_variant, self.tokenizer.file
+        if self.variant_spec(name).backend == "tensorrt":
+            return f"`leap-export build {self.root} --out {self.root} --backend tensorrt --force`"
         if name != self.default_variant and not any(tokenizer in p for p in problems):
             return f"`leap-export build {self.root} --out {self.root} --precision {name} --force`"
         return f"`leap-export build {source_arg(self.data)} --out {self.root} --force`"

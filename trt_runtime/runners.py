@@ -1,6 +1,5 @@
-"""One small runner interface per backend (activate / infer / deactivate), after Polygraphy's runners.
-
-The early-exit loop composes runners with an exit policy and never asks which backend it has.
+"""ONNX Runtime sessions on the CPU: their settings and :class:`OrtRunner` (activate / infer / deactivate,
+the runner interface of :mod:`trt_runtime.backends.base`, after Polygraphy's runners).
 
 ONNX Runtime on few cores: every ``InferenceSession`` owns an intra-op thread pool whose workers spin
 after each run. With one session per segment, the idle pools spin against the busy one and a
@@ -27,7 +26,6 @@ import math
 import numbers
 import os
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
@@ -39,17 +37,6 @@ _global_pool_threads: int | None = None  # threads of the process-wide ORT pool,
 _global_pool_failed = False
 _pool_warned: set[str] = set()  # settings already warned about (see ort_session_options)
 _shared_arena: bool | None = None  # whether the process-wide CPU arena is registered
-
-
-class Runner(Protocol):
-    input_names: list[str]
-    output_names: list[str]
-
-    def activate(self) -> None: ...
-
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
-
-    def deactivate(self) -> None: ...
 
 
 def check_threads(threads) -> int | None:
@@ -138,11 +125,9 @@ def ort_session_options(threads: int | None = None, *, shared_pool: bool = True)
     so.log_severity_level = 3
     if shared_pool and _global_pool_threads is None and not _global_pool_failed:
         try:
-            from onnxruntime.capi import _pybind_state
-
-            _pybind_state.set_global_thread_pool_sizes(threads, 1)
+            ort.set_global_thread_pool_sizes(threads, 1)  # public since ONNX Runtime 1.22
             _global_pool_threads = threads
-        except Exception as e:  # the ORT environment already exists in this process
+        except Exception as e:  # the ORT environment already exists in this process, or an older ORT
             _global_pool_failed = True
             log.warning("could not create a shared ONNX Runtime thread pool (%s); using per-session pools", e)
     # the arena is shared with private pools too (shared_pool=False): an allocator registered with the
@@ -169,6 +154,12 @@ def ort_session_options(threads: int | None = None, *, shared_pool: bool = True)
         so.inter_op_num_threads = 1
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
+
+
+def global_pool_exists() -> bool:
+    """Whether this process's Python binding has ONNX Runtime's global thread pool: every session made
+    afterwards must join it (``use_per_session_threads = False``), whatever its provider."""
+    return _global_pool_threads is not None
 
 
 def _register_shared_arena() -> bool:
@@ -230,7 +221,6 @@ class OrtRunner:
         self.providers = providers or ["CPUExecutionProvider"]
         self.shared_pool = shared_pool
         self.session = None
-        self._raw_run = None
         self.input_names: list[str] = []
         self.output_names: list[str] = []
 
@@ -254,28 +244,14 @@ class OrtRunner:
         self.session = session
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        # The binding's own run, for CPU sessions: ``InferenceSession.run`` first re-validates the feed in
-        # Python against the inputs' metadata (a handful of binding calls per input, every run), work done
-        # between two segments with caches cold. Any failure is retried through ``InferenceSession.run``, which raises its usual clear error.
-        raw = getattr(self.session, "_sess", None)
-        cpu_only = self.session.get_providers() == ["CPUExecutionProvider"]
-        self._raw_run = raw.run if cpu_only and hasattr(raw, "run") else None
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.session is None:
             self.activate()
-        if self._raw_run is not None:
-            try:
-                values = self._raw_run(self.output_names, feeds, None)
-            except Exception:  # noqa: BLE001 - re-run through the public API for its error message
-                values = self.session.run(self.output_names, feeds)
-        else:
-            values = self.session.run(self.output_names, feeds)
-        return dict(zip(self.output_names, values, strict=True))
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds), strict=True))
 
     def deactivate(self) -> None:
         self.session = None
-        self._raw_run = None
 
     def __enter__(self) -> OrtRunner:
         self.activate()

@@ -223,6 +223,15 @@ report_option = click.option(
     callback=output_file,
     help="Write the JSON report here.",
 )
+backend_option = click.option(
+    "--backend",
+    type=click.Choice(["auto", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt"]),
+    default="auto",
+    show_default=True,
+    help="Which runtime runs the build: auto takes TensorRT where engines for this GPU were built, else ONNX "
+    "Runtime on CUDA where onnxruntime-gpu and a GPU are there, else the CPU. A backend named that cannot run "
+    "is an error saying what is missing.",
+)
 variant_option = click.option(
     "--variant", default=None, help="Which build to run (fp32, int8). Default: the manifest's."
 )

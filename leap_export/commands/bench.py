@@ -3,6 +3,7 @@ import click
 from leap_export.commands._options import (
     _csv_sizes,
     artifacts_argument,
+    backend_option,
     distinct_files,
     min_layer_option,
     no_progress_option,
@@ -46,6 +47,7 @@ from leap_export.commands._options import (
 @theta_option
 @min_layer_option
 @variant_option
+@backend_option
 @threads_option
 @click.option(
     "--baselines/--no-baselines",
@@ -80,8 +82,8 @@ from leap_export.commands._options import (
     type=click.Choice(["auto", "native", "python"]),
     default="auto",
     show_default=True,
-    help="The runtime's host loop: native (C; the monolithic baseline then runs in the same ONNX Runtime "
-    "copy), python, or auto (native where its extension is built).",
+    help="The ONNX Runtime CPU backend's host loop: native (C; the monolithic baseline then runs in the same "
+    "ONNX Runtime copy), python, or auto (native where its extension is built).",
 )
 @click.option(
     "--processes",
@@ -108,6 +110,7 @@ def command(
     theta,
     min_layer,
     variant,
+    backend,
     threads,
     baselines,
     also_variants,
@@ -145,6 +148,7 @@ def command(
         breakdown=breakdown,
         schedule=schedule,
         loop=loop,
+        backend=backend,
         progress=not no_progress,
     )
     click.echo(markdown(report))

@@ -9,6 +9,7 @@ from leap_export.commands._options import (
 )
 from leap_export.exitcheck import EXITS_CHOICES
 from leap_export.export import MAX_OPSET, MIN_OPSET, OPSET
+from leap_export.tensorrt_build import DEFAULT_MAX_BATCH, DEFAULT_OPT_BATCH, DEFAULT_OPT_SEQ
 
 
 @click.command("build")
@@ -47,11 +48,48 @@ from leap_export.export import MAX_OPSET, MIN_OPSET, OPSET
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "int8"]),
-    default="fp32",
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    default=None,
+    help="fp32 (the default) builds the folder; fp16 and int8 add a variant to the fp32 build at --out "
+    "(MODEL: the model it was built from, or that folder itself). With --backend tensorrt: the graphs the "
+    "engines are built from (default fp16).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["onnxruntime", "tensorrt"]),
+    default="onnxruntime",
     show_default=True,
-    help="fp32 builds the folder; int8 adds a quantised variant to the fp32 build at --out (MODEL: the "
-    "model it was built from, or that folder itself).",
+    help="tensorrt adds TensorRT engines for this GPU to the build at --out (`build ART --out ART --backend "
+    "tensorrt`), from its fp16 graphs (converted first if the build has none); run it on the GPU (type) "
+    "that will run them.",
+)
+@click.option(
+    "--opt-batch",
+    type=int,
+    default=None,
+    callback=_positive,
+    help=f"TensorRT: the batch size the engines are tuned for (default {DEFAULT_OPT_BATCH}).",
+)
+@click.option(
+    "--max-batch",
+    type=int,
+    default=None,
+    callback=_positive,
+    help=f"TensorRT: the largest batch the engines take (default {DEFAULT_MAX_BATCH}).",
+)
+@click.option(
+    "--opt-seq",
+    type=int,
+    default=None,
+    callback=_positive,
+    help=f"TensorRT: the sequence length the engines are tuned for (default {DEFAULT_OPT_SEQ}, at most --max-seq).",
+)
+@click.option(
+    "--max-seq",
+    type=int,
+    default=None,
+    callback=_positive,
+    help="TensorRT: the longest sequence the engines take (default: the build's max_seq_length).",
 )
 @click.option(
     "--opset", type=int, default=OPSET, show_default=True, help=f"ONNX opset ({MIN_OPSET}..{MAX_OPSET})."
@@ -71,22 +109,56 @@ from leap_export.export import MAX_OPSET, MIN_OPSET, OPSET
     help="Replace an earlier build or an empty folder at --out (kept until the "
     "new one is complete); a folder that is not a build is never replaced.",
 )
-def command(model, out, boundaries, theta, patience, min_layer, precision, opset, exits, force, no_progress):
+def command(
+    model,
+    out,
+    boundaries,
+    theta,
+    patience,
+    min_layer,
+    precision,
+    backend,
+    opt_batch,
+    max_batch,
+    opt_seq,
+    max_seq,
+    opset,
+    exits,
+    force,
+    no_progress,
+):
     """Export MODEL (a short name such as minilm-l6, or a model folder) into per-layer-segment ONNX graphs."""
-    from leap_export.export import build
+    from leap_export.errors import LeapError
     from leap_export.inspect import summary
 
-    path = build(
-        model,
-        out,
-        boundaries=boundaries,
-        theta=theta,
-        patience=patience,
-        min_layer=min_layer,
-        precision=precision,
-        opset=opset,
-        force=force,
-        progress=not no_progress,
-        exits=exits,
-    )
+    profile = {"opt_batch": opt_batch, "max_batch": max_batch, "opt_seq": opt_seq, "max_seq": max_seq}
+    if backend == "tensorrt":
+        from pathlib import Path
+
+        from leap_export.tensorrt_build import build_engines, check_request
+
+        options = {"boundaries": boundaries, "theta": theta, "patience": patience, "min_layer": min_layer}
+        check_request(model, Path(out), **options, opset=opset != OPSET, exits=exits != "auto")
+        path = build_engines(
+            out, source_variant=precision or "fp16", profiles=profile, force=force, progress=not no_progress
+        )
+    else:
+        given = [f"--{key.replace('_', '-')}" for key, value in profile.items() if value is not None]
+        if given:
+            raise LeapError(f"{', '.join(given)} set the TensorRT engines' profile: pass --backend tensorrt")
+        from leap_export.export import build
+
+        path = build(
+            model,
+            out,
+            boundaries=boundaries,
+            theta=theta,
+            patience=patience,
+            min_layer=min_layer,
+            precision=precision or "fp32",
+            opset=opset,
+            force=force,
+            progress=not no_progress,
+            exits=exits,
+        )
     summary(path)

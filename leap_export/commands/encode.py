@@ -2,6 +2,7 @@ import click
 
 from leap_export.commands._options import (
     artifacts_argument,
+    backend_option,
     batch_size_option,
     distinct_files,
     min_layer_option,
@@ -47,10 +48,11 @@ from leap_export.commands._options import (
     help="Write each line's exit layer and the run's exit statistics as JSON.",
 )
 @variant_option
+@backend_option
 @threads_option
 @distinct_files
 def command(
-    artifacts, input_path, output, theta, min_layer, batch_size, exits, exit_layers, variant, threads
+    artifacts, input_path, output, theta, min_layer, batch_size, exits, exit_layers, variant, backend, threads
 ):
     """Embed sentences with early exit and per-sample batch compaction."""
     from leap_export.encode import encode_file
@@ -70,6 +72,7 @@ def command(
         exits=exits,
         exit_layers_path=exit_layers,
         variant=variant,
+        backend=backend,
         threads=threads,
     )
     rates = ", ".join(f"L{k}: {v:.0%}" for k, v in stats["exit_rate"].items())

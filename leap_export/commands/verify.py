@@ -94,8 +94,16 @@ def _print(result) -> None:
 
     console = make_console()
     console.print(table)
+    for name, ran in result.backends.items():
+        if ran["ran"]:
+            console.print(f"backend {name}: ran ({ran['variant']}, {ran['precision']})", highlight=False)
+        else:
+            console.print(f"backend {name}: not run: {escape(ran['why_not'])}", highlight=False)
+    ran = [name for name, b in result.backends.items() if b["ran"]]
+    skipped = [name for name, b in result.backends.items() if not b["ran"]]
+    scope = f" on {', '.join(ran)}" + (f" ({', '.join(skipped)} not run)" if skipped else "")
     if result:
-        console.print(f"[green bold]PASSED[/green bold]: {len(result.checks)} checks")
+        console.print(f"[green bold]PASSED[/green bold]: {len(result.checks)} checks{scope}", highlight=False)
     else:
         console.print(f"[red bold]FAILED[/red bold]: {len(result.failures)} of {len(result.checks)} checks")
         for c in result.failures:

@@ -264,14 +264,13 @@ def test_the_pool_has_the_threads_asked_for(tiny_artifacts, mode, loop):
 
 
 def test_an_accelerator_that_is_not_there_is_an_error_not_the_cpu(tiny_artifacts):
-    """ONNX Runtime alone would log a warning and run on the CPU (and the encoder would have switched loops)."""
-    from trt_runtime import EarlyExitEncoder
+    """ONNX Runtime alone would log a warning and run on the CPU; a runner asked for a provider refuses."""
     from trt_runtime.errors import RuntimeInputError
     from trt_runtime.runners import OrtRunner
 
-    with pytest.raises(RuntimeInputError, match="CUDAExecutionProvider is not available in this onnxruntime"):
-        EarlyExitEncoder(tiny_artifacts["bert"], providers=["CUDAExecutionProvider"])
-    with pytest.raises(RuntimeInputError, match="TensorrtExecutionProvider is not available"):
+    with pytest.raises(
+        RuntimeInputError, match="TensorrtExecutionProvider is not available in this onnxruntime"
+    ):
         OrtRunner(tiny_artifacts["bert"] / "full.onnx", providers=["TensorrtExecutionProvider"]).activate()
     with pytest.raises(RuntimeInputError, match="a list of provider names"):
-        EarlyExitEncoder(tiny_artifacts["bert"], providers="CPUExecutionProvider")
+        OrtRunner(tiny_artifacts["bert"] / "full.onnx", providers="CPUExecutionProvider").activate()

@@ -1,0 +1,244 @@
+"""ONNX Runtime on an NVIDIA GPU (``onnxruntime-gpu``, CUDAExecutionProvider), tensors kept on the device.
+
+Every segment runs with I/O binding: its inputs are device ``OrtValue``s (the previous segment's outputs,
+never copied back), its outputs are allocated by ONNX Runtime on the device. The host reads each segment's
+scores (a few bytes: the one synchronisation per segment, for the exit decision) and, once some rows exit,
+their pooled vectors. Compaction runs on the device: a two-node graph (``Gather`` of the surviving rows,
+``Slice`` of the sequence axis to the longest survivor) on the same provider, one session per tensor kind.
+
+Not run anywhere yet: no GPU has been lent to this project. Its logic around ONNX Runtime (availability,
+refusal, the compaction graph) is tested on the CPU; the GPU path itself is marked ``gpu`` in the tests.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from typing import Any
+
+import numpy as np
+
+from trt_runtime.backends.base import Backend
+from trt_runtime.errors import RuntimeInputError
+
+PROVIDER = "CUDAExecutionProvider"
+
+
+def cuda_devices() -> tuple[int, str | None]:
+    """(NVIDIA GPUs the CUDA driver sees, None) or (0, why none): through ``libcuda.so.1``, the driver's
+    own library, so no CUDA toolkit or Python CUDA package is needed to ask."""
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0, "no NVIDIA driver (libcuda.so.1 not found)"
+    if lib.cuInit(0) != 0:
+        return 0, "the NVIDIA driver found no usable GPU (cuInit failed)"
+    count = ctypes.c_int(0)
+    if lib.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
+        return 0, "the NVIDIA driver reports no GPU"
+    return count.value, None
+
+
+class OnnxRuntimeCuda(Backend):
+    name = "onnxruntime-cuda"
+    runs = ("onnxruntime",)
+
+    def __init__(self, manifest, variant, *, threads, options: dict) -> None:
+        super().__init__(manifest, variant, threads=threads, options=options)
+        self.device_id = int(options.get("device_id", 0))
+        self.provider = options.get("provider", PROVIDER)  # the tests' CPU stand-in; a user never sets it
+        self.ops = CudaOps(self.device_id, self.provider)
+        self._runners: list[OrtCudaRunner] | None = None
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        import importlib.util
+
+        if importlib.util.find_spec("onnxruntime") is None:
+            return "onnxruntime is not installed"
+        import onnxruntime as ort
+
+        if PROVIDER not in ort.get_available_providers():
+            return (
+                f"the installed onnxruntime {ort.__version__} has no {PROVIDER} "
+                "(pip install onnxruntime-gpu in place of onnxruntime)"
+            )
+        count, why = cuda_devices()
+        return why if count == 0 else None
+
+    def segment_runners(self) -> list[OrtCudaRunner]:
+        if self._runners is None:
+            runners = [
+                OrtCudaRunner(self.manifest.root / f.file, self.device_id, self.provider)
+                for f in self.variant.segments
+            ]
+            for runner in runners:
+                runner.activate()
+            self._runners = runners
+        return self._runners
+
+    def monolithic_runner(self):
+        graph = OrtCudaRunner(self.manifest.root / self.variant.full.file, self.device_id, self.provider)
+        runner = HostIO(graph, self.ops)
+        runner.activate()
+        return runner
+
+    def close(self) -> None:
+        for runner in self._runners or []:
+            runner.deactivate()
+        self._runners = None
+
+
+def cuda_session_options(threads: int | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    from trt_runtime.runners import global_pool_exists
+
+    if global_pool_exists():  # a CPU encoder of this process made ONNX Runtime's global pool: join it
+        so.use_per_session_threads = False
+    elif threads:
+        so.intra_op_num_threads = threads  # the CPU ops the provider leaves to the host
+    return so
+
+
+class OrtCudaRunner:
+    """One graph on the CUDA provider with I/O binding: ``infer`` takes and returns device ``OrtValue``s.
+
+    ``provider``: the CPU provider runs the same binding code on the host (the tests' stand-in for a GPU).
+    """
+
+    def __init__(self, path, device_id: int = 0, provider: str = PROVIDER) -> None:
+        self.path = path
+        self.device_id = device_id if provider == PROVIDER else 0
+        self.provider = provider
+        self.device = "cuda" if provider == PROVIDER else "cpu"
+        self.session = None
+        self.input_names: list[str] = []
+        self.output_names: list[str] = []
+
+    def activate(self) -> None:
+        if self.session is not None:
+            return
+        import onnxruntime as ort
+
+        providers = [(PROVIDER, {"device_id": self.device_id}), "CPUExecutionProvider"]
+        session = ort.InferenceSession(
+            str(self.path),
+            sess_options=cuda_session_options(),
+            providers=providers if self.provider == PROVIDER else [self.provider],
+        )
+        if session.get_providers()[0] != self.provider:  # ONNX Runtime fell back to the CPU: never silently
+            raise RuntimeInputError(
+                f"ONNX Runtime could not start {self.provider} on GPU {self.device_id} for {self.path}: it would "
+                f"run on {', '.join(session.get_providers())}"
+            )
+        self.session = session
+        self.input_names = [i.name for i in session.get_inputs()]
+        self.output_names = [o.name for o in session.get_outputs()]
+
+    def infer(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_ortvalue_input(name, value)
+        for name in self.output_names:
+            binding.bind_output(name, self.device, self.device_id)
+        self.session.run_with_iobinding(binding)
+        return dict(zip(self.output_names, binding.get_outputs(), strict=True))
+
+    def deactivate(self) -> None:
+        self.session = None
+
+
+class HostIO:
+    """A device runner with host arrays in and out (the monolithic baseline: what a caller hands over)."""
+
+    def __init__(self, runner: OrtCudaRunner, ops: CudaOps) -> None:
+        self.runner, self.ops = runner, ops
+        self.input_names, self.output_names = ["input_ids", "attention_mask"], ["pooled"]
+
+    def activate(self) -> None:
+        self.runner.activate()
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self.runner.infer(
+            {name: self.ops.from_host(np.ascontiguousarray(v)) for name, v in feeds.items()}
+        )
+        return {"pooled": self.ops.to_host(out["pooled"])}
+
+    def deactivate(self) -> None:
+        self.runner.deactivate()
+
+
+class CudaOps:
+    """Device ``OrtValue``s; compaction by a Gather + Slice graph on the CUDA provider."""
+
+    def __init__(self, device_id: int = 0, provider: str = PROVIDER) -> None:
+        self.device = "cuda" if provider == PROVIDER else "cpu"
+        self.device_id = device_id if provider == PROVIDER else 0
+        self.provider = provider
+
+    def from_host(self, array: np.ndarray):
+        import onnxruntime as ort
+
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, self.device_id)
+
+    @staticmethod
+    def to_host(tensor) -> np.ndarray:
+        return tensor.numpy()
+
+    def compact(self, tensor, rows: np.ndarray, seq_axis: int | None, width: int):
+        rank = len(tensor.shape())
+        axis = None if seq_axis is None else seq_axis % rank
+        session = _compaction_session(tensor.data_type(), rank, axis, self.provider, self.device_id)
+        feeds = {"x": tensor, "rows": self.from_host(np.asarray(rows, dtype=np.int64))}
+        if axis is not None:
+            feeds["width"] = self.from_host(np.asarray([width], dtype=np.int64))
+        binding = session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("y", self.device, self.device_id)
+        session.run_with_iobinding(binding)
+        return binding.get_outputs()[0]
+
+
+_ONNX_TYPES = {"tensor(float)": 1, "tensor(float16)": 10, "tensor(int32)": 6, "tensor(int64)": 7}
+
+
+@functools.cache
+def _compaction_session(data_type: str, rank: int, seq_axis: int | None, provider: str, device_id: int):
+    """``y = Slice(Gather(x, rows, axis 0), [0], [width], [seq_axis])``, one session per kind of tensor."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    elem = _ONNX_TYPES[data_type]
+    dims = [f"d{i}" for i in range(rank)]
+    inputs = [
+        helper.make_tensor_value_info("x", elem, dims),
+        helper.make_tensor_value_info("rows", TensorProto.INT64, ["r"]),
+    ]
+    nodes = [helper.make_node("Gather", ["x", "rows"], ["g" if seq_axis is not None else "y"], axis=0)]
+    initializers = []
+    if seq_axis is not None:
+        inputs.append(helper.make_tensor_value_info("width", TensorProto.INT64, [1]))
+        initializers += [
+            helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("axis", TensorProto.INT64, [1], [seq_axis]),
+        ]
+        nodes.append(helper.make_node("Slice", ["g", "zero", "width", "axis"], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "compact",
+        inputs,
+        [helper.make_tensor_value_info("y", elem, [f"y{i}" for i in range(rank)])],
+        initializer=initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    providers = [(provider, {"device_id": device_id})] if provider == PROVIDER else [provider]
+    return ort.InferenceSession(
+        model.SerializeToString(), sess_options=cuda_session_options(1), providers=providers
+    )
