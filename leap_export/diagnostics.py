@@ -166,6 +166,7 @@ def diagnose(
     nn_k: int = 10,
     sweep_thetas: tuple[float, ...] = SWEEP_THETAS,
     boundaries: Sequence[int] | None = None,
+    lengths: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """The full diagnostic report for pooled layer embeddings ``[L + 1, N, H]`` (JSON-serialisable).
 
@@ -175,6 +176,7 @@ def diagnose(
     ``overhead``: measured per-layer monitoring overhead as a fraction of full-depth latency (0.222 is
     22.2 %), for diagnostic 3; None reports it as not measured. ``nn_k`` is lowered to N - 1 for tiny sets.
     ``boundaries``: the layers after which an exit is checked (a build's segment plan); None: every layer.
+    ``lengths``: each sample's token count; adds ``by_length`` (:func:`by_length`) at the policy ``theta``.
     """
     pooled = _check_pooled(pooled)
     num_layers, n, hidden = pooled.shape[0] - 1, pooled.shape[1], pooled.shape[2]
@@ -288,7 +290,50 @@ def diagnose(
         "verdict": verdict,
         "reasons": reasons,
         "warnings": warnings,
+        "by_length": None if lengths is None else by_length(lengths, exit_layer, exited_sim, num_layers),
     }
+
+
+LENGTH_EDGES = (16, 32, 64, 128)  # token-count buckets: 1-16, 17-32, 33-64, 65-128, 129+
+
+
+def by_length(
+    lengths: Sequence[int] | np.ndarray,
+    exit_layers: np.ndarray,
+    cos_to_full: np.ndarray,
+    num_layers: int,
+    edges: Sequence[int] = LENGTH_EDGES,
+) -> list[dict[str, Any]]:
+    """Exit layer and cosine to full depth per text-length bucket (tokens, after truncation), so a user sees
+    where exits cost quality: a model trained on short texts may exit long ones too early.
+
+    One row per non-empty bucket: ``tokens`` (e.g. ``"33-64"``), ``count``, ``expected_layers``,
+    ``exit_rate_before_final``, ``mean_cosine`` and ``min_cosine`` (exited vs full-depth embedding)."""
+    lengths = np.asarray(lengths)
+    exit_layers, cos_to_full = np.asarray(exit_layers), np.asarray(cos_to_full)
+    if not lengths.shape == exit_layers.shape == cos_to_full.shape:
+        raise LeapError(
+            f"lengths, exit layers and cosines must have one entry per text, got {lengths.shape}, "
+            f"{exit_layers.shape}, {cos_to_full.shape}"
+        )
+    bounds = [0, *edges, None]
+    rows = []
+    for low, high in zip(bounds, bounds[1:], strict=False):
+        mask = lengths > low if high is None else (lengths > low) & (lengths <= high)
+        if not mask.any():
+            continue
+        layers, cos = exit_layers[mask], cos_to_full[mask]
+        rows.append(
+            {
+                "tokens": f"{low + 1}-{high}" if high is not None else f"{low + 1}+",
+                "count": int(mask.sum()),
+                "expected_layers": float(layers.mean()),
+                "exit_rate_before_final": float((layers < num_layers).mean()),
+                "mean_cosine": float(cos.mean()),
+                "min_cosine": float(cos.min()),
+            }
+        )
+    return rows
 
 
 def exit_at_layer(boundaries: Sequence[int], num_layers: int, min_layer: int, patience: int = 1) -> int:
@@ -514,7 +559,7 @@ def run_diagnose(
     ``model``: a short name or a local model folder. Sentences: ``sentences``, else ``sentences_file``
     (one per line), else the packaged default set. ``min_layer`` None: the model's default policy.
     """
-    from leap_export.reference import layer_embeddings
+    from leap_export.reference import layer_embeddings, token_counts
     from leap_export.sources import resolve_model
 
     if sentences is not None and sentences_file is not None:
@@ -549,7 +594,8 @@ def run_diagnose(
     t0 = time.perf_counter()
     pooled = layer_embeddings(source, sentences, batch_size=batch_size, show_progress_bar=show_progress_bar)
     t1 = time.perf_counter()
-    report = diagnose(pooled, theta, patience, min_layer, target_layer, overhead=overhead)
+    lengths = token_counts(source, sentences)
+    report = diagnose(pooled, theta, patience, min_layer, target_layer, overhead=overhead, lengths=lengths)
     t2 = time.perf_counter()
     report["model"] = {
         "spec": source.spec,

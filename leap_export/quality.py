@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from leap_export.diagnostics import NN_FAIL_THRESHOLDS, exit_at_layer, nn_overlap
+from leap_export.diagnostics import NN_FAIL_THRESHOLDS, by_length, exit_at_layer, nn_overlap
 from leap_export.errors import LeapError
 from leap_export.evaluation import pair_cosines, retrieval_metrics, spearman
 from trt_runtime.fileio import write_json_atomic
@@ -364,6 +364,7 @@ def evaluate_artifacts(
             exit_layers[rows], manifest.boundaries, manifest.num_layers, policy.min_layer, policy.patience
         ),
     }
+    lengths = np.array([len(ids) for ids in exited_enc.tokenizer.encode(texts)])
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA,
         "version": REPORT_VERSION,
@@ -373,6 +374,8 @@ def evaluate_artifacts(
         "sets": set_info,
         "metrics": metrics,
         "label_free": label_free,
+        # every text encoded (the sets' and the label-free ones): long documents are in the sets
+        "by_length": by_length(lengths, exit_layers, pair_cosines(exited_emb, full_emb), manifest.num_layers),
         "reference": None,
         "timing_s": {"encode": round(t1 - t0, 3), "total": round(time.perf_counter() - t0, 3)},
     }

@@ -53,6 +53,22 @@ def tokenize(tokenizer, sentences: Sequence[str], max_length: int):
     )
 
 
+def token_counts(
+    source: ModelSource | str | os.PathLike, sentences: Sequence[str], max_length: int | None = None
+):
+    """Each sentence's token count as the reference model sees it (special tokens included, truncated at
+    ``max_length``, default the model's max sequence length): the lengths of diagnose's by-length report."""
+    from transformers import AutoTokenizer
+
+    if not isinstance(source, ModelSource):
+        source = resolve_model(source)
+    tokenizer = from_pretrained(AutoTokenizer, source.path, "tokenizer")
+    ids = tokenizer(
+        list(sentences), truncation="longest_first", max_length=max_length or source.max_seq_length
+    )
+    return np.array([len(x) for x in ids["input_ids"]])
+
+
 def masked_mean(hidden, mask):
     """sentence-transformers' mean pooling: sum over unmasked tokens / max(count, 1e-9)."""
     m = mask.unsqueeze(-1).to(hidden.dtype)

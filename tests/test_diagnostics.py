@@ -384,6 +384,26 @@ def test_run_diagnose_matches_the_reference_embeddings(tiny_model):
     again = run_diagnose(str(tiny_model), sentences + sentences[:5], min_layer=2, batch_size=7)
     assert again["sentences"] == {"source": "given", "count": 24, "duplicates_dropped": 5}
     assert again["exit"] == report["exit"]
+    # by length: the reference tokenizer's counts, every sample in one bucket, the buckets' exits add up
+    rows = report["by_length"]
+    assert sum(r["count"] for r in rows) == 24 and len(rows) >= 2
+    exits = sum(r["count"] * r["exit_rate_before_final"] for r in rows)
+    assert exits == pytest.approx(24 * report["exit"]["rate_before_final"])
+    assert min(r["min_cosine"] for r in rows) == pytest.approx(report["exited"]["min_similarity_to_full"])
+
+
+def test_by_length_buckets():
+    from leap_export.diagnostics import by_length
+
+    lengths = np.array([5, 16, 17, 40, 200])
+    layers = np.array([2, 4, 2, 4, 4])
+    cos = np.array([0.9, 1.0, 0.8, 1.0, 1.0])
+    rows = by_length(lengths, layers, cos, num_layers=4)
+    assert [(r["tokens"], r["count"]) for r in rows] == [("1-16", 2), ("17-32", 1), ("33-64", 1), ("129+", 1)]
+    assert rows[0]["expected_layers"] == 3.0 and rows[0]["exit_rate_before_final"] == 0.5
+    assert rows[0]["mean_cosine"] == pytest.approx(0.95) and rows[0]["min_cosine"] == 0.9
+    with pytest.raises(LeapError, match="one entry per text"):
+        by_length(lengths[:2], layers, cos, num_layers=4)
 
 
 def test_cli_writes_report_and_plot(tiny_model, tmp_path):

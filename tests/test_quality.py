@@ -103,6 +103,13 @@ def test_evaluate_agrees_with_the_calibration_sweep(tiny_artifacts, tmp_path):
     )
     assert lee_layers.mean() != pytest.approx(everything.mean())
     assert ev["sets"]["lee"]["expected_layers"] == pytest.approx(lee_layers.mean())
+    # by length covers every text encoded; Lee's documents (45-126 words, truncated at this build's maximum)
+    # fill the longest bucket
+    rows = ev["by_length"]
+    max_len = load_manifest(art).tokenizer.max_length
+    assert sum(r["count"] for r in rows) == len(everything)
+    assert sum(r["count"] * r["expected_layers"] for r in rows) == pytest.approx(everything.sum())
+    assert rows[0]["tokens"] == "1-16" and rows[-1]["tokens"].endswith(f"-{max_len}")
 
 
 def test_compare_with_a_reference_model(tiny_artifacts):

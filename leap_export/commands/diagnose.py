@@ -186,6 +186,7 @@ def print_report(report: dict) -> None:
                 f"{100 * r['nn_fail_lt_0.8']:.1f}",
             )
         console.print(sweep)
+    print_by_length(console, report.get("by_length"), f"theta {policy['theta']:g}")
     for d in report["diagnostics"]:
         style = "red" if d["fired"] else ("yellow" if d["fired"] is None else "green")
         console.print(f"  [{style}]{escape(d['detail'])}[/{style}]", highlight=False)
@@ -196,3 +197,32 @@ def print_report(report: dict) -> None:
         console.print(f"[yellow]warning: {escape(w)}[/yellow]")
     ok = report["verdict"] == "exit-compatible"
     console.print(f"\n[bold {'green' if ok else 'red'}]VERDICT: {report['verdict'].upper()}[/]")
+
+
+def print_by_length(console, rows: list[dict] | None, policy: str) -> None:
+    """The by-length rows of a diagnose or evaluate report as a table (nothing when there are none)."""
+    if not rows:
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"by text length (tokens), {policy}", title_justify="left")
+    for name in (
+        "tokens",
+        "texts",
+        escape("E[layers]"),
+        "exit before final %",
+        "cos exited vs full",
+        "min cos",
+    ):
+        table.add_column(name, justify="right")
+    for r in rows:
+        table.add_row(
+            r["tokens"],
+            str(r["count"]),
+            f"{r['expected_layers']:.2f}",
+            f"{100 * r['exit_rate_before_final']:.1f}",
+            f"{r['mean_cosine']:.4f}",
+            f"{r['min_cosine']:.4f}",
+        )
+    console.print(table)

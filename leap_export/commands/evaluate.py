@@ -140,6 +140,9 @@ def print_report(report: dict) -> None:
         ),
         highlight=False,
     )
+    from leap_export.commands.diagnose import print_by_length
+
+    print_by_length(console, report.get("by_length"), f"theta {p['theta']:g}, every text of the run")
     if ref:
         ok = ref["within_target"]
         console.print(
