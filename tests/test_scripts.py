@@ -198,3 +198,48 @@ def test_train_minilm_recipe_runs_fresh_and_again(tmp_path):
         result = json.loads((tmp_path / "run" / "exit_eval.json").read_text())
         assert result["heldout_sentences"] > 0 and 3 <= result["mean_layers"] <= 6
     assert "at step 2 of 2" in res.stderr  # the second run resumed the finished one
+
+
+def test_int8_options_compares_quantisations_and_cpus(tiny_artifacts, tmp_path):
+    """Each option quantised and scored against fp32; the shipped recipe is export's own; a second run with
+    ``--compare`` on the same CPU finds the same embeddings (difference 0), as a second CPU should for
+    ``shipped``."""
+    art = str(tiny_artifacts["bert"])
+    saved = tmp_path / "saved"
+    _run(
+        "benchmarks/int8_options.py",
+        art,
+        "--work",
+        str(tmp_path / "w"),
+        "--options",
+        "shipped,s8,qdq",
+        "--save",
+        str(saved),
+    )
+    assert {p.name for p in saved.iterdir()} == {"fp32.npz", "shipped.npz", "s8.npz", "qdq.npz"}
+    out_json = tmp_path / "o.json"
+    out = _run(
+        "benchmarks/int8_options.py",
+        art,
+        "--work",
+        str(tmp_path / "w"),
+        "--options",
+        "shipped,s8",
+        "--no-timing",
+        "--compare",
+        str(saved),
+        "--json",
+        str(out_json),
+    )
+    assert "| shipped |" in out and "| s8 |" in out
+    rows = {r["option"]: r for r in json.loads(out_json.read_text())["rows"]}
+    for row in rows.values():
+        assert 0.5 < row["probe_b1"] <= 1.0 + 1e-6 and row["same"] == 0.0
+        assert "time_b1" not in row  # --no-timing
+    res = subprocess.run(
+        [sys.executable, "benchmarks/int8_options.py", art, "--work", str(tmp_path / "w"), "--options", "s9"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2 and "--options: unknown s9" in res.stderr
