@@ -104,7 +104,7 @@ def quantise(option: str, src: Path, dst: Path, calibration) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("artifacts")
     ap.add_argument("--work", required=True, help="folder for the quantised graphs (created if missing)")
     ap.add_argument(
