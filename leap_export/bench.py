@@ -628,6 +628,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"Model `{report['model']}` ({report['variant']}), theta {report['policy']['theta']}, "
         f"min_layer {report['policy']['min_layer']}, {report['sentences']} sentences, {report['threads']} threads, "
+        + (f"backend {report['backend']}, " if "backend" in report else "")
         + (f"{report['host_loop']} host loop, " if "host_loop" in report else "")
         + f"{report['warmup']} warmup + {report['iters']} timed iterations per configuration, "
         f"{report.get('schedule', 'round-robin')}. "

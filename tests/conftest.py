@@ -108,6 +108,15 @@ def tiny_artifacts(tmp_path_factory, tiny_models) -> dict[str, Path]:
     return {arch: build(path, root / arch, min_layer=2, progress=False) for arch, path in tiny_models.items()}
 
 
+@pytest.fixture(scope="session")
+def minilm_artifacts(tmp_path_factory) -> Path:
+    """The packaged all-MiniLM-L6-v2, built once per session (default settings) for the tests that read it
+    (test_minilm_e2e, test_capi); none of them writes into it (a test that adds a variant copies it first)."""
+    from leap_export.export import build
+
+    return build("minilm-l6", tmp_path_factory.mktemp("minilm") / "art", progress=False)
+
+
 SENTENCES = [
     "The cat sat quietly on the warm windowsill.",
     "How do I reset my password?",

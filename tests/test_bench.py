@@ -55,6 +55,7 @@ def test_bench_reports_every_configuration_and_the_int8_build(tiny_artifacts, tm
     assert report["theoretical_speedup"] == pytest.approx(report["num_layers"] / report["expected_layers"])
     table = markdown(report)
     assert "| 4 | int8 |" in table and "monitoring overhead" in table and "graph breaks" in table
+    assert report["backend"] == "onnxruntime-cpu" and "backend onnxruntime-cpu, " in table
     paths = save(report, tmp_path / "out")
     assert json.loads(paths["json"].read_text())["results"]["1"]["variants"]["int8"]
     assert paths["plot"].stat().st_size > 0 and paths["markdown"].read_text() == table

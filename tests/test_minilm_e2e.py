@@ -13,11 +13,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def minilm_artifacts(tmp_path_factory):
-    return build("minilm-l6", tmp_path_factory.mktemp("minilm") / "art", progress=False)
-
-
-@pytest.fixture(scope="module")
 def st_model():
     from sentence_transformers import SentenceTransformer
 
@@ -98,3 +93,20 @@ def test_int8_verify_on_the_stock_model_fails_as_the_readme_says(minilm_artifact
     cosines = [c.value for c in report.checks if "cosine" in c.metric]
     assert 0.95 < min(cosines) < TOLERANCES["int8"]["min_cosine"], cosines
     assert verify(art, sample_sentences(), progress=False)  # the fp32 variant beside it
+
+
+def test_fp16_verify_on_the_stock_model_passes(minilm_artifacts, tmp_path):
+    """The fp16 variant of the packaged MiniLM against PyTorch fp32, with FP16 numerics emulated on the CPU:
+    pooled cosine >= 0.999 per segment and end to end, exit layers agreeing on >= 99 % of the texts."""
+    import shutil
+
+    art = tmp_path / "art"
+    shutil.copytree(minilm_artifacts, art)
+    build(art, art, precision="fp16", progress=False)
+    report = verify(art, TEXTS, variant="fp16", progress=False)
+    assert report, [c.describe() for c in report.failures]
+    assert report.backends["onnxruntime-cpu"]["precision"] == "fp16"
+    cosines = [c.value for c in report.checks if c.metric == "min_cosine"]
+    assert len(cosines) >= 6 and min(cosines) >= 0.999
+    agreement = [c.value for c in report.checks if "agreement" in c.metric]
+    assert agreement and min(agreement) >= 0.99

@@ -233,7 +233,9 @@ backend_option = click.option(
     "is an error saying what is missing.",
 )
 variant_option = click.option(
-    "--variant", default=None, help="Which build to run (fp32, int8). Default: the manifest's."
+    "--variant",
+    default=None,
+    help="Which build to run (fp32, fp16, int8, tensorrt-sm<cc>). Default: the manifest's.",
 )
 
 

@@ -161,3 +161,24 @@ def test_the_compaction_graph_gathers_rows_and_trims_the_sequence():
         np.testing.assert_array_equal(got, NumpyOps.compact(x, rows, axis, width))
     half = ort.OrtValue.ortvalue_from_numpy(x.astype(np.float16))
     assert ops.to_host(ops.compact(half, rows, 1, 2)).dtype == np.float16
+
+
+@pytest.mark.gpu
+def test_onnxruntime_cuda_matches_the_cpu(tiny_artifacts, sentences):
+    """On a GPU with onnxruntime-gpu: the CUDA backend's exit layers and embeddings against the CPU's."""
+    from trt_runtime.backends.onnxruntime_cuda import OnnxRuntimeCuda
+
+    why = OnnxRuntimeCuda.unavailable()
+    if why:
+        pytest.skip(f"needs onnxruntime-gpu and an NVIDIA GPU: {why}")
+    art = tiny_artifacts["bert"]
+    cpu = EarlyExitEncoder(art, backend="onnxruntime-cpu", exits=False)
+    texts = sentences * 3
+    theta = _split_theta(cpu, texts)
+    cpu = EarlyExitEncoder(art, backend="onnxruntime-cpu", theta=theta)
+    gpu = EarlyExitEncoder(art, backend="onnxruntime-cuda", theta=theta)
+    assert gpu.backend == "onnxruntime-cuda"
+    a, b = cpu.encode_with_exits(texts, batch_size=8), gpu.encode_with_exits(texts, batch_size=8)
+    assert (np.sum(a.embeddings * b.embeddings, axis=1) > 0.9999).all()
+    # a score at theta may round the other way in another kernel
+    assert (np.asarray(a.exit_layers) == np.asarray(b.exit_layers)).mean() >= 0.9

@@ -7,7 +7,8 @@ their pooled vectors. Compaction runs on the device: a two-node graph (``Gather`
 ``Slice`` of the sequence axis to the longest survivor) on the same provider, one session per tensor kind.
 
 Not run anywhere yet: no GPU has been lent to this project. Its logic around ONNX Runtime (availability,
-refusal, the compaction graph) is tested on the CPU; the GPU path itself is marked ``gpu`` in the tests.
+refusal, the compaction graph) is tested on the CPU provider; the test that runs it on a GPU is marked ``gpu``
+(``tests/trt_runtime/test_backends.py``) and has never run.
 """
 
 from __future__ import annotations
