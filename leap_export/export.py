@@ -588,8 +588,9 @@ def _quantize_int8(src: Path, dst: Path) -> None:
       accuracy for little speed. Per-channel weight scales keep each output unit's range.
     - ``reduce_range`` (7-bit weights): without VNNI, ONNX Runtime's u8 x s8 kernel adds pairs of products in
       int16 with saturation (``vpmaddubsw``), with VNNI it accumulates in int32; full-range weights make the
-      two differ. With 7-bit weights no pair can saturate, both are exact, and the results are the same on
-      every CPU.
+      two differ. With 7-bit weights no pair can saturate and both integer paths are exact; what still
+      differs between CPUs is float32 rounding elsewhere, which moves an activation across a quantisation
+      step only rarely.
     - The feed-forward down-projections (the MatMul whose weight maps the intermediate width back to the
       hidden width) stay float32: their input is the GELU output, whose heavy tail a per-tensor activation
       scale cannot hold; quantising them is most of int8's error (docs/RESULTS.md measures the options).
