@@ -59,48 +59,50 @@ def texts(max_length: int) -> dict[str, list[str]]:
 
 
 def quantise(option: str, src: Path, dst: Path, calibration) -> None:
-    from leap_export.export import _quantize_int8, _quiet_preprocess_advice  # the shipped recipe, not a copy
+    import logging
+
+    from leap_export.export import quantize_int8  # the shipped recipe, not a copy
 
     if option == "shipped":
-        _quantize_int8(src, dst)
+        quantize_int8(src, dst)
         return
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    with _quiet_preprocess_advice():
-        if option == "qdq":
-            quantize_static(
-                src,
-                dst,
-                calibration,
-                quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                per_channel=True,
-                op_types_to_quantize=["MatMul"],
-            )
-            return
-        kw = dict(DYNAMIC[option])
-        exclude = []
-        if kw.pop("exclude_down", False):
-            graph = onnx.load(str(src), load_external_data=False).graph
-            shapes = {i.name: tuple(i.dims) for i in graph.initializer}
-            exclude = [
-                n.name
-                for n in graph.node
-                if n.op_type == "MatMul"
-                and len(shapes.get(n.input[1], ())) == 2
-                and shapes[n.input[1]][0] > shapes[n.input[1]][1]
-            ]
-        kw["weight_type"] = getattr(QuantType, kw["weight_type"])
-        quantize_dynamic(
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizer's pre-processing advice, once per graph
+    if option == "qdq":
+        quantize_static(
             src,
             dst,
+            calibration,
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
             op_types_to_quantize=["MatMul"],
-            nodes_to_exclude=exclude,
-            extra_options={"MatMulConstBOnly": True},
-            **kw,
         )
+        return
+    kw = dict(DYNAMIC[option])
+    exclude = []
+    if kw.pop("exclude_down", False):
+        graph = onnx.load(str(src), load_external_data=False).graph
+        shapes = {i.name: tuple(i.dims) for i in graph.initializer}
+        exclude = [
+            n.name
+            for n in graph.node
+            if n.op_type == "MatMul"
+            and len(shapes.get(n.input[1], ())) == 2
+            and shapes[n.input[1]][0] > shapes[n.input[1]][1]
+        ]
+    kw["weight_type"] = getattr(QuantType, kw["weight_type"])
+    quantize_dynamic(
+        src,
+        dst,
+        op_types_to_quantize=["MatMul"],
+        nodes_to_exclude=exclude,
+        extra_options={"MatMulConstBOnly": True},
+        **kw,
+    )
 
 
 def main() -> None:

@@ -543,7 +543,7 @@ def add_variant(out: Path, precision: str, *, force: bool = False, progress: boo
             "kept until the new one is complete)"
         )
     fp32 = manifest.variant("fp32")
-    convert, how = (_quantize_int8, INT8_METHOD) if precision == "int8" else (_to_fp16, FP16_METHOD)
+    convert, how = (quantize_int8, INT8_METHOD) if precision == "int8" else (_to_fp16, FP16_METHOD)
     tmp = temp_folder(out, f".{precision}.tmp-")
     try:
         files = []
@@ -581,7 +581,7 @@ FP16_METHOD = (
 )
 
 
-def _quantize_int8(src: Path, dst: Path) -> None:
+def quantize_int8(src: Path, dst: Path) -> None:
     """Dynamic int8 that computes the same on every x86-64 CPU ONNX Runtime supports.
 
     - Weights only (``MatMulConstBOnly``): quantising the attention's activation x activation products costs
