@@ -42,8 +42,8 @@ class SegmentTrace(NamedTuple):
 
 
 # a rule, as the encoder swaps it in one assignment: (theta as float32 in a Python float, may a row exit after
-# segment k, the same as bytes for a C loop)
-Rule = tuple[float, tuple[bool, ...], bytes]
+# segment k, the policy's fields (theta, min_layer, patience, enabled) for the C loop, which decides from them)
+Rule = tuple[float, tuple[bool, ...], tuple[float, int, int, bool]]
 
 
 class SegmentChain:

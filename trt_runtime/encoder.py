@@ -146,14 +146,16 @@ class EarlyExitEncoder:
         # sees the old rule or the new one, never half of each.
         # theta as the float32 the graphs' scores are compared in (numpy compares float32 with a float in
         # float32), so the plain-Python exit test in the loop decides exactly as ``score >= theta`` does;
-        # per segment: may a sample exit after it? (decided once, not per batch)
+        # per segment: may a sample exit after it? (decided once, not per batch); the C loop takes the policy's
+        # fields and decides the same from them (leap_run)
         if policy.enabled and self._warn_exit_check:
             _warn_failed_exit_check(self.manifest, policy)
         can_exit = tuple(
             policy.may_exit_at(s.end) and s.end < self.manifest.num_layers for s in self.segments
         )
         self._exit_policy = policy
-        self._rule = (float(np.float32(policy.theta)), can_exit, bytes(can_exit))
+        theta = float(np.float32(policy.theta))
+        self._rule = (theta, can_exit, (theta, policy.min_layer, policy.patience, policy.enabled))
 
     @property
     def runners(self):
@@ -371,7 +373,7 @@ class EarlyExitEncoder:
         """``run_ids`` for a batch already padded: ``input_ids`` and ``mask`` int32 ``[B, S]``."""
         rule = self._rule
         if self._fast is not None and on_segment is None:
-            return self._fast.run(input_ids, mask, rule[0], rule[2])  # the statistics are counted there
+            return self._fast.run(input_ids, mask, rule[2])  # the statistics are counted there
         return self._loop_chain().run(input_ids, mask, rule, on_segment)
 
 

@@ -1,9 +1,11 @@
-"""The host loop in C: ``trt_runtime/_native/chain.c``, loaded with ctypes.
+"""The host loop in C: ``libleap_runtime.so`` (``trt_runtime/_native``), loaded with ctypes.
 
-One call runs a padded batch through every segment: the exit test, the statistics, compaction with the
-padding trim and the scatter back happen in C, between ONNX Runtime runs, with no Python in between.
-That removes the Python binding's per-run work from each hand-off, the largest part of the batch-1
-monitoring overhead that the host adds (docs/runtime.md).
+The library is the runtime's public C API (``trt_runtime/_native/include/leap_runtime.h``, docs/c-api.md):
+this module calls the same functions a C or C++ program calls. One ``leap_run`` runs a padded batch
+through every segment: the exit test, the statistics, compaction with the padding trim and the scatter back
+happen in C, between ONNX Runtime runs, with no Python in between. That removes the Python binding's per-run
+work from each hand-off, the largest part of the batch-1 monitoring overhead that the host adds
+(docs/runtime.md).
 
 The C library calls ONNX Runtime's C API in the ``libonnxruntime.so`` that the onnxruntime wheel ships
 beside its Python module. That is a second copy of ONNX Runtime in the process, with its own environment,
@@ -12,14 +14,13 @@ times (the monolithic baseline of ``bench`` included: :class:`NativeRunner`) mus
 half here and half there. The settings are those of :func:`trt_runtime.runners.ort_session_options`:
 one process-wide pool of ``threads`` threads with spinning, one shared CPU arena, ``ORT_ENABLE_ALL``.
 
-Unavailable (the extension was not built: no C compiler at install; a wheel without the C library;
-ONNX Runtime older than 1.22): :func:`status` says why, and the encoder keeps its Python loop.
+Unavailable (the library was not built: no C compiler at install; a wheel without it; ONNX Runtime older
+than 1.22): :func:`status` says why, and the encoder keeps its Python loop.
 """
 
 from __future__ import annotations
 
 import ctypes
-import glob
 import importlib.util
 import logging
 import os
@@ -29,32 +30,94 @@ from pathlib import Path
 
 import numpy as np
 
-from trt_runtime.errors import RuntimeInputError
+from trt_runtime.errors import ArtifactError, RuntimeInputError
 
 log = logging.getLogger(__name__)
 
-_SRC_IDS, _SRC_MASK = -1, -2
-_ID_TYPES = {np.dtype(np.int32): 6, np.dtype(np.int64): 7}
+LIBRARY_NAME = "libleap_runtime.so"
+_ID_TYPES = {np.dtype(np.int32): 6, np.dtype(np.int64): 7}  # leap_dtype: LEAP_INT32, LEAP_INT64
+# leap_status
+LEAP_OK, LEAP_ERR_ARGUMENT, LEAP_ERR_INPUT, LEAP_ERR_POLICY = 0, 1, 2, 3
+LEAP_ERR_ARTIFACT, LEAP_ERR_UNSUPPORTED, LEAP_ERR_ONNXRUNTIME, LEAP_ERR_MEMORY = 4, 5, 6, 7
+LEAP_OPEN_NO_HASH_CHECK = 1
+
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
+_runtime: ctypes.c_void_p | None = None  # this process's leap_runtime (its ONNX Runtime pool)
 _error: str | None = None  # why the C loop cannot run here (None: not tried yet, or it runs)
 _threads: int | None = None  # the size of the C library's pool, once created
 _warned: set[int] = set()
 
 
 class NativeError(RuntimeError):
-    """ONNX Runtime failed inside the C host loop (its message follows)."""
+    """The C library failed (ONNX Runtime's message, or what the library checked, follows)."""
+
+    def __init__(self, message: str, status: int = LEAP_ERR_ONNXRUNTIME) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# the structs of leap_runtime.h, field for field
+class _RuntimeOptions(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t), ("ort_library", ctypes.c_char_p), ("threads", ctypes.c_int)]
+
+
+class _OpenOptions(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t), ("variant", ctypes.c_char_p), ("flags", ctypes.c_uint32)]
+
+
+class _Policy(ctypes.Structure):
+    _fields_ = [
+        ("theta", ctypes.c_float),
+        ("min_layer", ctypes.c_int32),
+        ("patience", ctypes.c_int32),
+        ("exits", ctypes.c_int32),
+    ]
+
+
+class _Tensor(ctypes.Structure):
+    _fields_ = [
+        ("data", ctypes.c_void_p),
+        ("dtype", ctypes.c_int),
+        ("rows", ctypes.c_int64),
+        ("cols", ctypes.c_int64),
+    ]
+
+
+class _ModelInfo(ctypes.Structure):
+    _fields_ = [
+        ("num_layers", ctypes.c_int32),
+        ("hidden_size", ctypes.c_int32),
+        ("max_seq_length", ctypes.c_int32),
+        ("vocab_size", ctypes.c_int32),
+        ("pad_id", ctypes.c_int32),
+        ("normalize", ctypes.c_int32),
+        ("num_segments", ctypes.c_int32),
+        ("segment_layers", ctypes.POINTER(ctypes.c_int32)),
+        ("default_policy", _Policy),
+        ("variant", ctypes.c_char_p),
+        ("architecture", ctypes.c_char_p),
+    ]
+
+
+_STATS = np.dtype([("layer", "<i8"), ("score_sum", "<f8"), ("rows", "<i8"), ("exited", "<i8")])
 
 
 def extension_path() -> Path | None:
-    """The compiled ``trt_runtime/_chain*.so`` (None: not built)."""
-    here = Path(__file__).resolve().parent
-    found = sorted(glob.glob(str(here / "_chain*.so")))
-    return Path(found[0]) if found else None
+    """The compiled ``trt_runtime/libleap_runtime.so`` (None: not built)."""
+    path = Path(__file__).resolve().parent / LIBRARY_NAME
+    return path if path.is_file() else None
+
+
+def header_dir() -> Path:
+    """The folder holding the public header ``leap_runtime.h``."""
+    return Path(__file__).resolve().parent / "_native" / "include"
 
 
 def onnxruntime_library() -> Path | None:
     """ONNX Runtime's C library inside the installed onnxruntime wheel (found without importing the wheel)."""
+    import glob
+
     spec = importlib.util.find_spec("onnxruntime")
     for root in (spec.submodule_search_locations or []) if spec else []:
         found = sorted(glob.glob(os.path.join(root, "capi", "libonnxruntime.so*")))
@@ -67,44 +130,64 @@ def _load() -> ctypes.CDLL:
     path = extension_path()
     if path is None:
         raise OSError(
-            "the C extension trt_runtime/_chain*.so is not built (reinstall with a C compiler present: "
+            f"the C library trt_runtime/{LIBRARY_NAME} is not built (reinstall with a C compiler present: "
             "pip install -e . or pip install leap-export)"
         )
     lib = ctypes.CDLL(str(path))
-    vp, i, i64, cp = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_char_p
-    lib.lx_version.restype = cp
-    lib.lx_last_error.restype = cp
-    lib.lx_init.argtypes = [cp, i]
-    lib.lx_init.restype = i
-    lib.lx_session_open.argtypes = [cp]
-    lib.lx_session_open.restype = vp
-    lib.lx_session_close.argtypes = [vp]
-    lib.lx_session_close.restype = None
-    lib.lx_chain_new.argtypes = [i]
-    lib.lx_chain_new.restype = vp
-    lib.lx_chain_free.argtypes = [vp]
-    lib.lx_chain_free.restype = None
-    ints = ctypes.POINTER(ctypes.c_int)
-    names = ctypes.POINTER(ctypes.c_char_p)
-    lib.lx_chain_segment.argtypes = [vp, i, vp, i, i, names, ints, ints, i, names, ints, i, i]
-    lib.lx_chain_segment.restype = i
-    lib.lx_chain_run.argtypes = [vp, vp, vp, i, i64, i64, ctypes.c_float, cp, vp, i64, vp]
-    lib.lx_chain_run.restype = i
-    lib.lx_chain_stats.argtypes = [vp, vp, i]
-    lib.lx_chain_stats.restype = None
+    vp, i, u32, sz, cp = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_size_t, ctypes.c_char_p
+    out = ctypes.POINTER(ctypes.c_void_p)
+    for name, restype, argtypes in (
+        ("leap_version", i, []),
+        ("leap_version_string", cp, []),
+        ("leap_last_error", cp, []),
+        ("leap_runtime_create", i, [ctypes.POINTER(_RuntimeOptions), out]),
+        ("leap_runtime_ort_version", cp, [vp]),
+        ("leap_runtime_threads", i, [vp]),
+        ("leap_runtime_destroy", None, [vp]),
+        ("leap_model_open", i, [vp, cp, ctypes.POINTER(_OpenOptions), out]),
+        ("leap_model_open_graph", i, [vp, cp, ctypes.POINTER(cp), sz, sz, ctypes.c_int32, out]),
+        ("leap_model_info_get", i, [vp, ctypes.POINTER(_ModelInfo)]),
+        ("leap_model_close", None, [vp]),
+        # pointers as plain integers (numpy's ctypes.data): no per-call conversion objects
+        (
+            "leap_run",
+            i,
+            [
+                vp,
+                ctypes.POINTER(_Tensor),
+                ctypes.POINTER(_Tensor),
+                ctypes.POINTER(_Policy),
+                u32,
+                vp,
+                sz,
+                vp,
+                sz,
+            ],
+        ),  # fmt: skip
+        ("leap_stats", i, [vp, vp, sz, i]),
+    ):
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
     return lib
 
 
-def _last_error() -> str:
-    return _lib.lx_last_error().decode(errors="replace")
+def _raise(status: int, what: str = "") -> None:
+    message = _lib.leap_last_error().decode(errors="replace")
+    if what:
+        message = f"{what}: {message}"
+    if status in (LEAP_ERR_INPUT, LEAP_ERR_POLICY, LEAP_ERR_ARGUMENT):
+        raise RuntimeInputError(message)
+    if status == LEAP_ERR_ARTIFACT:
+        raise ArtifactError(message)
+    raise NativeError(message, status)
 
 
 def status(threads: int) -> str | None:
-    """None when the C host loop can run in this process (loading it and creating its pool the first
-    time: ``threads`` sizes that pool); otherwise why not."""
-    global _lib, _error, _threads
+    """None when the C host loop can run in this process (loading it and creating its runtime the first
+    time: ``threads`` sizes ONNX Runtime's pool); otherwise why not."""
+    global _lib, _runtime, _error, _threads
     with _lock:
-        if _lib is not None:
+        if _runtime is not None:
             if threads != _threads and threads not in _warned:
                 _warned.add(threads)
                 log.warning(
@@ -123,99 +206,86 @@ def status(threads: int) -> str | None:
                 raise OSError(
                     "the installed onnxruntime wheel has no C library (onnxruntime/capi/libonnxruntime.so)"
                 )
-            if lib.lx_init(os.fsencode(ort), int(threads)) != 0:
-                raise OSError(lib.lx_last_error().decode(errors="replace"))
+            options = _RuntimeOptions(ctypes.sizeof(_RuntimeOptions), os.fsencode(ort), int(threads))
+            runtime = ctypes.c_void_p()
+            if lib.leap_runtime_create(ctypes.byref(options), ctypes.byref(runtime)) != LEAP_OK:
+                raise OSError(lib.leap_last_error().decode(errors="replace"))
         except OSError as e:
             _error = str(e)
             return _error
-        _lib, _threads = lib, int(threads)
-        log.debug("C host loop: ONNX Runtime %s from %s, %d threads", lib.lx_version().decode(), ort, threads)
+        _lib, _runtime, _threads = lib, runtime, int(threads)
+        log.debug(
+            "C host loop: leap_runtime %s, ONNX Runtime %s from %s, %d threads",
+            lib.leap_version_string().decode(),
+            lib.leap_runtime_ort_version(runtime).decode(),
+            ort,
+            threads,
+        )
         return None
 
 
-def _c_strings(items: Sequence[str]):
-    return (ctypes.c_char_p * len(items))(*[s.encode() for s in items])
+def _policy_struct(policy: tuple) -> _Policy:
+    theta, min_layer, patience, enabled = policy
+    return _Policy(theta, min_layer, patience, 1 if enabled else 0)
 
 
-def _c_ints(items: Sequence[int]):
-    return (ctypes.c_int * len(items))(*items)
+class NativeModel:
+    """A build opened by the C library (``leap_model_open``): the encoder's fast path.
 
-
-def _seq_axis(shape: list) -> int:
-    return shape.index("sequence") if "sequence" in shape else -1
-
-
-class NativeChain:
-    """Graphs run one after the other in C, as the encoder's segments are (``run``).
-
-    ``segments``: one dict per graph, in order: ``path``, ``end`` (its exit layer), ``inputs`` (name ->
-    ``"ids"``, ``"mask"`` or ``(segment index, output name)``), ``outputs`` (the manifest's output
-    entries: name and shape; every one is computed), ``pooled`` (the output holding the pooled vector,
-    default ``"pooled"``) and ``score`` (the output holding the convergence score; None only for the
-    last graph, which every row leaves).
+    ``variant``: the manifest's variant to run (None: its default). ``check_files``: have the library compare
+    each file's sha256 with the manifest (the encoder has already done it, so it passes False).
+    A build the library cannot run (a TensorRT variant, graphs taking inputs it does not know) raises
+    :class:`NativeError` with ``status == LEAP_ERR_UNSUPPORTED``.
     """
 
-    def __init__(self, segments: list[dict], hidden_size: int) -> None:
-        if _lib is None:
+    def __init__(
+        self, root: str | os.PathLike, variant: str | None = None, *, check_files: bool = True
+    ) -> None:
+        self._model: ctypes.c_void_p | None = None
+        self._init_model(
+            lambda out: _lib.leap_model_open(
+                _runtime,
+                os.fsencode(root),
+                ctypes.byref(
+                    _OpenOptions(
+                        ctypes.sizeof(_OpenOptions),
+                        None if variant is None else variant.encode(),
+                        0 if check_files else LEAP_OPEN_NO_HASH_CHECK,
+                    )
+                ),
+                out,
+            )
+        )
+
+    def _init_model(self, open_fn) -> None:
+        if _lib is None or _runtime is None:
             raise RuntimeInputError(
                 "the C host loop is not loaded in this process (trt_runtime.native.status)"
             )
-        self.hidden_size = int(hidden_size)
-        self.n_seg = len(segments)
-        self._sessions: list[int] = []
-        self._chain = None
-        try:
-            chain = _lib.lx_chain_new(self.n_seg)
-            if not chain:
-                raise RuntimeInputError(f"the C host loop takes 1 to 64 segments, not {self.n_seg}")
-            self._chain = chain
-            out_names: list[list[str]] = []
-            for k, seg in enumerate(segments):
-                session = _lib.lx_session_open(os.fsencode(seg["path"]))
-                if not session:
-                    raise NativeError(_last_error())
-                self._sessions.append(session)
-                names = [o["name"] for o in seg["outputs"]]
-                out_names.append(names)
-                src_seg, src_out = [], []
-                for source in seg["inputs"].values():
-                    if source in ("ids", "mask"):
-                        src_seg.append(_SRC_IDS if source == "ids" else _SRC_MASK)
-                        src_out.append(0)
-                    else:
-                        src_seg.append(source[0])
-                        src_out.append(out_names[source[0]].index(source[1]))
-                score = -1 if seg.get("score") is None else names.index(seg["score"])
-                if (
-                    _lib.lx_chain_segment(
-                        chain,
-                        k,
-                        session,
-                        int(seg["end"]),
-                        len(seg["inputs"]),
-                        _c_strings(list(seg["inputs"])),
-                        _c_ints(src_seg),
-                        _c_ints(src_out),
-                        len(names),
-                        _c_strings(names),
-                        _c_ints([_seq_axis(list(o.get("shape", []))) for o in seg["outputs"]]),
-                        names.index(seg.get("pooled", "pooled")),
-                        score,
-                    )
-                    != 0
-                ):
-                    raise NativeError(_last_error())
-        except BaseException:
-            self.close()
-            raise
+        model = ctypes.c_void_p()
+        rc = open_fn(ctypes.byref(model))
+        if rc != LEAP_OK:
+            _raise(rc)
+        self._model = model
+        info = _ModelInfo()
+        _lib.leap_model_info_get(model, ctypes.byref(info))
+        self.hidden_size = int(info.hidden_size)
+        self.n_seg = int(info.num_segments)
+        self.layers = [int(info.segment_layers[k]) for k in range(self.n_seg)]
+        self.vocab_size = int(info.vocab_size)
+        self.max_seq_length = int(info.max_seq_length)
+        self._policies: dict[tuple, _Policy] = {}
 
     def run(
-        self, input_ids: np.ndarray, mask: np.ndarray, theta: float, can_exit: bytes
+        self, input_ids: np.ndarray, mask: np.ndarray, policy: tuple | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """One padded batch: (pooled vectors at each row's exit [B, H], exit layers [B]). ``can_exit[k]``:
-        may a row leave after segment k (every row still running leaves after the last)."""
-        if self._chain is None:
-            raise RuntimeInputError("this chain is closed")
+        """One padded batch: (pooled vectors at each row's exit ``[B, H]``, exit layers ``[B]``).
+
+        ``policy``: ``(theta, min_layer, patience, exits)`` (the third element of the encoder's rule), or None
+        for the manifest's default; the library checks it against the build as the encoder does."""
+        model = self._model
+        if model is None:
+            raise RuntimeInputError("this model is closed")
         input_ids = np.ascontiguousarray(input_ids)
         mask = np.ascontiguousarray(mask, dtype=input_ids.dtype)
         kind = _ID_TYPES.get(input_ids.dtype)
@@ -227,23 +297,27 @@ class NativeChain:
         batch, width = input_ids.shape
         out = np.empty((batch, self.hidden_size), dtype=np.float32)
         layers = np.empty(batch, dtype=np.int64)
-        if (
-            _lib.lx_chain_run(
-                self._chain,
-                input_ids.ctypes.data,
-                mask.ctypes.data,
-                kind,
-                batch,
-                width,
-                theta,
-                can_exit,
-                out.ctypes.data,
-                self.hidden_size,
-                layers.ctypes.data,
-            )
-            != 0
-        ):
-            raise NativeError(f"ONNX Runtime (C host loop): {_last_error()}")
+        c_policy = None
+        if policy is not None:
+            c_policy = self._policies.get(policy)
+            if c_policy is None:  # one struct per rule, made once (a rule is swapped, not edited)
+                c_policy = _policy_struct(policy)
+                if len(self._policies) < 64:
+                    self._policies[policy] = c_policy
+            c_policy = ctypes.byref(c_policy)
+        rc = _lib.leap_run(
+            model,
+            ctypes.byref(_Tensor(input_ids.ctypes.data, kind, batch, width)),
+            ctypes.byref(_Tensor(mask.ctypes.data, kind, batch, width)),
+            c_policy,
+            0,
+            out.ctypes.data,
+            out.size,
+            layers.ctypes.data,
+            batch,
+        )
+        if rc != LEAP_OK:
+            _raise(rc, "ONNX Runtime (C host loop)" if rc == LEAP_ERR_ONNXRUNTIME else "")
         return out, layers
 
     def totals(self, reset: bool = False) -> np.ndarray:
@@ -251,19 +325,18 @@ class NativeChain:
         computed, the rows it ran, the rows that left after it (kept in C, so that the loop does no
         Python per batch for them). ``reset``: start again from zero."""
         totals = np.zeros((self.n_seg, 3), dtype=np.float64)
-        if self._chain is not None:
-            _lib.lx_chain_stats(self._chain, totals.ctypes.data, int(reset))
+        if self._model is not None:
+            stats = np.zeros(self.n_seg, dtype=_STATS)
+            _lib.leap_stats(self._model, stats.ctypes.data, self.n_seg, int(reset))
+            totals[:, 0] = stats["score_sum"]
+            totals[:, 1] = stats["rows"]
+            totals[:, 2] = stats["exited"]
         return totals
 
     def close(self) -> None:
-        if _lib is None:
-            return
-        if self._chain:
-            _lib.lx_chain_free(self._chain)
-            self._chain = None
-        for s in self._sessions:
-            _lib.lx_session_close(s)
-        self._sessions = []
+        if _lib is not None and self._model is not None:
+            _lib.leap_model_close(self._model)
+        self._model = None
 
     def __del__(self) -> None:
         try:
@@ -272,9 +345,24 @@ class NativeChain:
             pass
 
 
+class _GraphModel(NativeModel):
+    """One ONNX graph (``leap_model_open_graph``): every row leaves at its end."""
+
+    def __init__(
+        self, path: str | os.PathLike, outputs: Sequence[str], pooled: int, hidden_size: int
+    ) -> None:
+        self._model = None
+        names = (ctypes.c_char_p * len(outputs))(*[o.encode() for o in outputs])
+        self._init_model(
+            lambda out: _lib.leap_model_open_graph(
+                _runtime, os.fsencode(path), names, len(outputs), pooled, int(hidden_size), out
+            )
+        )
+
+
 class NativeRunner:
     """A monolithic graph (``input_ids``, ``attention_mask`` -> every output in ``outputs``) run by the C
-    library, so that it is timed in the same ONNX Runtime, pool and arena as a :class:`NativeChain` (the
+    library, so that it is timed in the same ONNX Runtime, pool and arena as a :class:`NativeModel` (the
     runner interface of ``trt_runtime.runners``; ``infer`` returns ``{"pooled": <output pooled>}``)."""
 
     def __init__(
@@ -289,27 +377,17 @@ class NativeRunner:
         self.path = Path(path)
         self.input_names = list(inputs)
         self.output_names = ["pooled"]
-        sources = {name: ("ids" if name == "input_ids" else "mask") for name in self.input_names}
-        self._chain = NativeChain(
-            [
-                {
-                    "path": str(path),
-                    "end": 0,
-                    "inputs": sources,
-                    "outputs": outputs,
-                    "pooled": pooled,
-                    "score": None,
-                }
-            ],
-            hidden_size,
-        )
+        names = [o["name"] for o in outputs]
+        if pooled not in names:
+            raise RuntimeInputError(f"{path}: no output named {pooled!r} among {names}")
+        self._graph = _GraphModel(path, names, names.index(pooled), hidden_size)
 
     def activate(self) -> None:
         pass
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        pooled, _ = self._chain.run(feeds["input_ids"], feeds["attention_mask"], 1.0, b"\0")
+        pooled, _ = self._graph.run(feeds["input_ids"], feeds["attention_mask"], None)
         return {"pooled": pooled}
 
     def deactivate(self) -> None:
-        self._chain.close()
+        self._graph.close()

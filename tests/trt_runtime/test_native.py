@@ -1,4 +1,4 @@
-"""trt_runtime/native.py + trt_runtime/_native/chain.c: the host loop in C against the Python loop.
+"""trt_runtime/native.py + libleap_runtime (trt_runtime/_native/leap_runtime.c): the host loop in C against the Python loop.
 
 The Python loop (``EarlyExitEncoder(loop="python")``) is the reference: the C loop must give the same
 exit layers, the same embeddings and the same statistics, on batches where samples leave at different
@@ -34,7 +34,9 @@ needs_c = pytest.mark.skipif(
 
 @needs_c
 def test_the_extension_is_built_and_is_the_default_loop(tiny_artifacts):
-    assert _built(), "pip install -e . should have built trt_runtime/_chain*.so (a C compiler is present)"
+    assert _built(), (
+        "pip install -e . should have built trt_runtime/libleap_runtime.so (a C compiler is present)"
+    )
     assert native.onnxruntime_library() is not None
     enc = EarlyExitEncoder(tiny_artifacts["bert"])
     assert enc.loop == "native", enc.loop_reason
@@ -133,15 +135,37 @@ def test_one_c_encoder_serves_several_threads(tiny_artifacts, tiny_models, sente
 
 
 @needs_c
-def test_onnx_runtime_errors_inside_the_c_loop_are_raised(tiny_artifacts, sentences):
-    """A failing run in C comes back as an exception with ONNX Runtime's message, not a crash."""
+def test_errors_inside_the_c_library_are_raised(tiny_artifacts, sentences):
+    """What the library refuses, and ONNX Runtime's own failures, come back as exceptions with the library's
+    message, not a crash; the encoder works afterwards."""
+    from trt_runtime.native import NativeRunner
+
     enc = EarlyExitEncoder(tiny_artifacts["bert"])
     ids, mask = enc.tokenizer.pad(enc.tokenizer.encode(sentences[:2]))
-    # the graphs take int32 ids
-    with pytest.raises(NativeError, match=r"segment 0 \(ending at layer 2\): Unexpected input data type"):
-        enc.run_padded(ids.astype(np.int64), mask.astype(np.int64))
+    # the graphs take int32: int64 ids and mask are converted in C, with the same results
+    got, want = enc.run_padded(ids.astype(np.int64), mask.astype(np.int64)), enc.run_padded(ids, mask)
+    np.testing.assert_array_equal(got[0], want[0])
+    assert got[1].tolist() == want[1].tolist()
+    bad = ids.copy()
+    bad[1, 1] = 10**6
+    with pytest.raises(
+        RuntimeInputError, match=r"row 1, position 1: id 1000000 is outside the vocabulary \[0, 30522\)"
+    ):
+        enc.run_padded(bad, mask)
+    holes = mask.copy()
+    holes[0, 0] = 0
+    with pytest.raises(
+        RuntimeInputError,
+        match=r"mask row 0, position 1: a mask row is ones then zeros \(right padding\), got 1",
+    ):
+        enc.run_padded(ids, holes)
     with pytest.raises(RuntimeInputError, match="int32 or int64"):
         enc.run_padded(ids.astype(np.float32), mask)
+    # ONNX Runtime's own failure, inside a run: an output the graph does not have
+    runner = NativeRunner(enc.manifest.full_path(), [{"name": "pooled"}, {"name": "nope"}], enc.embedding_dim)
+    with pytest.raises(NativeError, match="the graph: .*nope"):
+        runner.infer({"input_ids": ids, "attention_mask": mask})
+    runner.deactivate()
     assert enc.encode(sentences[:2]).shape == (2, enc.embedding_dim)  # still works afterwards
 
 
@@ -184,5 +208,5 @@ except RuntimeInputError as e:
     assert (
         proc.stdout.splitlines()[0] == f"python (1, {EarlyExitEncoder(tiny_artifacts['bert']).embedding_dim})"
     )
-    assert "refused: loop='native': the C host loop cannot run here: the C extension" in proc.stdout
+    assert "refused: loop='native': the C host loop cannot run here: the C library" in proc.stdout
     assert "is not built" in proc.stdout

@@ -53,9 +53,10 @@ class FastPath(Protocol):
     """A whole padded batch at once (the exit test, compaction and statistics inside)."""
 
     def run(
-        self, input_ids: np.ndarray, mask: np.ndarray, theta: float, can_exit: bytes
+        self, input_ids: np.ndarray, mask: np.ndarray, policy: tuple[float, int, int, bool] | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(pooled vector at each row's exit ``[B, H]``, exit layers ``[B]``)."""
+        """(pooled vector at each row's exit ``[B, H]``, exit layers ``[B]``) under ``policy`` = (theta as
+        float32, min_layer, patience, enabled): the third element of the encoder's rule."""
 
     def totals(self, reset: bool = False) -> np.ndarray:
         """Per segment: score sum, rows run, rows exited (``[n_seg, 3]``), counted since the last reset."""

@@ -3,20 +3,19 @@
 Tensors are numpy arrays (:class:`~trt_runtime.chain.NumpyOps`). Its fast path is the C host loop
 (:mod:`trt_runtime.native`): one call per batch runs every segment through ONNX Runtime's C API, with the exit
 test, the statistics and compaction in C. ``loop="auto"`` (or ``TRT_RUNTIME_LOOP``) takes it wherever it can
-run: the extension built at install, the shared pool (the default), graphs whose inputs it knows. Where it
-cannot, the generic loop runs the same rule in Python on sessions of the Python binding, with the same
-results to the last bit; ``loop="native"`` refuses to fall back, ``loop="python"`` takes the Python loop.
+run: the library built at install (``libleap_runtime.so``, the public C API of docs/c-api.md), the shared pool
+(the default), graphs whose inputs it knows. Where it cannot, the generic loop runs the same rule in Python on
+sessions of the Python binding, with the same results to the last bit; ``loop="native"`` refuses to fall back,
+``loop="python"`` takes the Python loop.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any
 
 from trt_runtime.backends.base import Backend
 from trt_runtime.chain import NumpyOps
-from trt_runtime.contract import CARRIED
 from trt_runtime.errors import RuntimeInputError
 from trt_runtime.runners import OrtRunner, default_threads
 
@@ -58,14 +57,19 @@ class OnnxRuntimeCpu(Backend):
         if not self.shared_pool:
             why = "shared_pool=False (private per-session pools run on the Python binding)"
         else:
-            plan, why = self._native_plan()
-            if plan is not None:
-                from trt_runtime import native
+            from trt_runtime import native
 
-                why = native.status(self.threads or default_threads())
-                if why is None:
-                    self._native = native.NativeChain(plan, self.manifest.hidden_size)
+            why = native.status(self.threads or default_threads())
+            if why is None:
+                try:  # the files were hashed by the encoder already (or it was told not to)
+                    self._native = native.NativeModel(
+                        self.manifest.root, self.variant.name, check_files=False
+                    )
                     return "native", "the C host loop"
+                except native.NativeError as e:
+                    if e.status != native.LEAP_ERR_UNSUPPORTED:
+                        raise
+                    why = str(e)
         if loop == "native":
             asked_by = "loop='native'" if asked == "native" else "TRT_RUNTIME_LOOP=native"
             raise RuntimeInputError(
@@ -73,36 +77,6 @@ class OnnxRuntimeCpu(Backend):
             )
         log.debug("Python host loop: %s", why)
         return "python", why
-
-    def _native_plan(self) -> tuple[list[dict] | None, str | None]:
-        """The segments as :class:`trt_runtime.native.NativeChain` takes them, or (None, why not)."""
-        plan = []
-        paths = [self.manifest.root / f.file for f in self.variant.segments]
-        for seg, path in zip(self.manifest.segments, paths, strict=True):
-            inputs: dict[str, Any] = {}
-            for name in seg.inputs:
-                if seg.index == 0 and name in ("input_ids", "attention_mask"):
-                    inputs[name] = "ids" if name == "input_ids" else "mask"
-                elif seg.index > 0 and name == "hidden_in":
-                    inputs[name] = (seg.index - 1, "hidden_out")
-                elif seg.index > 0 and name in CARRIED:
-                    inputs[name] = (0, name)
-                elif name == "ref_pooled" and seg.ref_from is not None:
-                    inputs[name] = (seg.ref_from, seg.ref_output)
-                else:
-                    return None, f"segment {seg.index} takes an input the C loop does not know: {name}"
-            if "pooled" not in seg.outputs or "score" not in seg.outputs:
-                return None, f"segment {seg.index} has no pooled or score output"
-            plan.append(
-                {
-                    "path": str(path),
-                    "end": seg.end,
-                    "inputs": inputs,
-                    "outputs": self.manifest.segment_outputs(seg.index),
-                    "score": "score",
-                }
-            )
-        return plan, None
 
     def fast_path(self):
         return self._native
