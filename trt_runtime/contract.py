@@ -15,3 +15,11 @@ MASK_TENSORS = (
     {"name": "pool_weights", "dtype": HIDDEN_DTYPE, "shape": ["batch", 1, "sequence"]},
 )
 CARRIED = tuple(t["name"] for t in MASK_TENSORS)
+
+# A served encoder (the Triton model of `leap-export triton`): per text, one UTF-8 string in, its embedding
+# (L2-normalised, ``hidden`` = the manifest's hidden_size) and its exit layer out
+SERVED_INPUTS = ({"name": "TEXT", "dtype": "string", "shape": [1]},)
+SERVED_OUTPUTS = (
+    {"name": "EMBEDDING", "dtype": HIDDEN_DTYPE, "shape": ["hidden"]},
+    {"name": "EXIT_LAYER", "dtype": "int32", "shape": [1]},
+)

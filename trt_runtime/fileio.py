@@ -44,6 +44,28 @@ def temp_folder(parent: str | os.PathLike, prefix: str) -> Path:
     return tmp
 
 
+def replace_folder(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Move the finished folder ``tmp`` to ``out`` (same file system); an existing ``out`` is removed only
+    after the move succeeded, and put back if it failed, so a reader sees the old folder or the new one."""
+    import shutil
+
+    tmp, out = Path(tmp), Path(out)
+    if out.exists() or out.is_symlink():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except BaseException:  # put the old folder back: the caller removes tmp, which would leave neither
+            os.replace(old, out)
+            raise
+        if old.is_symlink():  # out was a link to a folder elsewhere: that folder stays; the link goes
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
 def output_problem(path: str | os.PathLike, *, folder: bool = False) -> str | None:
     """Why ``path`` cannot be written as an output file (or, with ``folder``, created as a folder); None if it can.
 

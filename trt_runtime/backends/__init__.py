@@ -5,7 +5,7 @@ backend                    runs (manifest variant ``backend``)  needs
 ========================  ==================================  ===============================================
 ``onnxruntime-cpu``        ONNX graphs (``onnxruntime``)        onnxruntime (always installed)
 ``onnxruntime-cuda``       ONNX graphs (``onnxruntime``)        onnxruntime-gpu and an NVIDIA GPU
-``tensorrt``               engines (``tensorrt``)               TensorRT 10 or 11, cuda-python, an NVIDIA GPU
+``tensorrt``               engines (``tensorrt``)               TensorRT 10 or 11, CuPy, an NVIDIA GPU
                                                                 matching the engines' compute capability
 ========================  ==================================  ===============================================
 
@@ -63,9 +63,19 @@ def _variant_for(cls: type[Backend], manifest: Manifest, variant: str | None) ->
     return pick(manifest) if pick else manifest.variant_spec(None)
 
 
-def choose(manifest: Manifest, variant: str | None, backend: str) -> tuple[type[Backend], VariantSpec, str]:
+def choose(
+    manifest: Manifest, variant: str | None, backend: str | type[Backend]
+) -> tuple[type[Backend], VariantSpec, str]:
     """(backend class, variant, why) for ``backend`` ("auto" or a name). A named backend that cannot run is
-    an error that says what is missing."""
+    an error that says what is missing. A :class:`Backend` subclass is taken as it is: a backend that runs
+    only in a host of its own, outside this registry (the Triton BLS backend inside a Triton model)."""
+    if isinstance(backend, type) and issubclass(backend, Backend):
+        missing = backend.unavailable()
+        spec = None if missing else _variant_for(backend, manifest, variant)
+        problem = missing or backend.cannot_run(manifest, spec)
+        if problem:
+            raise RuntimeInputError(f"backend {backend.name!r} cannot run here: {problem}")
+        return backend, spec, f"backend={backend.name!r}"
     if backend not in CHOICES:
         raise RuntimeInputError(f"backend must be one of {', '.join(CHOICES)}, got {backend!r}")
     if backend != "auto":
