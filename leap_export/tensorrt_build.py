@@ -402,8 +402,7 @@ def write_engines(
     the only step that needs it."""
     from tqdm.auto import tqdm
 
-    from leap_export.export import _replace_dir
-    from trt_runtime.fileio import atomic_write, temp_folder
+    from trt_runtime.fileio import atomic_write, replace_folder, temp_folder
 
     root = manifest.root
     name = variant_name(env.compute_capability)
@@ -447,7 +446,7 @@ def write_engines(
                 atomic_write(cached, lambda f, data=data: f.write(data))
             entries.append({"file": f"{name}/{label}.engine", "sha256": sha256_file(target)})
             keys[label] = key
-        _replace_dir(tmp, root / name)
+        replace_folder(tmp, root / name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
