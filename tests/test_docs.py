@@ -230,12 +230,16 @@ def test_docs_link_only_inside_the_repository():
     """Every relative link resolves to a file or folder of the repository (and its #anchor to a heading),
     and no doc cites a file that is not in it."""
     problems = []
+    repo_docs = {p.name for p in ROOT.rglob("*.md") if ".venv" not in p.parts}
     for doc in [*DOCS, "CHANGELOG.md"]:
         path = ROOT / doc
         text = path.read_text(encoding="utf-8")
-        for name in ("DATA.md", "DEPLOY.md", "../shared"):
-            if name in text:
-                problems.append(f"{doc}: cites {name}, which is not in the repository")
+        # a markdown file named in the text must be one of the repository's; no path may climb out of it
+        for name in sorted(set(re.findall(r"[\w.-]+\.md\b", text)) - repo_docs):
+            problems.append(f"{doc}: cites {name}, which is not in the repository")
+        for climb in re.findall(r"(?:\.\./)+[\w.-]+", text):
+            if ROOT not in (path.parent / climb).resolve().parents:
+                problems.append(f"{doc}: cites {climb}, outside the repository")
         for target in re.findall(r"\]\(([^)\s]+)\)", re.sub(r"```.*?```", "", text, flags=re.S)):
             if re.match(r"[a-z]+:", target):  # http:, mailto:
                 continue
