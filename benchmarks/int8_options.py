@@ -61,12 +61,11 @@ def texts(max_length: int) -> dict[str, list[str]]:
 def quantise(option: str, src: Path, dst: Path, calibration) -> None:
     import logging
 
-    from leap_export.export import quantize_int8  # the shipped recipe, not a copy
+    from leap_export.export import down_projections, quantize_int8  # the shipped recipe, not a copy
 
     if option == "shipped":
         quantize_int8(src, dst)
         return
-    import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer's pre-processing advice, once per graph
@@ -83,17 +82,7 @@ def quantise(option: str, src: Path, dst: Path, calibration) -> None:
         )
         return
     kw = dict(DYNAMIC[option])
-    exclude = []
-    if kw.pop("exclude_down", False):
-        graph = onnx.load(str(src), load_external_data=False).graph
-        shapes = {i.name: tuple(i.dims) for i in graph.initializer}
-        exclude = [
-            n.name
-            for n in graph.node
-            if n.op_type == "MatMul"
-            and len(shapes.get(n.input[1], ())) == 2
-            and shapes[n.input[1]][0] > shapes[n.input[1]][1]
-        ]
+    exclude = down_projections(src) if kw.pop("exclude_down", False) else []
     kw["weight_type"] = getattr(QuantType, kw["weight_type"])
     quantize_dynamic(
         src,

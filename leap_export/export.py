@@ -582,7 +582,7 @@ FP16_METHOD = (
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
-    """Dynamic int8 that computes the same on every x86-64 CPU ONNX Runtime supports.
+    """Dynamic int8 whose integer products are exact on every x86-64 CPU ONNX Runtime supports.
 
     - Weights only (``MatMulConstBOnly``): quantising the attention's activation x activation products costs
       accuracy for little speed. Per-channel weight scales keep each output unit's range.
@@ -595,18 +595,8 @@ def quantize_int8(src: Path, dst: Path) -> None:
       hidden width) stay float32: their input is the GELU output, whose heavy tail a per-tensor activation
       scale cannot hold; quantising them is most of int8's error (docs/RESULTS.md measures the options).
     """
-    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    graph = onnx.load(str(src), load_external_data=False).graph
-    shapes = {i.name: tuple(i.dims) for i in graph.initializer}
-    down_projections = [
-        n.name
-        for n in graph.node
-        if n.op_type == "MatMul"
-        and len(shapes.get(n.input[1], ())) == 2
-        and shapes[n.input[1]][0] > shapes[n.input[1]][1]
-    ]
     with _quiet_preprocess_advice():
         quantize_dynamic(
             src,
@@ -615,9 +605,25 @@ def quantize_int8(src: Path, dst: Path) -> None:
             per_channel=True,
             reduce_range=True,
             op_types_to_quantize=["MatMul"],
-            nodes_to_exclude=down_projections,
+            nodes_to_exclude=down_projections(src),
             extra_options={"MatMulConstBOnly": True},
         )
+
+
+def down_projections(path: Path) -> list[str]:
+    """The names of the graph's feed-forward down-projections: the MatMuls whose constant weight maps a wider
+    input back to a narrower output (the intermediate width to the hidden width)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    shapes = {i.name: tuple(i.dims) for i in graph.initializer}
+    return [
+        n.name
+        for n in graph.node
+        if n.op_type == "MatMul"
+        and len(shapes.get(n.input[1], ())) == 2
+        and shapes[n.input[1]][0] > shapes[n.input[1]][1]
+    ]
 
 
 def _to_fp16(src: Path, dst: Path) -> None:

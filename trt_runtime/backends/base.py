@@ -81,6 +81,7 @@ class Backend:
         self.variant = variant
         self.threads = threads
         self.options = options
+        self._runners: list[Runner] | None = None  # made by segment_runners, released by close
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -116,4 +117,8 @@ class Backend:
         return "python", f"{self.name} runs the generic loop"
 
     def close(self) -> None:
-        """Release sessions, engines and device memory (also done when the backend is collected)."""
+        """Release sessions, engines and device memory (also done when the backend is collected). A backend
+        that holds more than its segment runners releases that too, then calls this."""
+        for runner in self._runners or []:
+            runner.deactivate()
+        self._runners = None

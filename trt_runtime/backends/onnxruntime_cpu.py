@@ -32,7 +32,6 @@ class OnnxRuntimeCpu(Backend):
     def __init__(self, manifest, variant, *, threads, options: dict) -> None:
         super().__init__(manifest, variant, threads=threads, options=options)
         self.shared_pool = bool(options.get("shared_pool", True))
-        self._runners: list[OrtRunner] | None = None
         self._native = None
         self._loop = self._choose_loop(options.get("loop", "auto"))
 
@@ -111,6 +110,4 @@ class OnnxRuntimeCpu(Backend):
         if self._native is not None:
             self._native.close()
             self._native = None
-        for runner in self._runners or []:
-            runner.deactivate()
-        self._runners = None
+        super().close()

@@ -49,7 +49,6 @@ class OnnxRuntimeCuda(Backend):
         self.device_id = int(options.get("device_id", 0))
         self.provider = options.get("provider", PROVIDER)  # the tests' CPU stand-in; a user never sets it
         self.ops = CudaOps(self.device_id, self.provider)
-        self._runners: list[OrtCudaRunner] | None = None
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -83,11 +82,6 @@ class OnnxRuntimeCuda(Backend):
         runner = HostIO(graph, self.ops)
         runner.activate()
         return runner
-
-    def close(self) -> None:
-        for runner in self._runners or []:
-            runner.deactivate()
-        self._runners = None
 
 
 def cuda_session_options(threads: int | None = None):

@@ -282,7 +282,6 @@ class TensorRT(Backend):
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        self._runners: list[EngineRunner] | None = None
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -348,11 +347,6 @@ class TensorRT(Backend):
         runner = HostIO(self._runner(self.variant.full), self.ops)
         runner.activate()
         return runner
-
-    def close(self) -> None:
-        for runner in self._runners or []:
-            runner.deactivate()
-        self._runners = None
 
 
 class EngineRunner:
