@@ -5,7 +5,7 @@
 #   scripts/train_minilm.sh                 # LEAP       -> runs/minilm-leap
 #   scripts/train_minilm.sh --baseline      # baseline   -> runs/minilm-baseline (same pipeline, no L_exit)
 #
-# Knobs (environment): STEPS, LR, BATCH, MAX_LENGTH, SENTENCES, ALPHA_INTER, BETA_EXIT, EPSILON_LATE,
+# Knobs (environment): STEPS, LR, BATCH, MAX_LENGTH, SENTENCES, PASSAGES, GROUP, PCORPUS, ALPHA_INTER, BETA_EXIT, EPSILON_LATE,
 # LATE_LAYERS, DELTA_CONTRAST, ZETA_CONTRAST_EXIT, OUT, CORPUS, PY.
 # Why these settings: see leap_export/train/config.py and the comments below.
 # Measured figures (2-core CPU): docs/training.md and docs/RESULTS.md.
@@ -23,6 +23,12 @@ LR=${LR:-3e-4}               # 6x Table 14's 5e-5: a short CPU run needs larger 
 BATCH=${BATCH:-32}
 MAX_LENGTH=${MAX_LENGTH:-64} # fortunes/WordNet sentences are short; 64 tokens truncate few of them
 SENTENCES=${SENTENCES:-32000} # = STEPS x BATCH: one pass, no repeats
+# PASSAGES=1: train on SENTENCES fortune/WordNet sentences plus every training passage of the python-passages
+# and fortune-passages sources (50-250 words; documents are that long, sentences are not), in length-grouped
+# batches (GROUP batches per sorted pool) so that a sentence batch does not pad to a passage's length.
+PASSAGES=${PASSAGES:-0}
+GROUP=${GROUP:-0}
+PCORPUS=${PCORPUS:-runs/corpus-passages}
 # Self-distillation: L_inter would pin each intermediate layer to the stock model's own (exit-
 # incompatible) layer, i.e. fight L_exit directly; the paper's teacher (BERT-large) has no such pull.
 ALPHA_INTER=${ALPHA_INTER:-0}
@@ -53,11 +59,23 @@ if [[ ! -f "$CORPUS/corpus.json" ]]; then
   "$PY" -m leap_export.cli corpus --out "$CORPUS" --source fortunes --source wordnet --no-progress
 fi
 
-"$PY" -m leap_export.cli train --student minilm-l6 --out "$OUT" --corpus "$CORPUS" \
-  --max-sentences "$SENTENCES" --steps "$STEPS" --batch-size "$BATCH" --max-length "$MAX_LENGTH" \
+INPUT=(--corpus "$CORPUS" --max-sentences "$SENTENCES")
+if [[ "$PASSAGES" != 0 ]]; then
+  if [[ ! -f "$PCORPUS/corpus.json" ]]; then
+    "$PY" -m leap_export.cli corpus --out "$PCORPUS" --source python-passages --source fortune-passages \
+      --no-progress
+  fi
+  MIX="$PCORPUS/mix-$SENTENCES.txt"  # the first SENTENCES of the sentence corpus, then the passages
+  if [[ ! -f "$MIX" ]]; then
+    head -n "$SENTENCES" "$CORPUS/train.txt" | cat - "$PCORPUS/train.txt" > "$MIX.tmp" && mv "$MIX.tmp" "$MIX"
+  fi
+  INPUT=(--sentences "$MIX")
+fi
+
+"$PY" -m leap_export.cli train --student minilm-l6 --out "$OUT" "${INPUT[@]}" --steps "$STEPS" --batch-size "$BATCH" --max-length "$MAX_LENGTH" \
   --lr "$LR" --dropout 0 --set alpha_inter="$ALPHA_INTER" --set beta_exit="$BETA_EXIT" \
   --set epsilon_late="$EPSILON_LATE" --set late_layers="$LATE_LAYERS" --set delta_contrast="$DELTA_CONTRAST" \
-  --set zeta_contrast_exit="$ZETA_CONTRAST_EXIT" \
+  --set zeta_contrast_exit="$ZETA_CONTRAST_EXIT" --set group_by_length="$GROUP" \
   --checkpoint-every 100 "${RESUME[@]}" "${EXTRA[@]}"
 train_end=$(date +%s)
 

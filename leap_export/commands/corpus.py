@@ -8,7 +8,9 @@ import click
 
 from leap_export.commands._options import distinct_files, no_progress_option, output_folder
 
-SOURCE_NAMES = ("fortunes", "wordnet", "bible-kjv", "bible-web", "gcide", "python-docs")
+SOURCE_NAMES = (
+    "fortunes", "wordnet", "bible-kjv", "bible-web", "gcide", "python-docs", "fortune-passages", "python-passages"
+)  # fmt: skip
 
 
 @click.command("corpus")
@@ -25,7 +27,8 @@ SOURCE_NAMES = ("fortunes", "wordnet", "bible-kjv", "bible-web", "gcide", "pytho
     "sources",
     multiple=True,
     type=click.Choice(SOURCE_NAMES),
-    help="A Debian text source (repeatable). Default: every installed one.",
+    help="A Debian text source (repeatable). Default: every installed sentence source (the *-passages "
+    "sources, multi-sentence texts of 201 to 1,500 characters, only when named).",
 )
 @click.option(
     "--no-debian",
@@ -121,9 +124,12 @@ def _print_counts(manifest: dict, out_dir: Path) -> None:
     from leap_export.commands._options import console
 
     console().print(table)
+    passages = ""
+    if any(name.endswith("-passages") for name in manifest["sources"]):
+        passages = f" ({manifest['max_chars'] + 1}-{manifest['max_passage_chars']} for passages)"
     click.echo(
-        f"kept: {manifest['min_chars_exclusive'] + 1}-{manifest['max_chars']} characters after whitespace is "
-        "collapsed, first occurrence across sources",
+        f"kept: {manifest['min_chars_exclusive'] + 1}-{manifest['max_chars']} characters{passages} after "
+        "whitespace is collapsed, first occurrence across sources",
         err=True,
     )
     for split in ("val", "test"):

@@ -2,7 +2,10 @@
 
 Each source is a function that yields sentences (``SOURCES``). A sentence is normalised (NFC, whitespace
 collapsed), kept when it is longer than ``MIN_CHARS`` and at most ``MAX_CHARS`` characters, and
-deduplicated on its normalised text. Its split (train/val/test) depends only on a keyed BLAKE2b hash of
+deduplicated on its normalised text. The passage sources (``PASSAGE_SOURCES``) yield multi-sentence texts
+instead, kept at more than ``MAX_CHARS`` and at most ``MAX_PASSAGE_CHARS`` characters: documents such as
+news articles run 50 to 150 words, and a model trained on sentences alone never shows its intermediate layers
+a text that long. Its split (train/val/test) depends only on a keyed BLAKE2b hash of
 that text, so adding a source or a file never moves an existing sentence to another split.
 
 Output folder: ``train.txt``, ``val.txt``, ``test.txt`` (one sentence per line, in a deterministic
@@ -33,6 +36,8 @@ from trt_runtime.fileio import ensure_parent, temp_folder
 
 MIN_CHARS = 20  # a sentence must be longer than this (paper, Appendix G: "> 20 characters")
 MAX_CHARS = 200
+MAX_PASSAGE_CHARS = 1500  # about 250 words; longer passages would be truncated at 256 tokens anyway
+PASSAGE_MIN_WORDS = 50  # python-passages joins consecutive paragraphs of one page up to this many words
 SPLITS = ("train", "val", "test")
 CORPUS_MANIFEST = "corpus.json"
 CORPUS_FORMAT = 1
@@ -68,7 +73,9 @@ def normalize(text: str) -> str:
     return _WS.sub(" ", text).strip()
 
 
-def keep_length(sentence: str) -> bool:
+def keep_length(sentence: str, passage: bool = False) -> bool:
+    if passage:
+        return MAX_CHARS < len(sentence) <= MAX_PASSAGE_CHARS
     return MIN_CHARS < len(sentence) <= MAX_CHARS
 
 
@@ -137,6 +144,26 @@ def iter_fortunes(root: Path = FORTUNES_DIR) -> Iterator[str]:
             for sentence in split_sentences(" ".join(lines)):
                 if _prose(sentence):
                     yield sentence
+
+
+def iter_fortune_passages(root: Path = FORTUNES_DIR) -> Iterator[str]:
+    """Package fortunes: whole entries of two or more prose sentences (attributions dropped), as one text."""
+    _require(root / "fortunes", "fortunes fortunes-min", "fortune-passages")
+    files = sorted(p for p in root.iterdir() if p.is_file() and not p.is_symlink() and "." not in p.name)
+    for path in files:
+        if path.name in _FORTUNE_SKIP:
+            continue
+        text = _OVERSTRIKE.sub("", path.read_text(encoding="utf-8", errors="replace"))
+        for entry in re.split(r"^%\s*$", text, flags=re.MULTILINE):
+            lines = [line for line in entry.splitlines() if not _ATTRIBUTION.match(line)]
+            sentences = split_sentences(" ".join(lines))
+            passage = " ".join(sentences)
+            if (
+                len(sentences) >= 2
+                and all(_prose(s) for s in sentences)
+                and not re.search(r"[<>{}]", passage)
+            ):
+                yield passage
 
 
 _WORDNET_QUOTE = re.compile(r'"([^"]+)"')
@@ -347,14 +374,34 @@ def rst_paragraphs(text: str) -> Iterator[str]:
     yield from flush()
 
 
+_PYDOC_CODE = re.compile(r"[{}<>=_\\|]|\(\)|\w\.\w+\(")
+
+
 def iter_python_docs(root: Path = PYDOC_DIR) -> Iterator[str]:
     """Package python3.11-doc: prose sentences of the reST sources (code, directives and tables skipped)."""
     _require(root / "contents.rst.txt", "python3.11-doc", "python-docs")
     for path in sorted(root.rglob("*.rst.txt")):
         for paragraph in rst_paragraphs(path.read_text(encoding="utf-8", errors="replace")):
             for sentence in split_sentences(paragraph):
-                if _prose(sentence) and not re.search(r"[{}<>=_\\|]|\(\)|\w\.\w+\(", sentence):
+                if _prose(sentence) and not _PYDOC_CODE.search(sentence):
                     yield sentence
+
+
+def iter_python_passages(root: Path = PYDOC_DIR, min_words: int = PASSAGE_MIN_WORDS) -> Iterator[str]:
+    """Package python3.11-doc: passages of consecutive prose paragraphs of one page, joined until they hold
+    ``min_words`` words. A paragraph with code, or a sentence that is not prose, ends the passage unjoined."""
+    _require(root / "contents.rst.txt", "python3.11-doc", "python-passages")
+    for path in sorted(root.rglob("*.rst.txt")):
+        passage: list[str] = []
+        for paragraph in rst_paragraphs(path.read_text(encoding="utf-8", errors="replace")):
+            sentences = split_sentences(paragraph)
+            if not sentences or _PYDOC_CODE.search(paragraph) or not all(_prose(s) for s in sentences):
+                passage = []
+                continue
+            passage.extend(sentences)
+            if sum(len(s.split()) for s in passage) >= min_words:
+                yield " ".join(passage)
+                passage = []
 
 
 SOURCES: dict[str, Callable[[], Iterator[str]]] = {
@@ -364,7 +411,12 @@ SOURCES: dict[str, Callable[[], Iterator[str]]] = {
     "bible-web": iter_web,
     "gcide": iter_gcide,
     "python-docs": iter_python_docs,
+    "fortune-passages": iter_fortune_passages,
+    "python-passages": iter_python_passages,
 }
+# Multi-sentence sources: kept at MAX_CHARS < length <= MAX_PASSAGE_CHARS, and not in the default set (a
+# corpus built without --source stays sentences only).
+PASSAGE_SOURCES = frozenset({"fortune-passages", "python-passages"})
 SOURCE_PACKAGES: dict[str, str] = {
     "fortunes": "fortunes fortunes-min",
     "wordnet": "wordnet-base",
@@ -372,6 +424,8 @@ SOURCE_PACKAGES: dict[str, str] = {
     "bible-web": "sword-text-web (and pip package pysword)",
     "gcide": "dict-gcide",
     "python-docs": "python3.11-doc",
+    "fortune-passages": "fortunes fortunes-min",
+    "python-passages": "python3.11-doc",
 }
 
 
@@ -498,10 +552,11 @@ def _collect(streams: dict[str, Callable[[], Iterable[str]]], progress: bool) ->
     stats: dict[str, dict[str, int]] = {}
     for name, stream in streams.items():
         yielded = kept = length_filtered = 0
+        passage = name in PASSAGE_SOURCES
         for raw in tqdm(stream(), desc=f"corpus: {name}", unit=" sent", disable=not progress, leave=False):
             yielded += 1
             sentence = normalize(raw)
-            if not keep_length(sentence):
+            if not keep_length(sentence, passage):
                 length_filtered += 1
             elif sentence not in origin:
                 origin[sentence] = name
@@ -521,7 +576,9 @@ def _resolve_sources(
     unknown = [s for s in sources or () if s not in SOURCES]
     if unknown:
         raise LeapError(f"unknown corpus source(s) {', '.join(unknown)}; choose from: {', '.join(SOURCES)}")
-    names = list(SOURCES) if sources is None else list(dict.fromkeys(sources))
+    names = (
+        [n for n in SOURCES if n not in PASSAGE_SOURCES] if sources is None else list(dict.fromkeys(sources))
+    )
     chosen: dict[str, Callable[[], Iterable[str]]] = {}
     missing: list[str] = []
     for name in names:
@@ -651,6 +708,7 @@ def build_corpus(
             "max_sentences": max_sentences,
             "min_chars_exclusive": MIN_CHARS,
             "max_chars": MAX_CHARS,
+            "max_passage_chars": MAX_PASSAGE_CHARS,
             "sources": {name: _source_entry(name, files, collected, counts) for name in streams},
             "splits": split_files,
             "total": sum(len(v) for v in by_split.values()),

@@ -60,6 +60,11 @@ class LeapConfig:
     dropout: float | None = None
     batch_size: int = 64  # global: split evenly over DDP ranks
     max_length: int = 128
+    # Length-grouped batches: each run of `group_by_length` consecutive batches of an epoch is drawn as one
+    # random pool, sorted by text length and cut into batches (then shuffled), so a batch pads to texts of
+    # like length. 0 (default): plain random batches. Worth it once a corpus mixes sentences and passages:
+    # a random batch of 32 then almost always holds a passage and pads every sentence to its length.
+    group_by_length: int = 0
     steps: int | None = None  # exactly one of steps / epochs; neither: 1 epoch
     epochs: float | None = None
     checkpoint_every: int = 200
@@ -115,6 +120,8 @@ class LeapConfig:
             problems.append("batch_size must be >= 2 (the contrastive term compares sentences in a batch)")
         if self.max_length < 2:
             problems.append("max_length must be >= 2")
+        if self.group_by_length < 0:
+            problems.append("group_by_length must be >= 0 (0: random batches)")
         if self.steps is not None and self.epochs is not None:
             problems.append("give steps or epochs, not both")
         if self.steps is not None and self.steps < 1:

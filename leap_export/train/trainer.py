@@ -107,19 +107,49 @@ def load_student(
 # --- data order -------------------------------------------------------------------------------------
 
 
-def batch_indices(step: int, num_sentences: int, batch_size: int, seed: int) -> np.ndarray:
-    """The global batch of ``step``: a slice of epoch ``step // steps_per_epoch``'s permutation."""
+def batch_indices(
+    step: int,
+    num_sentences: int,
+    batch_size: int,
+    seed: int,
+    lengths: np.ndarray | None = None,
+    group: int = 0,
+) -> np.ndarray:
+    """The global batch of ``step``: a slice of epoch ``step // steps_per_epoch``'s permutation.
+
+    With ``group`` > 0 and the texts' ``lengths``, each run of ``group`` batches of that permutation is a
+    pool: sorted by length, cut into ``group`` batches of like-length texts, and those batches put in a
+    seeded random order. An epoch still draws every text at most once."""
     per_epoch = num_sentences // batch_size
     epoch, position = divmod(step, per_epoch)
     order = np.random.default_rng([seed, epoch]).permutation(num_sentences)
-    return order[position * batch_size : (position + 1) * batch_size]
+    if group <= 0 or lengths is None:
+        return order[position * batch_size : (position + 1) * batch_size]
+    pool, slot = divmod(position, group)
+    first = pool * group
+    batches = min(group, per_epoch - first)
+    members = order[first * batch_size : (first + batches) * batch_size]
+    members = members[np.argsort(lengths[members], kind="stable")]
+    pick = np.random.default_rng([seed, epoch, pool, 1]).permutation(batches)[slot]
+    return members[pick * batch_size : (pick + 1) * batch_size]
 
 
-def drawn_indices(total_steps: int, num_sentences: int, batch_size: int, seed: int) -> np.ndarray:
+def drawn_indices(
+    total_steps: int,
+    num_sentences: int,
+    batch_size: int,
+    seed: int,
+    lengths: np.ndarray | None = None,
+    group: int = 0,
+) -> np.ndarray:
     """Sorted corpus indices that ``total_steps`` steps of :func:`batch_indices` draw (the teacher needs only
     these: a 5-step run on a 400k-sentence corpus embeds 5 batches, not the corpus)."""
     per_epoch = num_sentences // batch_size
     seen = np.zeros(num_sentences, dtype=bool)
+    if group > 0 and lengths is not None:  # a partial epoch's batches are not a prefix of its permutation
+        for step in range(total_steps):
+            seen[batch_indices(step, num_sentences, batch_size, seed, lengths, group)] = True
+        return np.flatnonzero(seen)
     for epoch in range(-(-total_steps // per_epoch)):
         steps = min(per_epoch, total_steps - epoch * per_epoch)
         seen[np.random.default_rng([seed, epoch]).permutation(num_sentences)[: steps * batch_size]] = True
@@ -379,7 +409,10 @@ def _train(
 
     # Teacher targets, for the sentences the run draws: rank 0 computes the cache, the others wait and read it.
     total = config.total_steps(len(sentences))
-    drawn = drawn_indices(total, len(sentences), config.batch_size, config.seed)
+    lengths = np.array([len(s) for s in sentences]) if config.group_by_length else None
+    drawn = drawn_indices(
+        total, len(sentences), config.batch_size, config.seed, lengths, config.group_by_length
+    )
     corpus_rows = None if len(drawn) == len(sentences) else drawn
     taught = sentences if corpus_rows is None else [sentences[i] for i in drawn]
     if corpus_rows is not None and d.main:
@@ -464,7 +497,9 @@ def _train(
     try:
         for step in range(start, total):
             torch.manual_seed(step_seed(config.seed, step, d.rank))
-            global_idx = batch_indices(step, len(sentences), config.batch_size, config.seed)
+            global_idx = batch_indices(
+                step, len(sentences), config.batch_size, config.seed, lengths, config.group_by_length
+            )
             idx = global_idx[d.rank * shard : (d.rank + 1) * shard]
             batch = {
                 k: v.to(d.device)

@@ -220,7 +220,7 @@ def test_missing_source_is_skipped_with_apt_hint(tmp_path: Path, user_txt: Path,
             build_corpus(tmp_path / "d", progress=False)
     assert list(manifest["sources"]) == ["file:mine.txt"]
     messages = [str(w.message) for w in caught]
-    assert len(messages) == 2 * len(SOURCES)
+    assert len(messages) == 2 * len(set(SOURCES) - corpus.PASSAGE_SOURCES)  # passages only when named
     assert any(
         re.search(r"skipping corpus source 'wordnet'.*apt-get install wordnet-base", m) for m in messages
     )
@@ -381,6 +381,8 @@ SOURCE_CHECKS = {
                   "In the beginning, God created the heavens and the earth."),
     "gcide": (corpus.GCIDE_FILE, "dict-gcide", None),
     "python-docs": (corpus.PYDOC_DIR, "python3.11-doc", None),
+    "fortune-passages": (corpus.FORTUNES_DIR / "fortunes", "fortunes", None),
+    "python-passages": (corpus.PYDOC_DIR, "python3.11-doc", None),
 }  # fmt: skip
 
 
@@ -393,15 +395,40 @@ def test_debian_source_yields_plausible_sentences(name: str) -> None:
     path, package, expected = SOURCE_CHECKS[name]
     if not path.exists():
         pytest.skip(f"Debian package {package} not installed (run scripts/install_data_sources.sh)")
-    sample = [corpus.normalize(s) for s in itertools.islice(SOURCES[name](), 3000)]
-    assert len(sample) == 3000
-    kept = [s for s in sample if corpus.keep_length(s)]
-    assert len(kept) > 1500
+    passage = name in corpus.PASSAGE_SOURCES
+    want = 1000 if passage else 3000
+    sample = [corpus.normalize(s) for s in itertools.islice(SOURCES[name](), want)]
+    assert len(sample) == want
+    kept = [s for s in sample if corpus.keep_length(s, passage)]
+    assert len(kept) > (0.3 if passage else 0.5) * want
     for sentence in kept:
         assert not re.search(r"</?[a-z]+[ >/]|\\|\ufffd", sentence), sentence
-        assert len(sentence.split()) >= 3, sentence
+        assert len(sentence.split()) >= (20 if passage else 3), sentence
+        if passage:
+            assert len(split_sentences(sentence)) >= 2 or len(sentence.split()) >= corpus.PASSAGE_MIN_WORDS
     assert sum(s[-1] in '.!?"”’' for s in kept) > 0.3 * len(kept) or name == "wordnet"
     if expected:
         assert expected in sample
     if name == "bible-kjv":
         assert not any("¶" in s for s in sample)
+
+
+def test_python_passages_join_consecutive_prose_paragraphs(tmp_path: Path) -> None:
+    (tmp_path / "contents.rst.txt").write_text("Contents\n========\n", encoding="utf-8")
+    words = lambda n, w: " ".join([w] * (n - 1)) + " end."  # noqa: E731
+    page = "\n\n".join(
+        [
+            f"Alpha {words(30, 'a')} Second sentence here.",  # 30 + 3 words: not yet a passage
+            f"Beta {words(20, 'b')}",  # joined with the first: 56 words
+            f"Gamma {words(40, 'c')}",  # 40 words, then code ends it unjoined
+            "Use x = f(y) here. It is code.",
+            f"Delta {words(60, 'd')} And more here.",  # long enough alone
+        ]
+    )
+    (tmp_path / "page.rst.txt").write_text(page + "\n", encoding="utf-8")
+    got = list(corpus.iter_python_passages(tmp_path))
+    assert [p.split()[0] for p in got] == ["Alpha", "Delta"]
+    assert "Beta" in got[0] and "Gamma" not in got[0]
+    assert all(len(p.split()) >= corpus.PASSAGE_MIN_WORDS for p in got)
+    with pytest.raises(corpus.SourceUnavailable, match="python3.11-doc"):
+        next(corpus.iter_python_passages(tmp_path / "missing"))

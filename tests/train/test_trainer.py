@@ -392,6 +392,30 @@ def test_drawn_indices_are_exactly_what_the_batches_draw(steps, n, batch):
     np.testing.assert_array_equal(drawn_indices(steps, n, batch, 5), want)
 
 
+@pytest.mark.parametrize(("steps", "n", "batch", "group"), [(3, 96, 16, 4), (13, 100, 8, 3), (25, 50, 4, 16)])
+def test_length_grouped_batches_are_the_same_epochs_in_like_length_batches(steps, n, batch, group):
+    from leap_export.train.trainer import batch_indices, drawn_indices
+
+    lengths = np.random.default_rng(0).integers(20, 1500, size=n)
+    per_epoch = n // batch
+    for epoch in range(2):  # an epoch draws the same texts as without grouping, each once
+        grouped = [
+            batch_indices(s, n, batch, 5, lengths, group)
+            for s in range(epoch * per_epoch, (epoch + 1) * per_epoch)
+        ]
+        plain = [batch_indices(s, n, batch, 5) for s in range(epoch * per_epoch, (epoch + 1) * per_epoch)]
+        assert all(len(b) == batch for b in grouped)
+        flat = np.concatenate(grouped)
+        assert len(np.unique(flat)) == len(flat)
+        np.testing.assert_array_equal(np.sort(flat), np.sort(np.concatenate(plain)))
+        spread = lambda bs: np.mean([np.ptp(lengths[b]) for b in bs])  # noqa: E731
+        assert spread(grouped) < spread(plain)
+    again = [batch_indices(s, n, batch, 5, lengths, group) for s in range(steps)]
+    assert all(np.array_equal(a, batch_indices(s, n, batch, 5, lengths, group)) for s, a in enumerate(again))
+    want = np.unique(np.concatenate(again))
+    np.testing.assert_array_equal(drawn_indices(steps, n, batch, 5, lengths, group), want)
+
+
 def test_a_short_run_embeds_only_the_sentences_it_draws(models, sentences, tmp_path, monkeypatch):
     # 2 steps x 16 of 96 sentences: the teacher embeds those 32, not the corpus, and trains as with all 96.
     from leap_export.train import trainer
@@ -400,7 +424,7 @@ def test_a_short_run_embeds_only_the_sentences_it_draws(models, sentences, tmp_p
     short = train(models["student"], sentences, tmp_path / "short", **kwargs)
     caches = sorted((tmp_path / "cache" / "teacher").glob("*.npy"))
     assert [np.load(p, mmap_mode="r").shape for p in caches] == [(5, 32, 48)]
-    monkeypatch.setattr(trainer, "drawn_indices", lambda total, n, batch, seed: np.arange(n))
+    monkeypatch.setattr(trainer, "drawn_indices", lambda total, n, batch, seed, *rest: np.arange(n))
     whole = train(models["student"], sentences, tmp_path / "whole", **kwargs)
     assert len(list((tmp_path / "cache" / "teacher").glob("*.npy"))) == 2  # the whole corpus this time
     a, b = weights(short), weights(whole)
