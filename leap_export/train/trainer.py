@@ -254,6 +254,8 @@ RESUMABLE_CHANGES = {"checkpoint_every"}
 
 def _check_resumable(saved: dict[str, Any], config: LeapConfig) -> None:
     current = config.to_dict()
+    # a setting added after the checkpoint was written: that run had its default behaviour
+    saved = {**LeapConfig().to_dict(), **saved}
     diffs = [
         f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}"
         for k in current

@@ -639,3 +639,14 @@ def test_student_pools_over_real_tokens_only(models):
         assert batch["attention_mask"][0].sum() < batch["attention_mask"].shape[1]  # the short one is padded
         padded, _ = encoder(batch)
     torch.testing.assert_close(padded[:, 0], alone[:, 0], rtol=0, atol=1e-5)
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_with_its_default():
+    from leap_export.train.trainer import _check_resumable
+
+    config = LeapConfig(steps=8)
+    saved = config.to_dict()
+    del saved["group_by_length"]  # written before length-grouped batches existed: it drew random batches
+    _check_resumable(saved, config)
+    with pytest.raises(LeapError, match="group_by_length: checkpoint 0 vs now 16"):
+        _check_resumable(saved, LeapConfig(steps=8, group_by_length=16))
