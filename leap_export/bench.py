@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 SCHEDULES = ("round-robin", "blocks")
 ST, ST_ONNX = "sentence-transformers", "sentence-transformers (ONNX)"
+FASTEMBED = "fastembed"  # ONNX Runtime's embedding library, on the same ONNX export as ST_ONNX
 OURS_ENCODE = "early exit (encode)"  # our encode end to end, timed next to the ST baselines
 PAPER = {  # LEAP paper, Table 7 and §5.3 (NVIDIA L4, fp16)
     "speedup": {1: 1.61, 8: 1.32, 32: 1.24},
@@ -250,7 +251,7 @@ def bench(
     else:
         st_models, baseline_errors = (
             {},
-            {ST: "disabled (--no-baselines)", ST_ONNX: "disabled (--no-baselines)"},
+            dict.fromkeys((ST, ST_ONNX, FASTEMBED), "disabled (--no-baselines)"),
         )
 
     token_ids = ee.tokenizer.encode(sentences)
@@ -354,6 +355,8 @@ def bench(
             row["speedup_vs_sentence_transformers"] = row[ST]["mean_ms"] / ours
         if ST_ONNX in st_models:
             row["speedup_vs_sentence_transformers_onnx"] = row[ST_ONNX]["mean_ms"] / ours
+        if FASTEMBED in st_models:
+            row["speedup_vs_fastembed"] = row[FASTEMBED]["mean_ms"] / ours
         report["results"][str(b)] = row
     bar.close()
     return report
@@ -386,6 +389,7 @@ RATIOS = (
     "monitoring_overhead",
     "speedup_vs_sentence_transformers",
     "speedup_vs_sentence_transformers_onnx",
+    "speedup_vs_fastembed",
 )
 
 
@@ -528,59 +532,105 @@ def _merged_runner(artifacts, variant, threads, encoder):
 
 
 def _load_st(manifest, threads: int) -> tuple[dict[str, Any], dict[str, str]]:
-    """The sentence-transformers baselines that can run here, and why each other one cannot."""
+    """The end-to-end baselines that can run here, and why each other one cannot: sentence-transformers on
+    PyTorch, and on ONNX Runtime (its ONNX backend, and fastembed) from one ONNX export of the source model."""
     try:
         import torch  # noqa: F401
         from sentence_transformers import SentenceTransformer
     except ImportError as e:
         why = f"not installed ({e.name}); pip install 'leap-export[train]'"
-        return {}, {ST: why, ST_ONNX: why}
+        return {}, dict.fromkeys((ST, ST_ONNX, FASTEMBED), why)
     path = manifest.source.get("path")
     if not path or not Path(path).is_dir():
         why = f"source model folder {path} is not on this machine"
-        return {}, {ST: why, ST_ONNX: why}
+        return {}, dict.fromkeys((ST, ST_ONNX, FASTEMBED), why)
     models: dict[str, Any] = {ST: SentenceTransformer(path, device="cpu")}
     errors: dict[str, str] = {}
     try:
         import optimum.onnxruntime  # noqa: F401
     except ImportError:
-        errors[ST_ONNX] = (
+        why = (
             "not installed (optimum); its ONNX backend needs `pip install 'sentence-transformers[onnx]'`, which "
             "resolves transformers to < 4.58: `make st-onnx` builds an environment with it (docs/cli.md)"
         )
-    else:
+        errors[ST_ONNX] = why
+        errors[FASTEMBED] = "needs the ONNX export of sentence-transformers' ONNX backend: " + why
+        return models, errors
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="leap-st-onnx-", ignore_cleanup_errors=True) as tmp:
         try:
-            models[ST_ONNX] = _load_st_onnx(path, threads)
+            # optimum's export opens ONNX Runtime sessions with default options, which ONNX Runtime refuses
+            # in a process that runs the shared thread pool: a child process exports and saves
+            _in_fresh_process(_export_st_onnx, path, tmp)
         except Exception as e:  # noqa: BLE001 - a baseline that fails is reported, not fatal
-            errors[ST_ONNX] = f"could not load: {type(e).__name__}: {e}"
+            why = f"could not export to ONNX: {type(e).__name__}: {e}"
+            return models, {ST_ONNX: why, FASTEMBED: why}
+        for name, load in ((ST_ONNX, _load_st_onnx), (FASTEMBED, _load_fastembed)):
+            try:
+                models[name] = load(tmp, threads)
+            except ImportError as e:
+                errors[name] = f"not installed ({e.name}); `make st-onnx` builds an environment with it"
+            except Exception as e:  # noqa: BLE001
+                errors[name] = f"could not load: {type(e).__name__}: {e}"
+    if FASTEMBED in models:  # the same model, or the comparison means nothing
+        probe = ["A short sentence.", "Another, rather longer sentence about something else entirely."]
+        a = models[ST].encode(probe, normalize_embeddings=True)
+        b = models[FASTEMBED].encode(probe, batch_size=len(probe))
+        b = b / np.linalg.norm(b, axis=1, keepdims=True)
+        agreement = float((a * b).sum(axis=1).min())
+        if agreement < 0.999:
+            del models[FASTEMBED]
+            errors[FASTEMBED] = (
+                f"its embeddings differ from sentence-transformers' (least cosine {agreement:.4f})"
+            )
     return models, errors
 
 
-def _load_st_onnx(path: str, threads: int):
-    """sentence-transformers with ``backend="onnx"``, exported in a child process.
-
-    optimum's export opens ONNX Runtime sessions with default options, which ONNX Runtime refuses in a
-    process that runs the shared thread pool. The child saves the exported model; this process loads it
-    with this tool's session settings.
-    """
-    import tempfile
-
+def _load_st_onnx(folder: str, threads: int):
+    """sentence-transformers with ``backend="onnx"`` on the exported ``folder``, with this tool's session
+    settings (the session holds its own copy of the graph: the folder may go)."""
     from sentence_transformers import SentenceTransformer
 
     from trt_runtime.runners import ort_session_options
 
-    with tempfile.TemporaryDirectory(prefix="leap-st-onnx-", ignore_cleanup_errors=True) as tmp:
-        _in_fresh_process(_export_st_onnx, path, tmp)
-        model = SentenceTransformer(
-            tmp,
-            device="cpu",
-            backend="onnx",
-            model_kwargs={
-                "provider": "CPUExecutionProvider",
-                "session_options": ort_session_options(threads),
-            },
-        )
-    return model  # the session holds its own copy of the graph; the folder may go
+    return SentenceTransformer(
+        folder,
+        device="cpu",
+        backend="onnx",
+        model_kwargs={"provider": "CPUExecutionProvider", "session_options": ort_session_options(threads)},
+    )
+
+
+class _FastEmbed:
+    """fastembed's ``TextEmbedding`` on the exported ``onnx/model.onnx``: mean pooling and normalisation, as the
+    source model's sentence-transformers modules do. ``encode`` keeps the call shape of the other baselines."""
+
+    def __init__(self, folder: str, threads: int) -> None:
+        import json as _json
+
+        from fastembed import TextEmbedding
+        from fastembed.common.model_description import ModelSource, PoolingType
+
+        name = "leap-export/bench-peer"
+        dim = _json.loads(Path(folder, "config.json").read_text())["hidden_size"]
+        if not any(m["model"] == name for m in TextEmbedding.list_supported_models()):
+            TextEmbedding.add_custom_model(
+                model=name,
+                pooling=PoolingType.MEAN,
+                normalization=True,
+                sources=ModelSource(hf=name),
+                dim=dim,
+                model_file="onnx/model.onnx",
+            )
+        self.model = TextEmbedding(model_name=name, specific_model_path=folder, threads=threads)
+
+    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        return np.stack(list(self.model.embed(texts, batch_size=batch_size)))
+
+
+def _load_fastembed(folder: str, threads: int) -> _FastEmbed:
+    return _FastEmbed(folder, threads)
 
 
 def _export_st_onnx(path: str, folder: str) -> None:
@@ -623,6 +673,7 @@ def markdown(report: dict[str, Any]) -> str:
     cols = ["monolithic", "segmented", "early exit"]
     has_st = any(ST in r for r in report["results"].values())
     has_onnx = any(ST_ONNX in r for r in report["results"].values())
+    has_fe = any(FASTEMBED in r for r in report["results"].values())
     # reports written before E[layers] was measured per batch size on the timed batches have no such column
     has_timed = all("expected_layers" in r for r in report["results"].values())
     lines = [
@@ -640,11 +691,13 @@ def markdown(report: dict[str, Any]) -> str:
         + " speedup | realised efficiency "
         "| monitoring overhead |"
         + (" ST PyTorch encode ms | our encode ms | vs ST |" if has_st else "")
-        + (" ST ONNX encode ms | vs ST ONNX |" if has_onnx else ""),
+        + (" ST ONNX encode ms | vs ST ONNX |" if has_onnx else "")
+        + (" fastembed encode ms | vs fastembed |" if has_fe else ""),
         "|---|---|---|---|---|---|---|"
         + ("---|" if has_timed else "")
         + ("---|---|---|" if has_st else "")
-        + ("---|---|" if has_onnx else ""),
+        + ("---|---|" if has_onnx else "")
+        + ("---|---|" if has_fe else ""),
     ]
     if has_timed:
         lines[0] += (
@@ -690,6 +743,12 @@ def markdown(report: dict[str, Any]) -> str:
             line += (
                 f" {r[ST_ONNX]['mean_ms']:.2f} | {ratio(r, 'speedup_vs_sentence_transformers_onnx', '.2f', 'x')} |"
                 if ST_ONNX in r
+                else " – | – |"
+            )
+        if has_fe:
+            line += (
+                f" {r[FASTEMBED]['mean_ms']:.2f} | {ratio(r, 'speedup_vs_fastembed', '.2f', 'x')} |"
+                if FASTEMBED in r
                 else " – | – |"
             )
         lines.append(line)
@@ -741,7 +800,7 @@ def plot_png(report: dict[str, Any]) -> bytes:
     batches = list(report["results"])
     configs = [
         c
-        for c in ("monolithic", "segmented", "early exit", ST, ST_ONNX, OURS_ENCODE)
+        for c in ("monolithic", "segmented", "early exit", ST, ST_ONNX, FASTEMBED, OURS_ENCODE)
         if c in report["results"][batches[0]]
     ]
     fig = Figure(figsize=(8, 4.5))

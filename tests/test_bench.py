@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from leap_export.bench import ST, ST_ONNX, bench, markdown, save
+from leap_export.bench import FASTEMBED, ST, ST_ONNX, bench, markdown, save
 from leap_export.errors import LeapError
 from leap_export.export import build
 
@@ -173,7 +173,8 @@ def test_bench_in_fresh_processes_reports_medians_and_ranges(tiny_artifacts, sen
 
 
 def test_bench_times_sentence_transformers_next_to_our_encode(tiny_artifacts, sentences):
-    """PyTorch always (the [train] extra); the ONNX backend where optimum is installed (`make st-onnx`)."""
+    """PyTorch always (the [train] extra); the ONNX backend and fastembed where optimum and fastembed are
+    installed (`make st-onnx`)."""
     report = bench(
         tiny_artifacts["bert"], sentences, batch_sizes=(2,), warmup=1, iters=3, theta=0.5, progress=False
     )
@@ -188,8 +189,17 @@ def test_bench_times_sentence_transformers_next_to_our_encode(tiny_artifacts, se
     else:
         assert ST_ONNX not in report["baseline_errors"], report["baseline_errors"]
         assert row["speedup_vs_sentence_transformers_onnx"] == pytest.approx(row[ST_ONNX]["mean_ms"] / ours)
+    try:
+        import fastembed  # noqa: F401
+        import optimum.onnxruntime  # noqa: F401
+    except ImportError:
+        assert FASTEMBED not in row and "not installed" in report["baseline_errors"][FASTEMBED]
+    else:  # loaded, and agreed with sentence-transformers (else it would be an error, not a row)
+        assert FASTEMBED not in report["baseline_errors"], report["baseline_errors"]
+        assert row["speedup_vs_fastembed"] == pytest.approx(row[FASTEMBED]["mean_ms"] / ours)
     table = markdown(report)
     assert "| vs ST |" in table and ("vs ST ONNX" in table) == (ST_ONNX in row)
+    assert ("vs fastembed" in table) == (FASTEMBED in row)
 
 
 def test_bench_e_layers_and_efficiency_describe_the_timed_batches(tiny_artifacts, sentences):

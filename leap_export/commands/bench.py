@@ -54,7 +54,7 @@ from leap_export.commands._options import (
     default=True,
     show_default=True,
     help="Also time sentence-transformers' encode on PyTorch (needs the [train] extra), and with its ONNX "
-    "backend where optimum is installed (`make st-onnx`).",
+    "backend and fastembed where optimum and fastembed are installed (`make st-onnx`).",
 )
 @click.option(
     "--also-variant",
