@@ -623,7 +623,23 @@ class _FastEmbed:
                 dim=dim,
                 model_file="onnx/model.onnx",
             )
-        self.model = TextEmbedding(model_name=name, specific_model_path=folder, threads=threads)
+        # fastembed builds its own SessionOptions, with a private thread pool, which ONNX Runtime refuses in a
+        # process that runs the shared pool (as this one does): it gets the session options every other ONNX
+        # Runtime graph here gets, the same threads, while it opens its session
+        import types
+
+        import onnxruntime as ort
+        from fastembed.common import onnx_model
+
+        from trt_runtime.runners import ort_session_options
+
+        proxy = types.SimpleNamespace(**{k: getattr(ort, k) for k in dir(ort) if not k.startswith("__")})
+        proxy.SessionOptions = lambda: ort_session_options(threads)
+        original, onnx_model.ort = onnx_model.ort, proxy
+        try:
+            self.model = TextEmbedding(model_name=name, specific_model_path=folder, threads=threads)
+        finally:
+            onnx_model.ort = original
 
     def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
         return np.stack(list(self.model.embed(texts, batch_size=batch_size)))
