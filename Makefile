@@ -5,12 +5,13 @@ BIN     := $(VENV)/bin
 DEMO    ?= demo-out
 EXTRAS  ?= train,models,dev
 ST_VENV ?= .venv-st-onnx
+INF_VENV ?= .venv-infinity
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 # the Triton server's environment (numpy<2), made once by the first test or `leap-export serve` that needs it
 export LEAP_TRITON_ENV ?= $(CURDIR)/.venv-triton
 
-.PHONY: install data cxx mpnet demo test test-fast st-onnx test-st-onnx lint bench clean
+.PHONY: install data cxx mpnet demo test test-fast st-onnx test-st-onnx lint bench infinity clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -68,6 +69,11 @@ bench: install
 	mkdir -p $(DEMO)
 	$(BIN)/leap-export build minilm-l6 --out $(DEMO)/minilm-l6 --force
 	$(BIN)/leap-export bench $(DEMO)/minilm-l6 --batch-sizes 1 --out $(DEMO)/bench
+
+# infinity-emb, the served peer of benchmarks/serve_bench.py --infinity: an environment of its own (torch, numpy<2)
+infinity:
+	test -x $(INF_VENV)/bin/infinity_emb || { $(PY) -m venv $(INF_VENV) && $(INF_VENV)/bin/pip install -q --upgrade pip \
+	    && $(INF_VENV)/bin/pip install -q torch==2.13.0 "numpy<2" "infinity-emb[server,torch]==0.0.78"; }
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

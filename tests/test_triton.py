@@ -613,3 +613,64 @@ def test_serve_bench_script_measures_both_settings(triton_env, tiny_artifacts, t
     for label in ("rss_idle_kib", "rss_peak_kib"):
         names = {key.split(" ", 1)[1] for key in result[label]}
         assert "tritonserver" in names and any(n.startswith("triton_python") for n in names), result[label]
+
+
+@pytest.fixture(scope="session")
+def infinity_env() -> Path:
+    """infinity-emb's own environment (`make infinity`; LEAP_INFINITY_ENV to point elsewhere)."""
+    env = Path(os.environ.get("LEAP_INFINITY_ENV") or ROOT / ".venv-infinity")
+    if not (env / "bin" / "infinity_emb").is_file():
+        if os.environ.get("CI"):  # CI makes it (make test): missing there is a failure, not a skip
+            pytest.fail(f"no infinity-emb environment at {env}; `make infinity` makes it")
+        pytest.skip(f"no infinity-emb environment at {env}; `make infinity` makes it")
+    return env
+
+
+def test_serve_bench_script_times_infinity_emb_serving_the_same_model(
+    triton_env, infinity_env, tiny_artifacts, tmp_path
+):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "serve_bench.py"), str(tiny_artifacts["bert"])]
+    cmd += ["--concurrency", "2", "--requests", "10", "--env", str(triton_env.root)]
+    cmd += ["--infinity", str(infinity_env), "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert result["infinity"]["min_cosine_full_depth"] >= 0.999  # the peer served the very same model
+    runs = {r["setting"]: r for r in result["runs"]}
+    assert set(runs) == {"early exit", "full depth", "infinity-emb"}
+    assert all(r["requests"] == 10 and r["texts_per_s"] > 0 for r in runs.values())
+    ratio = result["ratios"]["infinity-emb c=2"]
+    assert ratio["throughput"] == pytest.approx(
+        runs["early exit"]["texts_per_s"] / runs["infinity-emb"]["texts_per_s"]
+    )
+    assert any(k.startswith("infinity-emb: ") for k in result["rss_peak_kib"])
+    assert "early exit vs infinity-emb" in proc.stdout
+    # the peer's server is gone with the script
+    assert not any(
+        "infinity_emb" in p.read_text(errors="replace") for p in Path("/proc").glob("[0-9]*/cmdline")
+    )
+
+
+def test_serve_bench_refuses_a_peer_serving_another_model(
+    triton_env, infinity_env, tiny_artifacts, tiny_models, tmp_path
+):
+    base = [sys.executable, str(ROOT / "benchmarks" / "serve_bench.py"), str(tiny_artifacts["bert"])]
+    base += [
+        "--concurrency",
+        "1",
+        "--requests",
+        "2",
+        "--env",
+        str(triton_env.root),
+        "--infinity",
+        str(infinity_env),
+    ]
+    proc = subprocess.run(
+        base + ["--infinity-model", str(tiny_models["mpnet"])], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode != 0 and "does not serve the same model" in proc.stderr, proc.stdout + proc.stderr
+    proc = subprocess.run(
+        base + ["--infinity-model", str(tmp_path)], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode != 0 and "sentence-transformers folder" in proc.stderr, proc.stdout + proc.stderr
