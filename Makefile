@@ -44,8 +44,9 @@ demo: install
 	$(BIN)/python scripts/demo_report.py $(DEMO)
 
 # the suite twice: in .venv (transformers 5), then in the second environment below (transformers 4.x,
-# where bench also times sentence-transformers' ONNX backend)
-test: install data cxx mpnet
+# where bench also times sentence-transformers' ONNX backend and fastembed); infinity-emb's environment
+# for the served benchmark's test
+test: install data cxx mpnet infinity
 	$(BIN)/pytest -q
 	$(MAKE) --no-print-directory test-st-onnx
 
