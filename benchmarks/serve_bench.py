@@ -228,7 +228,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 def _version(env: Path, package: str) -> str | None:
     found = sorted(env.glob(f"lib/python*/site-packages/{package}-*.dist-info"))
-    return found[-1].name.split("-")[1] if found else None
+    return found[-1].name.removesuffix(".dist-info").split("-")[1] if found else None
 
 
 def _ratios(runs: list[dict]) -> dict:
