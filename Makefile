@@ -3,6 +3,7 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 DEMO    ?= demo-out
+DEMO_LEAP ?= demo-leap
 EXTRAS  ?= train,models,dev
 ST_VENV ?= .venv-st-onnx
 INF_VENV ?= .venv-infinity
@@ -11,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 # the Triton server's environment (numpy<2), made once by the first test or `leap-export serve` that needs it
 export LEAP_TRITON_ENV ?= $(CURDIR)/.venv-triton
 
-.PHONY: install data cxx mpnet demo test test-fast st-onnx test-st-onnx lint bench infinity clean
+.PHONY: install data cxx mpnet demo demo-leap test test-fast st-onnx test-st-onnx lint bench infinity clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,6 +43,11 @@ demo: install
 	$(BIN)/leap-export encode $(DEMO)/minilm-l6 --input leap_export/resources/sample_sentences.txt \
 	    --output $(DEMO)/embeddings.npy --exit-layers $(DEMO)/exit_layers.json
 	$(BIN)/python scripts/demo_report.py $(DEMO)
+
+# what LEAP buys (about 35 minutes on 2 cores): train the recipe, build, verify, calibrate, evaluate against
+# the stock model, bench; prints speed and quality side by side (scripts/demo_leap.sh)
+demo-leap: install data
+	PY=$(BIN)/python bash scripts/demo_leap.sh $(DEMO_LEAP)
 
 # the suite twice: in .venv (transformers 5), then in the second environment below (transformers 4.x,
 # where bench also times sentence-transformers' ONNX backend and fastembed); infinity-emb's environment

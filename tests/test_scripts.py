@@ -243,3 +243,57 @@ def test_int8_options_compares_quantisations_and_cpus(tiny_artifacts, tmp_path):
         text=True,
     )
     assert res.returncode == 2 and "--options: unknown s9" in res.stderr
+
+
+def test_train_minilm_recipe_with_passages_mixes_them_in_grouped_batches(tmp_path):
+    # PASSAGES=1 at toy size: SENTENCES sentences of CORPUS then every training text of PCORPUS, length-grouped.
+    import os
+
+    sentences = [
+        f"Sentence number {i} says something plain about topic {i % 7} in English." for i in range(60)
+    ]
+    passages = [
+        f"Passage {i} runs longer. It has a second sentence about subject {i % 5}. And a third one ends it here."
+        for i in range(20)
+    ]
+    for name, lines in (("sentences", sentences), ("passages", passages)):
+        (tmp_path / f"{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        _run("-m", "leap_export.cli", "corpus", "--out", str(tmp_path / name), "--file", str(tmp_path / f"{name}.txt"),
+             "--no-debian", "--test-fraction", "0.2", "--no-progress")  # fmt: skip
+    env = {
+        **os.environ,
+        "PY": sys.executable,
+        "PASSAGES": "1",
+        "GROUP": "2",
+        "STEPS": "3",
+        "BATCH": "4",
+        "SENTENCES": "8",
+        "CORPUS": str(tmp_path / "sentences"),
+        "PCORPUS": str(tmp_path / "passages"),
+        "OUT": str(tmp_path / "run"),
+        "LEAP_EXPORT_CACHE": str(tmp_path / "cache"),
+    }
+    res = subprocess.run(
+        ["bash", "scripts/train_minilm.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    mix = (tmp_path / "passages" / "mix-8.txt").read_text(encoding="utf-8").splitlines()
+    trained_passages = (tmp_path / "passages" / "train.txt").read_text(encoding="utf-8").splitlines()
+    assert (
+        mix
+        == (tmp_path / "sentences" / "train.txt").read_text(encoding="utf-8").splitlines()[:8]
+        + trained_passages
+    )
+    record = json.loads((tmp_path / "run" / "leap_config.json").read_text())
+    assert record["config"]["group_by_length"] == 2 and record["corpus"]["sentences"] == len(mix)
+
+
+def test_demo_leap_report_names_a_wrong_folder(tmp_path):
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "demo_leap_report.py"), str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 1 and "lacks verify.json" in res.stderr and "Traceback" not in res.stderr
