@@ -611,7 +611,7 @@ def test_serve_bench_script_measures_both_settings(triton_env, tiny_artifacts, t
     for run in runs.values():
         assert run["requests"] == 12 and run["texts_per_s"] > 0 and 0 < run["p50_ms"] <= run["p99_ms"]
     for label in ("rss_idle_kib", "rss_peak_kib"):
-        names = {key.split(" ", 1)[1] for key in result[label]}
+        names = {key.split(" ", 2)[2] for key in result[label]}  # "tritonserver: PID NAME"
         assert "tritonserver" in names and any(n.startswith("triton_python") for n in names), result[label]
 
 
