@@ -575,7 +575,8 @@ def _load_st(manifest, threads: int) -> tuple[dict[str, Any], dict[str, str]]:
                 errors[name] = f"could not load: {type(e).__name__}: {e}"
     if FASTEMBED in models:  # the same model, or the comparison means nothing
         probe = ["A short sentence.", "Another, rather longer sentence about something else entirely."]
-        a = models[ST].encode(probe, normalize_embeddings=True)
+        with _torch_threads(threads):  # PyTorch on the requested threads here too, as in every timed call
+            a = models[ST].encode(probe, normalize_embeddings=True)
         b = models[FASTEMBED].encode(probe, batch_size=len(probe))
         b = b / np.linalg.norm(b, axis=1, keepdims=True)
         agreement = float((a * b).sum(axis=1).min())
