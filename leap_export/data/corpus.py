@@ -131,9 +131,9 @@ _ATTRIBUTION = re.compile(r"^\s+--\s")
 _OVERSTRIKE = re.compile(r".\x08")
 
 
-def iter_fortunes(root: Path = FORTUNES_DIR) -> Iterator[str]:
-    """Packages fortunes + fortunes-min: entries split on a line holding only ``%``, attributions dropped."""
-    _require(root / "fortunes", "fortunes fortunes-min", "fortunes")
+def _fortune_entries(root: Path, source: str) -> Iterator[list[str]]:
+    """Each fortune entry (split on a line holding only ``%``, attributions dropped) as its sentences."""
+    _require(root / "fortunes", "fortunes fortunes-min", source)
     files = sorted(p for p in root.iterdir() if p.is_file() and not p.is_symlink() and "." not in p.name)
     for path in files:
         if path.name in _FORTUNE_SKIP:
@@ -141,29 +141,21 @@ def iter_fortunes(root: Path = FORTUNES_DIR) -> Iterator[str]:
         text = _OVERSTRIKE.sub("", path.read_text(encoding="utf-8", errors="replace"))
         for entry in re.split(r"^%\s*$", text, flags=re.MULTILINE):
             lines = [line for line in entry.splitlines() if not _ATTRIBUTION.match(line)]
-            for sentence in split_sentences(" ".join(lines)):
-                if _prose(sentence):
-                    yield sentence
+            yield split_sentences(" ".join(lines))
+
+
+def iter_fortunes(root: Path = FORTUNES_DIR) -> Iterator[str]:
+    """Packages fortunes + fortunes-min: the prose sentences of every entry."""
+    for sentences in _fortune_entries(root, "fortunes"):
+        yield from (s for s in sentences if _prose(s))
 
 
 def iter_fortune_passages(root: Path = FORTUNES_DIR) -> Iterator[str]:
-    """Package fortunes: whole entries of two or more prose sentences (attributions dropped), as one text."""
-    _require(root / "fortunes", "fortunes fortunes-min", "fortune-passages")
-    files = sorted(p for p in root.iterdir() if p.is_file() and not p.is_symlink() and "." not in p.name)
-    for path in files:
-        if path.name in _FORTUNE_SKIP:
-            continue
-        text = _OVERSTRIKE.sub("", path.read_text(encoding="utf-8", errors="replace"))
-        for entry in re.split(r"^%\s*$", text, flags=re.MULTILINE):
-            lines = [line for line in entry.splitlines() if not _ATTRIBUTION.match(line)]
-            sentences = split_sentences(" ".join(lines))
-            passage = " ".join(sentences)
-            if (
-                len(sentences) >= 2
-                and all(_prose(s) for s in sentences)
-                and not re.search(r"[<>{}]", passage)
-            ):
-                yield passage
+    """Package fortunes: whole entries of two or more prose sentences, as one text."""
+    for sentences in _fortune_entries(root, "fortune-passages"):
+        passage = " ".join(sentences)
+        if len(sentences) >= 2 and all(_prose(s) for s in sentences) and not re.search(r"[<>{}]", passage):
+            yield passage
 
 
 _WORDNET_QUOTE = re.compile(r'"([^"]+)"')
