@@ -178,6 +178,7 @@ def test_train_minilm_recipe_runs_fresh_and_again(tmp_path):
     env = {
         **os.environ,
         "PY": sys.executable,
+        "PASSAGES": "0",  # the sentence corpus alone (the default mixes in the passage corpus under runs/)
         "STEPS": "2",
         "BATCH": "4",
         "SENTENCES": "8",
