@@ -33,7 +33,8 @@ mkdir -p "$(dirname "$OUT")" "$(dirname "$CORPUS")"  # the commands write into f
 if [[ ! -f "$CORPUS/corpus.json" ]]; then
   "$PY" -m leap_export.cli corpus --out "$CORPUS" --source fortunes --source wordnet --no-progress
 fi
-# Same loss settings as the MiniLM recipe (scripts/train_minilm.sh explains each), with the paper's l_min 6.
+# The loss settings of the earlier, sentences-only MiniLM recipe (epsilon_late 3; scripts/train_minilm.sh
+# explains each), with the paper's l_min 6.
 $LAUNCH leap_export.cli train --student mpnet-base --out "$OUT" --corpus "$CORPUS" \
   --max-sentences $((STEPS * BATCH)) --steps "$STEPS" --batch-size "$BATCH" --max-length 48 --lr "$LR" \
   --dropout 0 --set alpha_inter=0 --set beta_exit=4 --set epsilon_late=3 --set late_layers=7 \
