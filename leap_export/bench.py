@@ -19,7 +19,8 @@ Configurations (same sentences, same batches, same ONNX Runtime session settings
 Every iteration runs each configuration once (A B C A B C ...), so machine noise hits all of them alike.
 Each configuration then starts with caches its rivals have just filled with their own weights. A
 service runs one pipeline over and over, with its own weights cache-warm: ``schedule="blocks"`` times
-that steady state instead (alternating blocks of 25 runs per configuration, the first 5 untimed).
+that steady state instead (alternating blocks of 20 timed runs per configuration, each after at least 5
+untimed runs and 0.1 s).
 One run is one draw: at batch 1 the monitoring overhead moves by a few points between processes.
 ``bench_processes`` (``leap-export bench --processes N``) repeats the whole bench in N fresh processes
 and reports medians with their range.
@@ -117,34 +118,46 @@ def _time_blocks(
     inputs: dict[str, list],
     warmup: int,
     iters: int,
-    block: int = 25,
+    block: int = 20,
     settle: int = 5,
+    settle_s: float = 0.1,
     progress=None,
     timed: list[int] | None = None,
 ) -> dict[str, list[float]]:
-    """Alternating blocks of ``block`` iterations per configuration, the first ``settle`` of each untimed.
+    """Alternating blocks per configuration: untimed runs until both ``settle`` runs and ``settle_s`` seconds
+    have passed, then ``block`` timed runs.
 
-    Used for configurations on different thread pools (PyTorch vs ONNX Runtime: ONNX Runtime's pool
-    keeps spinning briefly after a run, and round-robin would let that tail steal torch's cores), and for
-    ``schedule="blocks"``: each configuration's steady state, its own weights cache-warm. ``timed``: as
-    in ``_time_interleaved`` (every configuration times the same inputs in the same order).
+    Used for configurations on different thread pools (PyTorch vs ONNX Runtime, or the C loop's ONNX Runtime
+    vs the Python binding's): a pool that has just run keeps its workers spinning for tens of milliseconds
+    before they sleep (about 35 ms measured at batch 1 on 2 cores, each run of the next configuration
+    taking twice its time meanwhile), so a block's first runs would time the previous configuration's
+    tail; the settle time outlasts it. Also used for ``schedule="blocks"``: each configuration's steady
+    state, its own weights cache-warm. The settle runs repeat the block's own inputs, so every
+    configuration times the same inputs in the same order; ``timed`` as in ``_time_interleaved``.
     """
     first = next(iter(configs))
     for name, fn in configs.items():
         for i in range(warmup):
             fn(inputs[name][i % len(inputs[name])])
     times: dict[str, list[float]] = {name: [] for name in configs}
+    clock = time.perf_counter
     i = done = 0
     while min(len(t) for t in times.values()) < iters:
         for name, fn in configs.items():
+            data = inputs[name]
+            start, runs = clock(), 0
+            while runs < settle or clock() - start < settle_s:
+                fn(data[(i + runs % block) % len(data)])
+                runs += 1
             for j in range(block):
-                x = inputs[name][(i + j) % len(inputs[name])]
-                t0 = time.perf_counter()
+                if len(times[name]) >= iters:
+                    break
+                x = data[(i + j) % len(data)]
+                t0 = clock()
                 fn(x)
-                if j >= settle and len(times[name]) < iters:
-                    times[name].append(time.perf_counter() - t0)
-                    if timed is not None and name == first:
-                        timed.append((i + j) % len(inputs[name]))
+                times[name].append(clock() - t0)
+                if timed is not None and name == first:
+                    timed.append((i + j) % len(data))
         i += block
         if progress is not None:
             now = min(len(t) for t in times.values())

@@ -239,7 +239,8 @@ def test_bench_e_layers_and_efficiency_describe_the_timed_batches(tiny_artifacts
 
 
 def test_bench_blocks_schedule_e_layers_follow_its_timed_batches(tiny_artifacts, sentences):
-    """blocks times batches i+5..i+24 of each block of 25: E[layers] is weighted as they were timed."""
+    """blocks times batches i..i+19 of each block (after its settle runs): E[layers] is weighted as they were
+    timed, here batches 0, 1, 2 of 4."""
     import numpy as np
 
     from leap_export.bench import _batches
@@ -252,18 +253,55 @@ def test_bench_blocks_schedule_e_layers_follow_its_timed_batches(tiny_artifacts,
         texts,
         batch_sizes=(3,),
         warmup=0,
-        iters=4,
+        iters=3,
         theta=theta,
         baselines=False,
         schedule="blocks",
         progress=False,
     )
     probe = EarlyExitEncoder(tiny_artifacts["bert"], theta=theta, check_files=False)
-    batches = _batches(texts, 3, 4)  # 10 sentences, batch 3: 4 batches; blocks times j = 5..8 -> 1, 2, 3, 0
-    timed = np.concatenate(
-        [probe.encode_with_exits(batches[(5 + j) % 4], batch_size=3).exit_layers for j in range(4)]
-    )
+    batches = _batches(texts, 3, 3)  # 10 sentences, batch 3, 3 iterations: batches 0, 1, 2 timed once each
+    timed = np.concatenate([probe.encode_with_exits(batches[j], batch_size=3).exit_layers for j in range(3)])
     assert report["results"]["3"]["expected_layers"] == pytest.approx(timed.mean())
+
+
+def test_time_blocks_settles_for_its_time_and_times_the_same_inputs_everywhere():
+    """Each block runs untimed for at least settle runs and settle_s seconds (another pool's spin tail), then
+    times the same inputs, in the same order, for every configuration."""
+    import time
+
+    from leap_export.bench import _time_blocks
+
+    log = []
+
+    def config(name, cost):
+        def run(x):
+            log.append((name, x, time.perf_counter()))
+            time.sleep(cost)
+
+        return run
+
+    configs = {"slow": config("slow", 0.004), "fast": config("fast", 0.0)}
+    inputs = dict.fromkeys(configs, list(range(7)))
+    timed = []
+    times = _time_blocks(configs, inputs, warmup=0, iters=6, block=4, settle=2, settle_s=0.05, timed=timed)
+    assert [len(t) for t in times.values()] == [6, 6]
+    assert timed == [0, 1, 2, 3, 4, 5]
+    # the blocks, in order: slow, fast, slow, fast; each = settle runs, then its timed runs
+    runs = [[x for n, x, _ in log if n == name] for name in configs]
+    blocks = []
+    for entry in log:
+        if not blocks or blocks[-1][0] != entry[0]:
+            blocks.append((entry[0], []))
+        blocks[-1][1].append(entry)
+    assert [b[0] for b in blocks] == ["slow", "fast", "slow", "fast"]
+    for k, (_name, entries) in enumerate(blocks):
+        n_timed = 4 if k < 2 else 2
+        settle = entries[:-n_timed]
+        assert len(settle) >= 2
+        assert entries[-n_timed][2] - entries[0][2] >= 0.05  # the first timed run starts after settle_s
+        assert [x for _, x, _ in entries[-n_timed:]] == [(4 * (k // 2) + j) % 7 for j in range(n_timed)]
+    assert len(runs[1]) > len(runs[0])  # the fast one needed more settle runs to fill the same time
 
 
 def test_bench_times_sentence_transformers_with_the_same_thread_count(tiny_artifacts, sentences, monkeypatch):
