@@ -137,6 +137,21 @@ def test_on_batch_reports_each_batch(tiny_artifacts, sentences):
     assert set(done[:-1]) == {3}
 
 
+def test_one_text_gives_the_row_a_batch_gives_it(tiny_artifacts, sentences):
+    """A single text skips the sort and the scatter; its embedding and exit layer are the batch path's, bit for
+    bit (each row alone: batch size 1), and on_batch still reports it."""
+    enc = EarlyExitEncoder(tiny_artifacts["bert"], theta=0.99986)  # a theta the tiny model's texts split at
+    batch = enc.encode_with_exits(sentences, batch_size=1)
+    done: list[int] = []
+    for i, text in enumerate(sentences):
+        one = enc.encode_with_exits([text], on_batch=done.append)
+        assert np.array_equal(one.embeddings[0], batch.embeddings[i])
+        assert one.exit_layers.tolist() == [batch.exit_layers[i]]
+        assert np.array_equal(enc.encode(text), batch.embeddings[i])
+    assert done == [1] * len(sentences)
+    assert len(set(batch.exit_layers.tolist())) > 1  # the texts leave at different layers
+
+
 def test_one_encoder_serves_concurrent_threads(tiny_artifacts, sentences):
     """A service calls one encoder from a thread pool: results and statistics match sequential calls."""
     import threading
