@@ -44,7 +44,7 @@ demo: install
 	    --output $(DEMO)/embeddings.npy --exit-layers $(DEMO)/exit_layers.json
 	$(BIN)/python scripts/demo_report.py $(DEMO)
 
-# what LEAP buys (about 35 minutes on 2 cores): train the recipe, build, verify, calibrate, evaluate against
+# what LEAP buys (about 20 to 30 minutes on 2 cores): train the recipe, build, verify, calibrate, evaluate against
 # the stock model, bench; prints speed and quality side by side (scripts/demo_leap.sh)
 demo-leap: install data
 	PY=$(BIN)/python bash scripts/demo_leap.sh $(DEMO_LEAP)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make demo-leap`: what LEAP buys, end to end on this machine (about 35 minutes on 2 cores).
+# `make demo-leap`: what LEAP buys, end to end on this machine (about 20 to 30 minutes on 2 cores).
 #
 #   scripts/demo_leap.sh [OUT]        # default OUT: demo-leap
 #
