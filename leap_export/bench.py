@@ -130,9 +130,9 @@ def _time_blocks(
     Used for configurations on different thread pools (PyTorch vs ONNX Runtime, or the C loop's ONNX Runtime
     vs the Python binding's): a pool that has just run keeps its workers spinning for tens of milliseconds
     before they sleep, taking cores from the next configuration, so a block's first runs would time the
-    previous configuration's tail; the settle time outlasts it. Also used for ``schedule="blocks"``: each configuration's steady
-    state, its own weights cache-warm. The settle runs repeat the block's own inputs, so every
-    configuration times the same inputs in the same order; ``timed`` as in ``_time_interleaved``.
+    previous configuration's tail; the settle time outlasts it. Also used for ``schedule="blocks"``: each
+    configuration's steady state, its own weights cache-warm. The settle runs repeat the block's own inputs,
+    so every configuration times the same inputs in the same order; ``timed`` as in ``_time_interleaved``.
     """
     first = next(iter(configs))
     for name, fn in configs.items():

@@ -138,8 +138,8 @@ def test_on_batch_reports_each_batch(tiny_artifacts, sentences):
 
 
 def test_one_text_gives_the_row_a_batch_gives_it(tiny_artifacts, sentences):
-    """A single text skips the sort and the scatter; its embedding and exit layer are the batch path's, bit for
-    bit (each row alone: batch size 1), and on_batch still reports it."""
+    """One text alone gives the embedding and exit layer its row gets in a longer call at batch size 1, bit for
+    bit, and on_batch reports it."""
     enc = EarlyExitEncoder(tiny_artifacts["bert"], theta=0.99986)  # a theta the tiny model's texts split at
     batch = enc.encode_with_exits(sentences, batch_size=1)
     done: list[int] = []

@@ -319,26 +319,19 @@ class EarlyExitEncoder:
         if n == 0:
             return EncodeResult(embeddings, exit_layers)
         ids = self.tokenizer.encode(texts)
-        if n == 1 and not show_progress_bar:
-            # one text (an online request): no order to sort, no rows to scatter; a few tens of microseconds
-            # of a batch-1 call that costs about a millisecond
-            embeddings[:], exit_layers[:] = self.run_ids(ids)
-            if on_batch is not None:
-                on_batch(1)
-        else:
-            order = np.argsort([-len(x) for x in ids], kind="stable")
-            starts = range(0, n, batch_size)
-            if show_progress_bar or (show_progress_bar is None and n > 4 * batch_size and _interactive()):
-                from tqdm.auto import tqdm
+        order = np.argsort([-len(x) for x in ids], kind="stable")
+        starts = range(0, n, batch_size)
+        if show_progress_bar or (show_progress_bar is None and n > 4 * batch_size and _interactive()):
+            from tqdm.auto import tqdm
 
-                starts = tqdm(starts, desc="encode", unit="batch")
-            for start in starts:
-                rows = order[start : start + batch_size]
-                pooled, layers = self.run_ids([ids[i] for i in rows])
-                embeddings[rows] = pooled
-                exit_layers[rows] = layers
-                if on_batch is not None:
-                    on_batch(len(rows))
+            starts = tqdm(starts, desc="encode", unit="batch")
+        for start in starts:
+            rows = order[start : start + batch_size]
+            pooled, layers = self.run_ids([ids[i] for i in rows])
+            embeddings[rows] = pooled
+            exit_layers[rows] = layers
+            if on_batch is not None:
+                on_batch(len(rows))
         if normalize_embeddings or self.manifest.normalize:
             norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
             embeddings /= np.maximum(norms, 1e-12)
