@@ -197,9 +197,10 @@ def test_train_minilm_recipe_runs_fresh_and_again(tmp_path):
         )
         assert res.returncode == 0, res.stdout + res.stderr
         result = json.loads((tmp_path / "run" / "exit_eval.json").read_text())
-        assert result["heldout_sentences"] > 0 and 3 <= result["mean_layers"] <= 6
-        assert list(result["cumulative_exit_rate"]) == ["3", "4", "5"]  # exits from layer 3 (half of 6)
-    assert json.loads((tmp_path / "run" / "leap_config.json").read_text())["config"]["min_layer"] is None
+        assert result["heldout_sentences"] > 0 and 2 <= result["mean_layers"] <= 6
+        assert list(result["cumulative_exit_rate"]) == ["2", "3", "4", "5"]  # the default: exits from layer 2
+    config = json.loads((tmp_path / "run" / "leap_config.json").read_text())["config"]
+    assert config["min_layer"] == 2 and config["late_layers"] == 5  # L_late over layers 1-5
     assert "at step 2 of 2" in res.stderr  # the second run resumed the finished one
 
 
@@ -268,8 +269,8 @@ def test_train_minilm_recipe_with_passages_mixes_them_in_grouped_batches(tmp_pat
         "PY": sys.executable,
         "PASSAGES": "1",
         "GROUP": "2",
-        "MIN_LAYER": "2",  # exits after layer 2 too, with L_late over layers 1-5
-        "LATE_LAYERS": "5",
+        "MIN_LAYER": "",  # empty: the trainer's default, half the layers (the recipe before: exits from layer 3)
+        "LATE_LAYERS": "4",
         "STEPS": "3",
         "BATCH": "4",
         "SENTENCES": "8",
@@ -291,9 +292,9 @@ def test_train_minilm_recipe_with_passages_mixes_them_in_grouped_batches(tmp_pat
     )
     record = json.loads((tmp_path / "run" / "leap_config.json").read_text())
     assert record["config"]["group_by_length"] == 2 and record["corpus"]["sentences"] == len(mix)
-    assert record["config"]["min_layer"] == 2 and record["config"]["late_layers"] == 5
+    assert record["config"]["min_layer"] is None and record["config"]["late_layers"] == 4
     result = json.loads((tmp_path / "run" / "exit_eval.json").read_text())
-    assert list(result["cumulative_exit_rate"]) == ["2", "3", "4", "5"] and 2 <= result["mean_layers"] <= 6
+    assert list(result["cumulative_exit_rate"]) == ["3", "4", "5"] and 3 <= result["mean_layers"] <= 6
 
 
 def test_demo_leap_report_names_a_wrong_folder(tmp_path):
