@@ -262,7 +262,10 @@ def _check_resumable(saved: dict[str, Any], config: LeapConfig) -> None:
         if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]
     ]
     if diffs:
-        raise LeapError("cannot resume: the settings differ from the checkpoint's (" + "; ".join(diffs) + ")")
+        raise LeapError(
+            "cannot resume: the settings differ from the checkpoint's (" + "; ".join(diffs) + "); pass the "
+            "interrupted run's settings, or pick a new --out to train with these"
+        )
 
 
 def _run_inputs(student: ModelSource, teacher: ModelSource, sentences: Sequence[str]) -> dict[str, Any]:

@@ -448,6 +448,10 @@ def test_resume_refuses_another_teacher_student_or_corpus(models, sentences, tmp
         student, corpus = kwargs.pop("student"), kwargs.pop("sentences")
         with pytest.raises(LeapError, match=f"cannot resume: .*{what}"):
             train(student, corpus, out, config=small(), resume=True, show_progress_bar=False, **kwargs)
+    # another setting (a recipe changed since the run began): named, with the way out
+    with pytest.raises(LeapError, match=r"settings differ.*min_layer: checkpoint None vs now 2.*new --out"):
+        train(models["student"], sentences, out, config=small(min_layer=2), resume=True,
+              show_progress_bar=False)  # fmt: skip
     assert torch.load(out / CHECKPOINT, weights_only=False)["step"] == 3  # untouched
     done = train(models["student"], sentences, out, config=small(), resume=True, show_progress_bar=False)
     assert json.loads((done / "leap_config.json").read_text())["final_step"] == 8
