@@ -53,9 +53,10 @@ DELTA_CONTRAST=${DELTA_CONTRAST:-1.0}
 # recipe before (MIN_LAYER=3 LATE_LAYERS=4, the trainer's own default of half the layers) left after layer 3:
 # 2.00x fewer layers instead of 2.96x (docs/training.md). Empty leaves it to the trainer.
 MIN_LAYER=${MIN_LAYER-2}
-# L_contrast also at the exit layers (MIN_LAYER to 5) against the student's own final embedding (stop-gradient): not in
-# the paper. Without it 83 % of samples exited at layer 3 with NN@10 0.744-0.765 against full depth
-# (target 0.80); with 2.0: 63 % at layer 3, 99.8 % by layer 4, NN@10 0.82 (docs/training.md).
+# L_contrast also at the exit layers (MIN_LAYER to 5) against the student's own final embedding
+# (stop-gradient): not in the paper. Without it 83 % of samples exited at layer 3 with NN@10 0.744-0.765
+# against full depth (target 0.80); with 2.0: 63 % at layer 3, 99.8 % by layer 4, NN@10 0.82 (the first
+# recipe, docs/training.md).
 ZETA_CONTRAST_EXIT=${ZETA_CONTRAST_EXIT:-2.0}
 export HF_HUB_OFFLINE=1
 # Run again to continue an interrupted run (or to redo the steps after it on a finished one): --resume
