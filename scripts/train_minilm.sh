@@ -93,7 +93,7 @@ fi
   --checkpoint-every 100 "${RESUME[@]}" "${EXTRA[@]}"
 train_end=$(date +%s)
 
-"$PY" - "$OUT" "$CORPUS" "${MIN_LAYER:-3}" <<'PYEOF'
+"$PY" - "$OUT" "$CORPUS" <<'PYEOF'
 import json, sys
 from pathlib import Path
 
@@ -105,8 +105,10 @@ from leap_export.reference import layer_embeddings
 from leap_export.sources import resolve_model
 from trt_runtime.policy import ExitPolicy
 
-out, corpus, min_layer = sys.argv[1], sys.argv[2], int(sys.argv[3])
+out, corpus = sys.argv[1], sys.argv[2]
 heldout = load_split(corpus, "test")[:500]
+# the first exit layer the run trained for (MIN_LAYER, or the trainer's default), as `build` reads it
+min_layer = json.loads(Path(out, "leap_config.json").read_text())["exit_policy"]["min_layer"]
 policy = ExitPolicy(theta=0.95, patience=1, min_layer=min_layer)
 
 
