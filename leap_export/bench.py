@@ -51,6 +51,8 @@ from trt_runtime.fileio import atomic_write, ensure_parent, json_bytes
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("round-robin", "blocks")
+GPU_BACKENDS = ("onnxruntime-cuda", "tensorrt")
+CAPTURE_CALLS = 5  # calls of one shape before every GPU backend replays its CUDA graph
 ST, ST_ONNX = "sentence-transformers", "sentence-transformers (ONNX)"
 FASTEMBED = "fastembed"  # ONNX Runtime's embedding library, on the same ONNX export as ST_ONNX
 OURS_ENCODE = "early exit (encode)"  # our encode end to end, timed next to the ST baselines
@@ -82,6 +84,13 @@ def _batches(items: list, batch_size: int, count: int) -> list[list]:
     return out
 
 
+def wall_timer(fn: Callable[[Any], Any], x: Any) -> float:
+    """Seconds ``fn(x)`` took on the host's clock (``time.perf_counter``)."""
+    t0 = time.perf_counter()
+    fn(x)
+    return time.perf_counter() - t0
+
+
 def _time_interleaved(
     configs: dict[str, Callable[[Any], Any]],
     inputs: dict[str, list],
@@ -89,23 +98,21 @@ def _time_interleaved(
     iters: int,
     progress,
     timed: list[int] | None = None,
+    timer: Callable[[Callable[[Any], Any], Any], float] = wall_timer,
 ) -> dict[str, list[float]]:
     """Round-robin: iteration i runs every configuration once, so machine noise hits all of them alike.
 
     ``timed`` (a list) receives the index of the input behind each timed sample (the same for every
     configuration), so figures derived from the inputs can be weighted exactly as the timings are.
+    ``timer(fn, x)`` times one call (the host's clock, or CUDA events on a GPU backend).
     """
     for i in range(warmup):
         for name, fn in configs.items():
             fn(inputs[name][i % len(inputs[name])])
     times: dict[str, list[float]] = {name: [] for name in configs}
-    clock = time.perf_counter
     for i in range(iters):
         for name, fn in configs.items():
-            x = inputs[name][i % len(inputs[name])]
-            t0 = clock()
-            fn(x)
-            times[name].append(clock() - t0)
+            times[name].append(timer(fn, inputs[name][i % len(inputs[name])]))
         if timed is not None:
             timed.append(i % len(next(iter(inputs.values()))))
         if progress is not None:
@@ -123,6 +130,7 @@ def _time_blocks(
     settle_s: float = 0.1,
     progress=None,
     timed: list[int] | None = None,
+    timer: Callable[[Callable[[Any], Any], Any], float] = wall_timer,
 ) -> dict[str, list[float]]:
     """Alternating blocks per configuration: untimed runs until both ``settle`` runs and ``settle_s`` seconds
     have passed, then ``block`` timed runs.
@@ -132,7 +140,8 @@ def _time_blocks(
     before they sleep, taking cores from the next configuration, so a block's first runs would time the
     previous configuration's tail; the settle time outlasts it. Also used for ``schedule="blocks"``: each
     configuration's steady state, its own weights cache-warm. The settle runs repeat the block's own inputs,
-    so every configuration times the same inputs in the same order; ``timed`` as in ``_time_interleaved``.
+    so every configuration times the same inputs in the same order; ``timed`` and ``timer`` as in
+    ``_time_interleaved`` (the settle time is the host's clock's).
     """
     first = next(iter(configs))
     for name, fn in configs.items():
@@ -151,10 +160,7 @@ def _time_blocks(
             for j in range(block):
                 if len(times[name]) >= iters:
                     break
-                x = data[(i + j) % len(data)]
-                t0 = clock()
-                fn(x)
-                times[name].append(clock() - t0)
+                times[name].append(timer(fn, data[(i + j) % len(data)]))
                 if timed is not None and name == first:
                     timed.append((i + j) % len(data))
         i += block
@@ -183,6 +189,7 @@ def bench(
     progress: bool = True,
     loop: str = "auto",
     backend: str = "auto",
+    cuda_graphs: bool = False,
 ) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
@@ -212,6 +219,7 @@ def bench(
             max(batch_sizes),
         )
     threads = threads or default_threads()
+    options = {"cuda_graphs": True} if cuda_graphs else None
     ee = EarlyExitEncoder(
         artifacts,
         theta=theta,
@@ -220,7 +228,13 @@ def bench(
         threads=threads,
         loop=loop,
         backend=backend,
+        backend_options=options,
     )
+    if cuda_graphs and ee.backend not in GPU_BACKENDS:
+        raise LeapError(
+            f"--cuda-graphs needs a GPU backend ({' or '.join(GPU_BACKENDS)}); this bench runs on {ee.backend} "
+            f"({ee.backend_reason})"
+        )
     # the same backend and build for every configuration (auto could pick another for another variant)
     seg = EarlyExitEncoder(
         artifacts,
@@ -231,6 +245,7 @@ def bench(
         loop=loop,
         backend=ee.backend,
         warn_exit_check=False,
+        backend_options=options,
     )
     # the baseline in the same ONNX Runtime as the segments (the C loop's copy or the Python binding's)
     mono = ee.monolithic_runner()
@@ -254,6 +269,7 @@ def bench(
             loop=loop,
             backend=ee.backend,
             warn_exit_check=False,
+            backend_options=options,
         )
         mono_v = ee_v.monolithic_runner()
         extra[v] = (ee_v, mono_v)
@@ -266,6 +282,9 @@ def bench(
             dict.fromkeys((ST, ST_ONNX, FASTEMBED), "disabled (--no-baselines)"),
         )
 
+    # on a GPU backend CUDA events time the graph configurations (all on that backend); else the host's clock
+    device_timer, timer_reason = ee.event_timer()
+    timer = device_timer or wall_timer
     token_ids = ee.tokenizer.encode(sentences)
     # E[layers] over the whole sentence set, for the header; each batch size's speedup is set against the
     # E[layers] of the batches it actually timed (at most ``iters`` of them: at batch 1 a subset of the sentences)
@@ -283,6 +302,9 @@ def bench(
         "sentences": len(sentences),
         "threads": threads,
         "host_loop": ee.loop,
+        "cuda_graphs": cuda_graphs,
+        "timer": "cuda-events" if device_timer else "perf_counter",
+        "timer_reason": timer_reason,
         "warmup": warmup,
         "iters": iters,
         "schedule": schedule,
@@ -322,11 +344,16 @@ def bench(
             configs[f"early exit [{v}]"] = lambda p, e=ee_v: e.run_padded(*p)
         # all start from the same padded arrays: the timed work is the graphs plus the host loop
         inputs: dict[str, list] = {name: padded for name in configs}
+        if cuda_graphs:  # every shape the timed runs meet, captured before timing (ONNX Runtime replays a
+            for fn in configs.values():  # bucket from its fifth call, TensorRT from its second)
+                for p in padded:
+                    for _ in range(CAPTURE_CALLS):
+                        fn(p)
         timed: list[int] = []  # which batch each timed sample ran, in order
         if schedule == "blocks":
-            times = _time_blocks(configs, inputs, warmup, iters, progress=bar, timed=timed)
+            times = _time_blocks(configs, inputs, warmup, iters, progress=bar, timed=timed, timer=timer)
         else:
-            times = _time_interleaved(configs, inputs, warmup, iters, bar, timed=timed)
+            times = _time_interleaved(configs, inputs, warmup, iters, bar, timed=timed, timer=timer)
         if st_models:  # end to end, tokenisation included, on every side
             encoders = {
                 name: (lambda t, m=m: m.encode(t, batch_size=len(t))) for name, m in st_models.items()
@@ -710,6 +737,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"min_layer {report['policy']['min_layer']}, {report['sentences']} sentences, {report['threads']} threads, "
         + (f"backend {report['backend']}, " if "backend" in report else "")
         + (f"{report['host_loop']} host loop, " if "host_loop" in report else "")
+        + ("CUDA graphs, " if report.get("cuda_graphs") else "")
+        + ("timed with CUDA events, " if report.get("timer") == "cuda-events" else "")
         + f"{report['warmup']} warmup + {report['iters']} timed iterations per configuration, "
         f"{report.get('schedule', 'round-robin')}. "
         f"E[layers] = {report['expected_layers']:.2f} of {report['num_layers']} -> theoretical "

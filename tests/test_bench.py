@@ -56,6 +56,8 @@ def test_bench_reports_every_configuration_and_the_int8_build(tiny_artifacts, tm
     table = markdown(report)
     assert "| 4 | int8 |" in table and "monitoring overhead" in table and "graph breaks" in table
     assert report["backend"] == "onnxruntime-cpu" and "backend onnxruntime-cpu, " in table
+    assert report["timer"] == "perf_counter" and "host's clock (time.perf_counter)" in report["timer_reason"]
+    assert report["cuda_graphs"] is False and "CUDA events" not in table
     paths = save(report, tmp_path / "out")
     assert json.loads(paths["json"].read_text())["results"]["1"]["variants"]["int8"]
     assert paths["plot"].stat().st_size > 0 and paths["markdown"].read_text() == table
@@ -263,6 +265,43 @@ def test_bench_blocks_schedule_e_layers_follow_its_timed_batches(tiny_artifacts,
     batches = _batches(texts, 3, 3)  # 10 sentences, batch 3, 3 iterations: batches 0, 1, 2 timed once each
     timed = np.concatenate([probe.encode_with_exits(batches[j], batch_size=3).exit_layers for j in range(3)])
     assert report["results"]["3"]["expected_layers"] == pytest.approx(timed.mean())
+
+
+def test_bench_refuses_cuda_graphs_on_the_cpu(tiny_artifacts, sentences):
+    with pytest.raises(
+        LeapError,
+        match=r"--cuda-graphs needs a GPU backend \(onnxruntime-cuda or tensorrt\); "
+        "this bench runs on onnxruntime-cpu",
+    ):
+        bench(
+            tiny_artifacts["bert"],
+            sentences,
+            batch_sizes=(1,),
+            iters=1,
+            baselines=False,
+            cuda_graphs=True,
+            progress=False,
+        )
+
+
+@pytest.mark.parametrize("schedule", ["round-robin", "blocks"])
+def test_the_timing_loops_time_each_call_with_the_timer_given(schedule):
+    """A GPU backend's CUDA-event timer replaces the host's clock for every timed call (not the settle runs)."""
+    from leap_export.bench import _time_blocks, _time_interleaved
+
+    calls = []
+
+    def timer(fn, x):
+        fn(x)
+        return 0.25 + x
+
+    configs = {"a": lambda x: calls.append(("a", x)), "b": lambda x: calls.append(("b", x))}
+    inputs = dict.fromkeys(configs, [0, 1, 2])
+    if schedule == "blocks":
+        times = _time_blocks(configs, inputs, warmup=0, iters=3, block=3, settle=1, settle_s=0.0, timer=timer)
+    else:
+        times = _time_interleaved(configs, inputs, warmup=1, iters=3, progress=None, timer=timer)
+    assert times == {"a": [0.25, 1.25, 2.25], "b": [0.25, 1.25, 2.25]}
 
 
 def test_time_blocks_settles_for_its_time_and_times_the_same_inputs_everywhere():

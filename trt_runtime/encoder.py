@@ -168,6 +168,12 @@ class EarlyExitEncoder:
         ``infer({"input_ids", "attention_mask"})`` takes host arrays and returns ``{"pooled": host array}``."""
         return self._backend.monolithic_runner()
 
+    def event_timer(self):
+        """(timer, why) for timing calls on the device's clock: on a GPU backend a CUDA-event timer,
+        ``timer(fn, x)`` -> seconds ``fn(x)`` took (``trt_runtime.backends.cuda_events``); on the CPU None, and
+        why. ``leap-export bench`` times with it where there is one."""
+        return self._backend.event_timer()
+
     def close(self) -> None:
         """Release the backend's sessions, engines and device memory now rather than at collection."""
         self._backend.close()

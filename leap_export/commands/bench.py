@@ -87,6 +87,12 @@ from leap_export.commands._options import (
     "ONNX Runtime copy), python, or auto (native where its extension is built).",
 )
 @click.option(
+    "--cuda-graphs",
+    is_flag=True,
+    help="On a GPU backend (onnxruntime-cuda, tensorrt): run every graph as a CUDA graph per input shape, "
+    "captured at its first calls (warm-up) and replayed after. Refused on the CPU.",
+)
+@click.option(
     "--processes",
     type=click.IntRange(min=1),
     default=1,
@@ -118,6 +124,7 @@ def command(
     schedule,
     breakdown,
     loop,
+    cuda_graphs,
     processes,
     out,
     no_progress,
@@ -150,6 +157,7 @@ def command(
         schedule=schedule,
         loop=loop,
         backend=backend,
+        cuda_graphs=cuda_graphs,
         progress=not no_progress,
     )
     click.echo(markdown(report))

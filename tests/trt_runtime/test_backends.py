@@ -147,6 +147,67 @@ def test_the_cuda_backend_s_binding_and_device_compaction_on_the_cpu_provider(ti
     np.testing.assert_allclose(mono, full, rtol=0, atol=1e-5)
 
 
+def test_the_cuda_backend_s_cuda_graph_buckets_on_the_cpu_provider(tiny_artifacts, sentences):
+    """``cuda_graphs``' bookkeeping (a fixed-buffer bucket per input shape, inputs copied in, the bucket's
+    binding replayed under its gpu_graph_id) on the CPU provider, which has no capture: the same exit layers
+    and embeddings, bit for bit, as the numpy loop, over repeated shapes, beyond ``max_graphs`` too; a
+    result already returned is never changed by a later call of the same shape."""
+    from trt_runtime.backends.onnxruntime_cuda import OnnxRuntimeCuda
+
+    art = tiny_artifacts["bert"]
+    cpu = EarlyExitEncoder(art, loop="python", exits=False)
+    ids = cpu.tokenizer.encode(sentences * 3)
+    width = min(len(x) for x in ids)
+    ids = [x[:width] for x in ids]  # one length: batches of one size share a shape, not their contents
+    traces: list = []
+    cpu.run_ids(ids, on_segment=traces.append)
+    scores = np.sort(traces[0].score)
+    cpu.policy = {"theta": float((scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2)}
+    m = load_manifest(art)
+    options = {"provider": "CPUExecutionProvider", "cuda_graphs": True, "max_graphs": 2}
+    device = OnnxRuntimeCuda(m, m.variant_spec("fp32"), threads=None, options=options)
+    chain = SegmentChain(
+        m.segments, device.segment_runners(), device.ops, ExitStats(m.num_layers, m.boundaries)
+    )
+    batches = [ids[i : i + size] for size in (len(ids), 3, 1) for i in range(0, 6, size)]
+    first = None
+    for _ in range(2):  # the second pass replays every bucket the first made
+        for batch in batches:
+            input_ids, mask = cpu.tokenizer.pad(batch)
+            want_pooled, want_layers = cpu.run_padded(input_ids, mask)
+            got_pooled, got_layers = chain.run(input_ids, mask, cpu._rule)
+            assert got_layers.tolist() == want_layers.tolist()
+            np.testing.assert_array_equal(got_pooled, want_pooled)
+            if first is None:
+                first, kept = got_pooled, got_pooled.copy()
+                assert len(set(want_layers.tolist())) > 1  # rows left at different segments
+    np.testing.assert_array_equal(first, kept)
+    runners = device.segment_runners()
+    assert max(len(r._buckets) for r in runners) == 2  # max_graphs: later shapes ran without a bucket
+    mono = device.monolithic_runner()
+    full = EarlyExitEncoder(art, exits=False).monolithic_runner()
+    for batch in (ids[:3], ids[3:6]):  # one shape: the second call replays the first's bucket
+        input_ids, mask = cpu.tokenizer.pad(batch)
+        feeds = {"input_ids": input_ids, "attention_mask": mask}
+        np.testing.assert_allclose(
+            mono.infer(feeds)["pooled"], full.infer(feeds)["pooled"], rtol=0, atol=1e-5
+        )
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, "8", True])
+def test_the_cuda_backend_refuses_a_bad_max_graphs(tiny_artifacts, bad):
+    from trt_runtime.backends.onnxruntime_cuda import OnnxRuntimeCuda
+
+    m = load_manifest(tiny_artifacts["bert"])
+    with pytest.raises(RuntimeInputError, match=f"max_graphs must be an integer >= 1, got {bad!r}"):
+        OnnxRuntimeCuda(
+            m,
+            m.variant_spec("fp32"),
+            threads=None,
+            options={"provider": "CPUExecutionProvider", "max_graphs": bad},
+        )
+
+
 def test_the_compaction_graph_gathers_rows_and_trims_the_sequence():
     import onnxruntime as ort
 
@@ -164,8 +225,10 @@ def test_the_compaction_graph_gathers_rows_and_trims_the_sequence():
 
 
 @pytest.mark.gpu
-def test_onnxruntime_cuda_matches_the_cpu(tiny_artifacts, sentences):
-    """On a GPU with onnxruntime-gpu: the CUDA backend's exit layers and embeddings against the CPU's."""
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_onnxruntime_cuda_matches_the_cpu(tiny_artifacts, sentences, cuda_graphs):
+    """On a GPU with onnxruntime-gpu: the CUDA backend's exit layers and embeddings against the CPU's, with
+    and without CUDA graphs (two passes: the second replays the graphs the first captured)."""
     from trt_runtime.backends.onnxruntime_cuda import OnnxRuntimeCuda
 
     why = OnnxRuntimeCuda.unavailable()
@@ -176,9 +239,45 @@ def test_onnxruntime_cuda_matches_the_cpu(tiny_artifacts, sentences):
     texts = sentences * 3
     theta = _split_theta(cpu, texts)
     cpu = EarlyExitEncoder(art, backend="onnxruntime-cpu", theta=theta)
-    gpu = EarlyExitEncoder(art, backend="onnxruntime-cuda", theta=theta)
+    gpu = EarlyExitEncoder(
+        art, backend="onnxruntime-cuda", theta=theta, backend_options={"cuda_graphs": cuda_graphs}
+    )
     assert gpu.backend == "onnxruntime-cuda"
-    a, b = cpu.encode_with_exits(texts, batch_size=8), gpu.encode_with_exits(texts, batch_size=8)
+    a = cpu.encode_with_exits(texts, batch_size=8)
+    for _ in range(5 if cuda_graphs else 1):  # ONNX Runtime captures a shape's fourth call, replays its fifth
+        b = gpu.encode_with_exits(texts, batch_size=8)
     assert (np.sum(a.embeddings * b.embeddings, axis=1) > 0.9999).all()
     # a score at theta may round the other way in another kernel
     assert (np.asarray(a.exit_layers) == np.asarray(b.exit_layers)).mean() >= 0.9
+
+
+@pytest.mark.gpu
+def test_cuda_events_time_the_whole_call():
+    """On a GPU with CuPy: the event timer spans a call's GPU work (never more than the host saw)."""
+    import time
+
+    from trt_runtime.backends.cuda_events import EventTimer, cupy_missing
+
+    why = cupy_missing()
+    if why:
+        pytest.skip(why)
+    import cupy
+
+    try:
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # CuPy without a GPU
+        pytest.skip(f"needs an NVIDIA GPU: {e}")
+    a = cupy.ones((2048, 2048), dtype=cupy.float32)
+
+    def work(n):
+        for _ in range(n):
+            a @ a
+        return cupy.asnumpy(a[0, :4])  # ends synchronised, as every call bench times does
+
+    timer = EventTimer()
+    work(2)
+    t0 = time.perf_counter()
+    took = timer(work, 20)
+    wall = time.perf_counter() - t0
+    assert 0 < took <= wall
+    assert timer(work, 40) > took  # twice the work takes longer on the GPU's clock

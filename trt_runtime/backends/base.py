@@ -14,7 +14,7 @@ loop). The encoder uses it whenever a batch is not traced.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -110,6 +110,11 @@ class Backend:
     def fast_path(self) -> FastPath | None:
         """The backend's whole-batch runner, or None."""
         return None
+
+    def event_timer(self) -> tuple[Callable[[Callable[[Any], Any], Any], float] | None, str]:
+        """(a timer of one call on the device's clock, why) or (None, why there is none): ``timer(fn, x)`` runs
+        ``fn(x)`` and returns the seconds it took. The CPU backends have none; bench then uses the host's clock."""
+        return None, f"{self.name} has no device clock: timed with the host's clock (time.perf_counter)"
 
     @property
     def loop(self) -> tuple[str, str]:

@@ -322,6 +322,11 @@ class TensorRT(Backend):
             name=variant.name,
         )
 
+    def event_timer(self):
+        from trt_runtime.backends.cuda_events import EventTimer
+
+        return EventTimer(self.stream), "CUDA events (CuPy) on the engines' stream"
+
     def _runner(self, entry) -> EngineRunner:
         return EngineRunner(
             self.manifest.root / entry.file,
