@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -306,3 +307,37 @@ def test_demo_leap_report_names_a_wrong_folder(tmp_path):
         timeout=120,
     )
     assert res.returncode == 1 and "lacks verify.json" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_gpu_checks_runs_on_a_cpu_and_says_what_did_not_run(tiny_bert, tmp_path, sentences):
+    """scripts/gpu_checks.sh, the one script a lent GPU machine runs, here without a GPU: the environment is
+    recorded, the gpu tests skip, the build, fp16 variant and verify run, and the GPU bench says why it did not."""
+    texts = tmp_path / "sentences.txt"
+    texts.write_text("\n".join(sentences) + "\n")
+    results = tmp_path / "results"
+    res = subprocess.run(
+        ["bash", "scripts/gpu_checks.sh", str(results), str(tiny_bert), str(texts)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PY": sys.executable},
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    summary = (results / "summary.txt").read_text()
+    for step in ("tests marked gpu: exit 0", "build fp32: exit 0", "build fp16: exit 0", "verify fp16"):
+        assert step in summary
+    assert re.search(r"^=+ \d+ skipped, \d+ deselected", summary, re.M)  # no GPU: every gpu test skipped
+    assert "bench onnxruntime-cuda: not run: the installed onnxruntime" in summary
+    env = (results / "env.txt").read_text()
+    assert "onnxruntime-cuda: the installed onnxruntime" in env and "python 3." in env
+    report = json.loads((results / "verify-fp16.json").read_text())
+    assert report["backends"]["onnxruntime-cpu"]["ran"] is True
+    assert report["backends"]["onnxruntime-cuda"]["ran"] is False
+    bad = subprocess.run(
+        ["bash", "scripts/gpu_checks.sh", str(results), str(tiny_bert)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "MODEL needs SENTENCES too" in bad.stderr
