@@ -109,8 +109,12 @@ def test_the_loop_never_asks_which_backend_it_has():
 
 def _split_theta(encoder, texts) -> float:
     """A theta between the scores at the first exit check, so some rows exit there and some go on."""
+    return _split_theta_ids(encoder, encoder.tokenizer.encode(texts))
+
+
+def _split_theta_ids(encoder, ids) -> float:
     traces: list = []
-    encoder.run_ids(encoder.tokenizer.encode(texts), on_segment=traces.append)
+    encoder.run_ids(ids, on_segment=traces.append)
     scores = np.sort(traces[0].score)
     return float((scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2)
 
@@ -159,10 +163,7 @@ def test_the_cuda_backend_s_cuda_graph_buckets_on_the_cpu_provider(tiny_artifact
     ids = cpu.tokenizer.encode(sentences * 3)
     width = min(len(x) for x in ids)
     ids = [x[:width] for x in ids]  # one length: batches of one size share a shape, not their contents
-    traces: list = []
-    cpu.run_ids(ids, on_segment=traces.append)
-    scores = np.sort(traces[0].score)
-    cpu.policy = {"theta": float((scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2)}
+    cpu.policy = {"theta": _split_theta_ids(cpu, ids)}
     m = load_manifest(art)
     options = {"provider": "CPUExecutionProvider", "cuda_graphs": True, "max_graphs": 2}
     device = OnnxRuntimeCuda(m, m.variant_spec("fp32"), threads=None, options=options)

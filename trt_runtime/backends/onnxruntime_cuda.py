@@ -232,7 +232,7 @@ class OrtCudaRunner:
         for name in self.input_names:
             value = feeds[name]
             fixed = ort.OrtValue.ortvalue_from_shape_and_type(
-                value.shape(), _NUMPY_TYPES[value.data_type()], self.device, self.device_id
+                value.shape(), _ONNX_TYPES[value.data_type()], self.device, self.device_id
             )
             _copy_into(fixed, value, self.provider, self.device_id)
             inputs[name] = fixed
@@ -329,28 +329,14 @@ class CudaOps:
 
 
 _ONNX_TYPES = {"tensor(float)": 1, "tensor(float16)": 10, "tensor(int32)": 6, "tensor(int64)": 7}
-_NUMPY_TYPES = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(int32)": np.int32,
-    "tensor(int64)": np.int64,
-}
 
 
-@functools.cache
-def _copy_session(data_type: str, rank: int, provider: str, device_id: int):
-    """``y = Identity(x)``, one session per kind of tensor: a device-to-device copy into a bound output."""
+def _helper_session(graph, provider: str, device_id: int):
+    """A session of one of the backend's own small graphs (compaction, copy) on ``provider``."""
     import onnx
     import onnxruntime as ort
     from onnx import helper
 
-    elem = _ONNX_TYPES[data_type]
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "copy",
-        [helper.make_tensor_value_info("x", elem, [f"d{i}" for i in range(rank)])],
-        [helper.make_tensor_value_info("y", elem, [f"d{i}" for i in range(rank)])],
-    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)
     providers = [(provider, {"device_id": device_id})] if provider == PROVIDER else [provider]
@@ -360,10 +346,24 @@ def _copy_session(data_type: str, rank: int, provider: str, device_id: int):
 
 
 @functools.cache
+def _copy_session(data_type: str, rank: int, provider: str, device_id: int):
+    """``y = Identity(x)``, one session per kind of tensor: a device-to-device copy into a bound output."""
+    from onnx import helper
+
+    elem = _ONNX_TYPES[data_type]
+    dims = [f"d{i}" for i in range(rank)]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "copy",
+        [helper.make_tensor_value_info("x", elem, dims)],
+        [helper.make_tensor_value_info("y", elem, dims)],
+    )
+    return _helper_session(graph, provider, device_id)
+
+
+@functools.cache
 def _compaction_session(data_type: str, rank: int, seq_axis: int | None, provider: str, device_id: int):
     """``y = Slice(Gather(x, rows, axis 0), [0], [width], [seq_axis])``, one session per kind of tensor."""
-    import onnx
-    import onnxruntime as ort
     from onnx import TensorProto, helper
 
     elem = _ONNX_TYPES[data_type]
@@ -388,9 +388,4 @@ def _compaction_session(data_type: str, rank: int, seq_axis: int | None, provide
         [helper.make_tensor_value_info("y", elem, [f"y{i}" for i in range(rank)])],
         initializer=initializers,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model)
-    providers = [(provider, {"device_id": device_id})] if provider == PROVIDER else [provider]
-    return ort.InferenceSession(
-        model.SerializeToString(), sess_options=cuda_session_options(1), providers=providers
-    )
+    return _helper_session(graph, provider, device_id)
